@@ -1,0 +1,1 @@
+"""Shared helpers: env construction, normalisation, checkpoints, evaluation."""

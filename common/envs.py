@@ -1,0 +1,125 @@
+"""Environment construction shared by every script.
+
+- Input checks that turn bad flags into one clear line (``ConfigError``), never a
+  stack trace from deep inside gymnasium or torch.
+- Vector environments with an explicit autoreset mode (gymnasium >= 1.1,
+  ``AutoresetMode.SAME_STEP``): when an episode ends, ``step`` returns the first
+  observation of the next episode and puts the true last observation in
+  ``infos["final_obs"]``, so that truncated episodes can be bootstrapped from it.
+- Episode statistics (``infos["episode"]``) are recorded on the raw rewards.
+
+Observation and reward normalisation are not wrappers here: they live in
+``common/normalization.py`` so that their statistics are saved in checkpoints and
+frozen at evaluation time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """A flag or a combination of flags that cannot work. The message names the flag."""
+
+
+def run_cli(main: Callable[[], None], script_name: str) -> None:
+    """Run ``main`` and turn a ``ConfigError`` into one line on stderr and exit code 2."""
+    try:
+        main()
+    except ConfigError as error:
+        print(f"{script_name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ConfigError for an id that gymnasium does not know, suggesting close matches."""
+    # MuJoCo ids are registered by gymnasium itself; importing nothing else is needed.
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"--env-id {env_id!r} is not a registered gymnasium environment.{hint} "
+        "Allowed: any gymnasium id with a continuous (Box) action space, e.g. Hopper-v4, "
+        "Humanoid-v5, InvertedPendulum-v4, Pendulum-v1."
+    )
+
+
+def check_continuous_action_space(env_id: str, action_space: gym.Space) -> None:
+    """Raise ConfigError unless the action space is a 1-D Box with finite bounds.
+
+    The diffusion policy squashes its sample with tanh into [low, high], so the
+    bounds must be finite.
+    """
+    if not isinstance(action_space, gym.spaces.Box):
+        raise ConfigError(
+            f"--env-id {env_id} has a {type(action_space).__name__} action space; "
+            "allowed: environments with a continuous (Box) action space, e.g. Hopper-v4, Pendulum-v1."
+        )
+    if len(action_space.shape) != 1:
+        raise ConfigError(f"--env-id {env_id} has a Box action space of shape {action_space.shape}; allowed: 1-D Box.")
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        raise ConfigError(
+            f"--env-id {env_id} has unbounded actions; allowed: a Box with finite low and high "
+            "(the policy squashes its sample with tanh into the bounds)."
+        )
+
+
+def make_env(env_id: str, idx: int, capture_video: bool, run_name: str) -> Callable[[], gym.Env]:
+    """A thunk that builds one environment (CleanRL style); env 0 records video if asked."""
+
+    def thunk() -> gym.Env:
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
+
+
+def make_vector_env(
+    env_id: str, num_envs: int, seed: int, capture_video: bool = False, run_name: str = ""
+) -> gym.vector.SyncVectorEnv:
+    """Checked, seeded vector env with same-step autoreset and episode statistics.
+
+    Raises ConfigError for an unknown id, a non-continuous action space or num_envs < 1.
+    """
+    if num_envs < 1:
+        raise ConfigError(f"--num-envs must be at least 1 (got {num_envs}).")
+    check_env_id(env_id)
+    try:
+        envs = gym.vector.SyncVectorEnv(
+            [make_env(env_id, i, capture_video, run_name) for i in range(num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
+    except gym.error.DependencyNotInstalled as error:
+        raise ConfigError(f"--env-id {env_id} needs a package that is not installed: {error}") from None
+    check_continuous_action_space(env_id, envs.single_action_space)
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.action_space.seed(seed)
+    return envs
+
+
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of every episode that ended in this vector step."""
+    if "episode" not in infos:
+        return []
+    mask = infos["_episode"]
+    return [(float(r), int(l)) for r, l in zip(infos["episode"]["r"][mask], infos["episode"]["l"][mask])]
+
+
+def true_next_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """The observation each env actually reached: ``final_obs`` where an episode ended."""
+    if "final_obs" not in infos:
+        return next_obs
+    real = next_obs.copy()
+    for i in np.flatnonzero(infos["_final_obs"]):
+        real[i] = infos["final_obs"][i]
+    return real

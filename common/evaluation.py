@@ -1,0 +1,98 @@
+"""Evaluate a saved policy with its observation-normalisation statistics frozen.
+
+    python -m common.evaluation runs/Hopper-v4__diffppo__1__1700000000/diffppo.cleanrl_model --episodes 10
+
+The checkpoint names the script that defines its ``Agent``; the agent must offer
+``act(normalized_obs, deterministic) -> action`` (actions already in the env's bounds).
+Deterministic evaluation of a diffusion policy starts the chain at x_K = 0 and
+follows the reverse-kernel means without noise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from common.checkpoint import load_checkpoint
+from common.envs import check_continuous_action_space, check_env_id, run_cli
+from common.normalization import ObservationNormalizer
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_agent(checkpoint_path: str, device: torch.device | str = "cpu", flag: str = "checkpoint"):
+    """(agent in eval mode, frozen ObservationNormalizer, checkpoint dict)."""
+    checkpoint = load_checkpoint(checkpoint_path, flag=flag)
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    module = importlib.import_module(checkpoint["script"])
+    agent = module.Agent(**checkpoint["agent_kwargs"]).to(device)
+    agent.load_state_dict(checkpoint["agent"])
+    agent.eval()
+    obs_normalizer = ObservationNormalizer(shape=checkpoint["obs_normalizer"]["mean"].shape)
+    obs_normalizer.load_state_dict(checkpoint["obs_normalizer"])
+    return agent, obs_normalizer, checkpoint
+
+
+@torch.no_grad()
+def evaluate(
+    agent,
+    obs_normalizer: ObservationNormalizer,
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 0,
+    deterministic: bool = True,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes; the normaliser is only read, never updated."""
+    check_env_id(env_id)
+    env = gym.make(env_id)
+    check_continuous_action_space(env_id, env.action_space)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            obs_tensor = torch.as_tensor(obs_normalizer(obs[None]), device=device)
+            action = agent.act(obs_tensor, deterministic=deterministic)[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    env.close()
+    return returns
+
+
+@dataclass
+class EvalArgs:
+    checkpoint: str
+    """path to a checkpoint written with --save-model"""
+    episodes: int = 10
+    """number of evaluation episodes"""
+    seed: int = 0
+    """seed of the first episode (episode i uses seed + i)"""
+    stochastic: bool = False
+    """sample the policy instead of following the noise-free mean chain"""
+    env_id: str | None = None
+    """evaluate on another env id than the one trained on (same spaces required)"""
+
+
+def main() -> None:
+    import tyro
+
+    args = tyro.cli(EvalArgs)
+    agent, obs_normalizer, checkpoint = load_agent(args.checkpoint)
+    env_id = args.env_id or checkpoint["args"]["env_id"]
+    returns = evaluate(agent, obs_normalizer, env_id, args.episodes, args.seed, not args.stochastic)
+    mode = "stochastic" if args.stochastic else "deterministic"
+    print(f"{env_id} ({mode}, {args.episodes} episodes): mean return {np.mean(returns):.2f} +- {np.std(returns):.2f}")
+
+
+if __name__ == "__main__":
+    run_cli(main, "common.evaluation")

@@ -1,0 +1,562 @@
+"""DiffPPO: PPO on the diffusion-augmented MDP (DA-MDP) with a K-step diffusion policy.
+
+Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffPPO; "DA-MDP: PPO" in v3). The maths
+is fixed in ../shared/DESIGN.md; equation numbers below refer to its sections.
+
+    python diffppo.py --env-id Humanoid-v4 --num-diffusion-steps 8
+
+The policy samples x_K ~ N(0, I), runs K Gaussian reverse kernels
+x_{k-1} ~ q(. | x_k, s, k) and executes a = c + h * tanh(x_0) (DESIGN §1). Each
+environment step becomes K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1) with
+soft reward -alpha * l_k, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) (DESIGN §2,
+§3); PPO then runs unchanged on the augmented MDP: one clipped importance ratio per
+diffusion step, a value function V(s, x_k, k), GAE over the augmented sequence.
+With --alpha 0 this is DPPO (Ren et al., arXiv 2409.00588) trained from scratch.
+
+Choices the design leaves open, made here:
+- Reverse kernel: mean = sqrt(alpha_k) * x_k + f_theta(s, x_k, k) with f's last layer
+  initialised near zero, and sigma_k^2 initialised to beta_k (one of DDPM's two
+  posterior variances: the exact one for x_0 ~ N(0, I)). At initialisation the chain
+  is therefore the exact reverse process of x_0 ~ N(0, I): the pre-tanh policy starts
+  as N(0, I) (CleanRL's Gaussian PPO also starts with std 1) and the path log-ratio L
+  equals log pi(a|s) exactly. sigma_k is learnable per step and dimension, clamped to
+  [--min-std, 1] so that the last step stays stochastic and L stays finite.
+- GAE over the augmented sequence: discount 1 and trace decay --chain-gae-lambda inside
+  the chain, gamma and --gae-lambda at the environment step.
+- Environment rewards are normalised as in CleanRL's PPO; the soft rewards are added
+  in that normalised scale, so --alpha is relative to it.
+- Episodes cut by a time limit are bootstrapped: gamma * V(final obs, x_K, K) is added
+  to the last augmented reward (CleanRL's PPO treats truncation as termination).
+- Observation-normalisation statistics are saved in the checkpoint and frozen when the
+  checkpoint is evaluated (python -m common.evaluation CHECKPOINT).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
+from common.evaluation import evaluate
+from common.normalization import ObservationNormalizer, RewardNormalizer
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    torch_threads: int = 1
+    """CPU threads for torch (1 is fastest for these small networks)"""
+    capture_video: bool = False
+    """whether to capture videos of the agent (see the `videos` folder)"""
+    save_model: bool = False
+    """save a checkpoint every --checkpoint-frequency iterations and at the end, then evaluate it"""
+    checkpoint_frequency: int = 50
+    """iterations between checkpoints when --save-model is set"""
+    resume: str | None = None
+    """path of a checkpoint to resume training from (its run folder is reused)"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation of the saved model at the end"""
+
+    # Algorithm specific arguments
+    env_id: str = "Hopper-v4"
+    """the id of the environment (any gymnasium id with a bounded Box action space)"""
+    total_timesteps: int = 1000000
+    """total environment steps of the experiment"""
+    learning_rate: float = 3e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    num_steps: int = 2048
+    """the number of environment steps per env per policy rollout"""
+    anneal_lr: bool = True
+    """toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma (applied once per environment step)"""
+    gae_lambda: float = 0.95
+    """the GAE lambda at environment steps"""
+    chain_gae_lambda: float = 1.0
+    """the GAE lambda inside the diffusion chain (1: no bootstrapping inside a chain)"""
+    num_minibatches: int = 32
+    """the number of minibatches; the augmented batch num_envs*num_steps*K must split into them"""
+    update_epochs: int = 10
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """toggles advantages normalization"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient (per diffusion step)"""
+    clip_vloss: bool = True
+    """toggles whether or not to use a clipped loss for the value function"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: float | None = None
+    """the target KL divergence threshold (early stop of the update epochs)"""
+
+    # Diffusion policy and maximum entropy
+    num_diffusion_steps: int = 8
+    """K, the number of diffusion (denoising) steps per action"""
+    alpha: float = 0.001
+    """entropy temperature (initial value if --autotune); 0 gives DPPO"""
+    autotune: bool = False
+    """automatic tuning of alpha toward --target-entropy"""
+    target_entropy: float | None = None
+    """target of the entropy estimate -E[L] for --autotune (default: -action_dim)"""
+    alpha_lr: float = 1e-3
+    """learning rate of log(alpha) when --autotune"""
+    min_std: float = 0.01
+    """floor of every reverse-kernel standard deviation sigma_k"""
+    hidden_dim: int = 64
+    """width of the two hidden layers of the mean and value networks"""
+
+
+def validate_args(args: Args) -> None:
+    """One clear ConfigError per impossible flag, before any environment or network is built."""
+    if args.num_diffusion_steps < 1:
+        raise ConfigError(f"--num-diffusion-steps must be at least 1 (got {args.num_diffusion_steps}).")
+    for flag, value in [("--num-envs", args.num_envs), ("--num-steps", args.num_steps),
+                        ("--num-minibatches", args.num_minibatches), ("--update-epochs", args.update_epochs),
+                        ("--hidden-dim", args.hidden_dim), ("--checkpoint-frequency", args.checkpoint_frequency),
+                        ("--torch-threads", args.torch_threads)]:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
+    augmented_batch = args.num_envs * args.num_steps * args.num_diffusion_steps
+    if augmented_batch % args.num_minibatches != 0:
+        raise ConfigError(
+            f"--num-minibatches {args.num_minibatches} does not divide the augmented batch "
+            f"--num-envs * --num-steps * --num-diffusion-steps = {augmented_batch}; allowed: a divisor of {augmented_batch}."
+        )
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        raise ConfigError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
+                          f"(--num-envs * --num-steps = {args.num_envs * args.num_steps}).")
+    if args.alpha < 0:
+        raise ConfigError(f"--alpha must be >= 0 (got {args.alpha}).")
+    if args.autotune and args.alpha <= 0:
+        raise ConfigError("--autotune needs a positive initial --alpha (it tunes log(alpha)).")
+    if not 0 < args.gamma <= 1:
+        raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
+    for flag, value in [("--gae-lambda", args.gae_lambda), ("--chain-gae-lambda", args.chain_gae_lambda)]:
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{flag} must be in [0, 1] (got {value}).")
+    for flag, value in [("--learning-rate", args.learning_rate), ("--clip-coef", args.clip_coef),
+                        ("--min-std", args.min_std)]:
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive (got {value}).")
+    if args.min_std >= 1:
+        raise ConfigError(f"--min-std must be below 1, the largest sigma_k (got {args.min_std}).")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Diffusion policy maths (DESIGN §1, §2)
+# ----------------------------------------------------------------------------------------------
+LOG_2PI = math.log(2 * math.pi)
+
+
+def cosine_beta_schedule(num_diffusion_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """beta_k, k = 1..K (index k-1), from alpha_bar(t) = cos^2(((t/K + s)/(1 + s)) pi/2) (Nichol & Dhariwal 2021)."""
+    t = torch.arange(num_diffusion_steps + 1, dtype=torch.float64) / num_diffusion_steps
+    alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta).float()
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(std^2)) summed over the last axis."""
+    return (-0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI).sum(-1)
+
+
+def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (DESIGN §2)."""
+    return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class DiffusionActor(nn.Module):
+    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (DESIGN §1).
+
+    Chains are stored in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K and
+    chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
+                 min_std: float = 0.01, time_embedding_dim: int = 16):
+        super().__init__()
+        self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
+        betas = cosine_beta_schedule(num_diffusion_steps)
+        self.register_buffer("betas", betas)  # beta_k at index k-1
+        self.register_buffer("sqrt_alphas", torch.sqrt(1 - betas))
+        self.register_buffer("step_k", torch.arange(num_diffusion_steps, 0, -1))  # k of step j = K - j
+        self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
+        self.mean_net = nn.Sequential(
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
+        )
+        # sigma_k^2 = beta_k at initialisation: the exact reverse process of x_0 ~ N(0, I).
+        self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))
+        self.log_std_min = math.log(min_std)
+
+    def clamp_log_std_(self) -> None:
+        """Keep sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)."""
+        with torch.no_grad():
+            self.log_std.clamp_(self.log_std_min, 0.0)
+
+    def kernel(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of q(x_{k-1} | x_k, s, k); k is a LongTensor of diffusion indices in 1..K."""
+        features = torch.cat([obs, x_k, self.time_embedding(k)], dim=-1)
+        mean = self.sqrt_alphas[k - 1, None] * x_k + self.mean_net(features)
+        std = self.log_std[k - 1].clamp(self.log_std_min, 0.0).exp()
+        return mean, std
+
+    def log_prob(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor) -> torch.Tensor:
+        """log q(x_{k-1} | x_k, s, k) for a batch of augmented samples (any mix of k)."""
+        mean, std = self.kernel(obs, x_k, k)
+        return gaussian_log_prob(x_previous, mean, std)
+
+    def forward_log_prob(self, x_k: torch.Tensor, x_previous: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
+        return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
+
+    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order).
+
+        deterministic: x_K = 0 and every step takes the kernel mean (no noise).
+        """
+        batch = obs.shape[0]
+        x = obs.new_zeros(batch, self.action_dim) if deterministic else torch.randn(batch, self.action_dim, device=obs.device)
+        chain, step_log_q = [x], []
+        for k in self.step_k.tolist():
+            mean, std = self.kernel(obs, x, torch.full((batch,), k, dtype=torch.long, device=obs.device))
+            x = mean if deterministic else mean + std * torch.randn_like(mean)
+            chain.append(x)
+            step_log_q.append(gaussian_log_prob(x, mean, std))
+        return torch.stack(chain, dim=1), torch.stack(step_log_q, dim=1)
+
+    def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
+        """The three parts of L(s, x_{0:K}) (DESIGN §2), per sample:
+
+        step_log_ratio [B, K] (time order): l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1});
+        log_prior [B]: log N(x_K; 0, I);
+        squash_log_det [B]: sum_i log h_i + log(1 - tanh(x_{0,i})^2), the log-Jacobian of a = c + h tanh(x_0).
+        L = log_prior + step_log_ratio.sum(1) - squash_log_det.
+        """
+        step_k = self.step_k.expand(chain.shape[0], -1)
+        step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], step_k)
+        log_prior = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0]))
+        squash_log_det = (torch.log(action_half_width) + log_one_minus_tanh_squared(chain[:, -1])).sum(-1)
+        return step_log_ratio, log_prior, squash_log_det
+
+
+class ValueNetwork(nn.Module):
+    """V(s, x_k, k): the value of an augmented state (DESIGN §3)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
+                 time_embedding_dim: int = 16):
+        super().__init__()
+        self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
+        self.net = nn.Sequential(
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)), nn.Tanh(),
+            layer_init(nn.Linear(hidden_dim, 1), std=1.0),
+        )
+
+    def forward(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, x_k, self.time_embedding(k)], dim=-1)).squeeze(-1)
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
+                 num_diffusion_steps: int, hidden_dim: int = 64, min_std: float = 0.01):
+        super().__init__()
+        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std)
+        self.critic = ValueNetwork(obs_dim, action_dim, num_diffusion_steps, hidden_dim)
+        low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_half_width", (high - low) / 2)
+
+    def squash(self, x_0: torch.Tensor) -> torch.Tensor:
+        """a = c + h * tanh(x_0)."""
+        return self.action_center + self.action_half_width * torch.tanh(x_0)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        chain, _ = self.actor.sample_chain(obs, deterministic)
+        return self.squash(chain[:, -1])
+
+
+def augmented_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: np.ndarray,
+                  gamma: float, gae_lambda: float, chain_gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+    """GAE over the augmented sequence (DESIGN §3, §4).
+
+    rewards, values: [T, N, K], augmented step j of env step t (j = 0 is k = K); the env
+    reward is in the last step j = K-1. dones: [T, N], the episode ended at env step t.
+    next_value: [N], V of the augmented state after the rollout.
+    Inside the chain the discount is 1 and the trace decay chain_gae_lambda; the step
+    j = K-1 -> (t+1, 0) is an environment step, with gamma, gae_lambda and the done mask.
+    Returns (advantages, returns), both [T, N, K].
+    """
+    num_steps, _, num_diffusion_steps = rewards.shape
+    advantages = np.zeros_like(rewards)
+    last_advantage = np.zeros_like(next_value)
+    for t in reversed(range(num_steps)):
+        for j in reversed(range(num_diffusion_steps)):
+            if j == num_diffusion_steps - 1:  # environment step
+                next_values = next_value if t == num_steps - 1 else values[t + 1, :, 0]
+                discount, trace = gamma * (1.0 - dones[t]), gae_lambda
+            else:  # inside the chain: no environment time passes
+                next_values, discount, trace = values[t, :, j + 1], 1.0, chain_gae_lambda
+            delta = rewards[t, :, j] + discount * next_values - values[t, :, j]
+            last_advantage = delta + discount * trace * last_advantage
+            advantages[t, :, j] = last_advantage
+    return advantages, advantages + values
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    validate_args(args)
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    batch_size = args.num_envs * args.num_steps
+    augmented_batch_size = batch_size * args.num_diffusion_steps
+    minibatch_size = augmented_batch_size // args.num_minibatches
+    num_iterations = args.total_timesteps // batch_size
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim,
+                        action_low=envs.single_action_space.low.tolist(),
+                        action_high=envs.single_action_space.high.tolist(),
+                        num_diffusion_steps=args.num_diffusion_steps, hidden_dim=args.hidden_dim, min_std=args.min_std)
+    agent = Agent(**agent_kwargs).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    obs_normalizer = ObservationNormalizer((obs_dim,))
+    reward_normalizer = RewardNormalizer(args.num_envs, args.gamma)
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
+    target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)
+    global_step, start_iteration = 0, 1
+    if checkpoint:
+        if checkpoint["agent_kwargs"] != agent_kwargs:
+            raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint['agent_kwargs']}) "
+                              "differs from the flags given; allowed: the same --env-id, --num-diffusion-steps, --hidden-dim, --min-std.")
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        obs_normalizer.load_state_dict(checkpoint["obs_normalizer"])
+        reward_normalizer.load_state_dict(checkpoint["reward_normalizer"])
+        with torch.no_grad():
+            log_alpha.fill_(checkpoint["log_alpha"])
+        if alpha_optimizer and checkpoint.get("alpha_optimizer"):
+            alpha_optimizer.load_state_dict(checkpoint["alpha_optimizer"])
+        global_step, start_iteration = checkpoint["global_step"], checkpoint["iteration"] + 1
+        print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
+    alpha = log_alpha.exp().item()
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+
+    def checkpoint_state(iteration: int) -> dict:
+        return {"script": "diffppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "run_name": run_name,
+                "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
+                "obs_normalizer": obs_normalizer.state_dict(), "reward_normalizer": reward_normalizer.state_dict(),
+                "log_alpha": log_alpha.item(), "alpha_optimizer": alpha_optimizer.state_dict() if alpha_optimizer else None,
+                "global_step": global_step, "iteration": iteration}
+
+    # Rollout storage. Augmented steps are in time order: index j is diffusion step k = K - j.
+    K = args.num_diffusion_steps
+    obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
+    chain_buffer = torch.zeros((args.num_steps, args.num_envs, K + 1, action_dim), device=device)
+    log_q_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
+    value_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
+    reward_buffer = np.zeros((args.num_steps, args.num_envs, K), dtype=np.float32)
+    done_buffer = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    path_log_ratio_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    step_k = agent.actor.step_k  # [K], diffusion index of each augmented step
+    first_k = torch.full((args.num_envs,), K, dtype=torch.long, device=device)
+
+    start_time, start_step = time.time(), global_step
+    recent_returns = deque(maxlen=10)
+    next_obs_raw, _ = envs.reset(seed=args.seed)
+    obs_normalizer.update(next_obs_raw)
+    next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
+
+    for iteration in range(start_iteration, num_iterations + 1):
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
+
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            obs_buffer[step] = next_obs
+            with torch.no_grad():
+                chain, step_log_q = agent.actor.sample_chain(next_obs)
+                step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
+                    chain, step_log_q, agent.action_half_width)
+                # V(s, x_k, k) of all K augmented states in one forward pass.
+                values = agent.critic(next_obs.repeat_interleave(K, 0), chain[:, :-1].reshape(-1, action_dim),
+                                      step_k.repeat(args.num_envs)).view(args.num_envs, K)
+                # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (DESIGN §3).
+                soft_rewards = -alpha * step_log_ratio
+                soft_rewards[:, 0] -= alpha * log_prior
+                soft_rewards[:, -1] += alpha * squash_log_det
+            chain_buffer[step], log_q_buffer[step], value_buffer[step] = chain, step_log_q, values
+            path_log_ratio_buffer[step] = log_prior + step_log_ratio.sum(1) - squash_log_det
+
+            action = agent.squash(chain[:, -1]).cpu().numpy()
+            next_obs_raw, reward, terminated, truncated, infos = envs.step(action)
+            done = np.logical_or(terminated, truncated)
+            augmented_rewards = soft_rewards.cpu().numpy()
+            augmented_rewards[:, -1] += reward_normalizer(reward, done)
+            truncated_only = np.logical_and(truncated, np.logical_not(terminated))
+            if truncated_only.any():  # bootstrap a time-limit cut from the true final observation
+                final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=device)
+                with torch.no_grad():
+                    final_values = agent.critic(final_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)
+                augmented_rewards[truncated_only, -1] += args.gamma * final_values.cpu().numpy()[truncated_only]
+            reward_buffer[step], done_buffer[step] = augmented_rewards, done
+            obs_normalizer.update(next_obs_raw)
+            next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
+
+            for episode_return, episode_length in finished_episodes(infos):
+                recent_returns.append(episode_return)
+                writer.add_scalar("charts/episodic_return", episode_return, global_step)
+                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+
+        # GAE over the augmented sequence, bootstrapped with V(s_T, fresh x_K, K).
+        with torch.no_grad():
+            next_value = agent.critic(next_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)
+        advantages, returns = augmented_gae(reward_buffer, value_buffer.cpu().numpy(), done_buffer,
+                                            next_value.cpu().numpy(), args.gamma, args.gae_lambda, args.chain_gae_lambda)
+
+        # Flatten to augmented samples (s, x_k, k) -> x_{k-1}: num_steps * num_envs * K of them.
+        b_obs = obs_buffer[:, :, None].expand(-1, -1, K, -1).reshape(-1, obs_dim)
+        b_x_k = chain_buffer[:, :, :-1].reshape(-1, action_dim)
+        b_x_previous = chain_buffer[:, :, 1:].reshape(-1, action_dim)
+        b_k = step_k.repeat(batch_size)
+        b_log_q = log_q_buffer.reshape(-1)
+        b_values = value_buffer.reshape(-1)
+        b_advantages = torch.as_tensor(advantages, device=device).reshape(-1)
+        b_returns = torch.as_tensor(returns, device=device).reshape(-1)
+
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            permutation = torch.randperm(augmented_batch_size, device=device)
+            for start in range(0, augmented_batch_size, minibatch_size):
+                mb = permutation[start:start + minibatch_size]
+                new_log_q = agent.actor.log_prob(b_obs[mb], b_x_k[mb], b_k[mb], b_x_previous[mb])
+                log_importance_ratio = new_log_q - b_log_q[mb]  # one ratio per diffusion step (DESIGN §4)
+                ratio = log_importance_ratio.exp()
+                with torch.no_grad():
+                    old_approx_kl = (-log_importance_ratio).mean()
+                    approx_kl = ((ratio - 1) - log_importance_ratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+
+                mb_advantages = b_advantages[mb]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                pg_loss = torch.max(-mb_advantages * ratio,
+                                    -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+
+                new_value = agent.critic(b_obs[mb], b_x_k[mb], b_k[mb])
+                if args.clip_vloss:
+                    v_loss_unclipped = (new_value - b_returns[mb]) ** 2
+                    v_clipped = b_values[mb] + torch.clamp(new_value - b_values[mb], -args.clip_coef, args.clip_coef)
+                    v_loss = 0.5 * torch.max(v_loss_unclipped, (v_clipped - b_returns[mb]) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
+
+                loss = pg_loss + args.vf_coef * v_loss
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {global_step} (iteration {iteration}, epoch {epoch}): "
+                        f"policy loss {pg_loss.item()}, value loss {v_loss.item()}. "
+                        + (f"Last checkpoint: {model_path}" if args.save_model else "Use --save-model to keep checkpoints."))
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+                agent.actor.clamp_log_std_()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        # Entropy estimate H_est = -E[L], a lower bound on the policy entropy (DESIGN §2).
+        entropy_estimate = -path_log_ratio_buffer.mean()
+        if args.autotune:
+            # d alpha_loss / d log(alpha) = H_est - target: alpha falls when the entropy is above target.
+            alpha_loss = log_alpha * (entropy_estimate - target_entropy)
+            alpha_optimizer.zero_grad()
+            alpha_loss.backward()
+            alpha_optimizer.step()
+            alpha = log_alpha.exp().item()
+            writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("charts/entropy_estimate", entropy_estimate.item(), global_step)
+        writer.add_scalar("charts/alpha", alpha, global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
+        print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
+              f"| entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e} | SPS {sps}", flush=True)
+        if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
+            save_checkpoint(model_path, checkpoint_state(iteration))
+
+    envs.close()
+    if args.save_model:
+        print(f"model saved to {model_path}")
+        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
+        for index, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, index)
+        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
+    writer.close()
+
+
+if __name__ == "__main__":
+    try:
+        run_cli(main, "diffppo.py")
+    except TrainingDiverged as error:
+        print(f"diffppo.py: training diverged: {error}", file=sys.stderr)
+        sys.exit(1)
