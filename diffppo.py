@@ -248,16 +248,28 @@ class DiffusionActor(nn.Module):
         """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order).
 
         deterministic: x_K = 0 and every step takes the kernel mean (no noise).
+        The mean network's first layer is split so that its observation part is computed
+        once per chain rather than once per step (same numbers as ``kernel``, faster).
         """
-        batch = obs.shape[0]
-        x = obs.new_zeros(batch, self.action_dim) if deterministic else torch.randn(batch, self.action_dim, device=obs.device)
-        chain, step_log_q = [x], []
-        for k in self.step_k.tolist():
-            mean, std = self.kernel(obs, x, torch.full((batch,), k, dtype=torch.long, device=obs.device))
-            x = mean if deterministic else mean + std * torch.randn_like(mean)
+        batch, K = obs.shape[0], self.num_diffusion_steps
+        first, rest = self.mean_net[0], self.mean_net[1:]
+        obs_dim = obs.shape[1]
+        obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
+        x_weight, time_weight = first.weight[:, obs_dim:obs_dim + self.action_dim], first.weight[:, obs_dim + self.action_dim:]
+        time_part = self.time_embedding.weight @ time_weight.T  # [K+1, H], row k
+        log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
+        std = log_std.exp()
+        noise_shape = (K + 1, batch, self.action_dim)
+        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device)
+        x, chain = noise[0], [noise[0]]
+        for j, k in enumerate(range(K, 0, -1), start=1):
+            hidden = obs_part + time_part[k] + nn.functional.linear(x, x_weight)
+            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + std[k - 1] * noise[j]
             chain.append(x)
-            step_log_q.append(gaussian_log_prob(x, mean, std))
-        return torch.stack(chain, dim=1), torch.stack(step_log_q, dim=1)
+        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise: only the noise enters the quadratic term.
+        step_log_std = log_std.flip(0).sum(-1)  # [K], time order
+        step_log_q = (-0.5 * noise[1:] ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
+        return torch.stack(chain, dim=1), step_log_q
 
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
         """The three parts of L(s, x_{0:K}) (DESIGN §2), per sample:
@@ -421,7 +433,7 @@ def main() -> None:
         for step in range(args.num_steps):
             global_step += args.num_envs
             obs_buffer[step] = next_obs
-            with torch.no_grad():
+            with torch.inference_mode():
                 chain, step_log_q = agent.actor.sample_chain(next_obs)
                 step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
                     chain, step_log_q, agent.action_half_width)
