@@ -323,6 +323,19 @@ class Agent(nn.Module):
         return self.squash(chain[:, -1])
 
 
+def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tensor):
+    """Flatten a rollout into augmented samples (s, x_k, k) -> x_{k-1}, in the order of the [T, N, K] buffers.
+
+    obs: [T, N, obs_dim]; chain: [T, N, K+1, d] in time order; step_k: [K], k of each step.
+    Returns obs [T*N*K, obs_dim], x_k [T*N*K, d], k [T*N*K], x_{k-1} [T*N*K, d].
+    """
+    num_steps, num_envs, num_diffusion_steps = chain.shape[0], chain.shape[1], chain.shape[2] - 1
+    flat_obs = obs[:, :, None].expand(-1, -1, num_diffusion_steps, -1).reshape(-1, obs.shape[-1])
+    x_k = chain[:, :, :-1].reshape(-1, chain.shape[-1])
+    x_previous = chain[:, :, 1:].reshape(-1, chain.shape[-1])
+    return flat_obs, x_k, step_k.repeat(num_steps * num_envs), x_previous
+
+
 def augmented_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: np.ndarray,
                   gamma: float, gae_lambda: float, chain_gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
     """GAE over the augmented sequence (DESIGN §3, §4).
@@ -473,11 +486,7 @@ def main() -> None:
         advantages, returns = augmented_gae(reward_buffer, value_buffer.cpu().numpy(), done_buffer,
                                             next_value.cpu().numpy(), args.gamma, args.gae_lambda, args.chain_gae_lambda)
 
-        # Flatten to augmented samples (s, x_k, k) -> x_{k-1}: num_steps * num_envs * K of them.
-        b_obs = obs_buffer[:, :, None].expand(-1, -1, K, -1).reshape(-1, obs_dim)
-        b_x_k = chain_buffer[:, :, :-1].reshape(-1, action_dim)
-        b_x_previous = chain_buffer[:, :, 1:].reshape(-1, action_dim)
-        b_k = step_k.repeat(batch_size)
+        b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
         b_log_q = log_q_buffer.reshape(-1)
         b_values = value_buffer.reshape(-1)
         b_advantages = torch.as_tensor(advantages, device=device).reshape(-1)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 
 from common.checkpoint import load_checkpoint
 from common.envs import check_continuous_action_space, check_env_id, run_cli
@@ -71,7 +72,7 @@ def evaluate(
 
 @dataclass
 class EvalArgs:
-    checkpoint: str
+    checkpoint: tyro.conf.Positional[str]
     """path to a checkpoint written with --save-model"""
     episodes: int = 10
     """number of evaluation episodes"""
@@ -84,8 +85,6 @@ class EvalArgs:
 
 
 def main() -> None:
-    import tyro
-
     args = tyro.cli(EvalArgs)
     agent, obs_normalizer, checkpoint = load_agent(args.checkpoint)
     env_id = args.env_id or checkpoint["args"]["env_id"]
