@@ -16,6 +16,7 @@ frozen at evaluation time.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from typing import Callable
 
@@ -75,6 +76,7 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str) -> Calla
 
     def thunk() -> gym.Env:
         if capture_video and idx == 0:
+            os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
             env = gym.make(env_id, render_mode="rgb_array")
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
