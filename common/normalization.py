@@ -44,6 +44,13 @@ class ObservationNormalizer:
         self.rms = RunningMeanStd(shape)
         self.clip, self.epsilon = clip, epsilon
 
+    @classmethod
+    def identity(cls, shape: tuple[int, ...]) -> "ObservationNormalizer":
+        """A normaliser that returns observations unchanged (for scripts that do not normalise)."""
+        normalizer = cls(shape, clip=np.inf, epsilon=0.0)
+        normalizer.rms.count = 0.0
+        return normalizer
+
     def update(self, obs: np.ndarray) -> None:
         self.rms.update(obs)
 
