@@ -338,6 +338,18 @@ class ReplayBuffer:
         return self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminations[index]
 
 
+def step_and_store(envs, obs: np.ndarray, actions: np.ndarray, replay_buffer: ReplayBuffer):
+    """Step the envs and store (s, a, r, s', terminated) with s' the state actually reached.
+
+    When an episode ends the envs return the next episode's first observation; the replay
+    buffer gets the true final observation instead, and a truncation (time limit) is not
+    stored as a termination, so its target still bootstraps from Q(s', a').
+    """
+    next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+    replay_buffer.add(obs, true_next_observations(next_obs, infos), actions, rewards, terminations)
+    return next_obs, infos
+
+
 def soft_bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_min_q: torch.Tensor,
                         next_path_log_ratio: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
     """y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha L(s', x'_{0:K})), L in place of log pi."""
@@ -431,13 +443,11 @@ def main() -> None:
             actions = envs.action_space.sample()
         else:
             actions = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        next_obs, infos = step_and_store(envs, obs, actions, replay_buffer)
         for episode_return, episode_length in finished_episodes(infos):
             recent_returns.append(episode_return)
             writer.add_scalar("charts/episodic_return", episode_return, global_step)
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
-        # Store the state actually reached (final_obs when an episode ended); only terminations stop bootstrapping.
-        replay_buffer.add(obs, true_next_observations(next_obs, infos), actions, rewards, terminations)
         obs = next_obs
 
         if global_step > learning_starts:

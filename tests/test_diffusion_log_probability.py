@@ -1,25 +1,30 @@
 """The log-probability maths of the diffusion policy (DESIGN §1, §2), checked against
 independent computations: torch.distributions, direct formulas, numerical integration
-and closed forms."""
+and closed forms. Every script carries its own copy of the diffusion actor (scripts are
+meant to be copied), so every test runs on each script's copy."""
 
+import importlib
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from diffppo import (
-    Agent,
-    DiffusionActor,
-    cosine_beta_schedule,
-    gaussian_log_prob,
-    log_one_minus_tanh_squared,
-)
-
 torch.set_default_dtype(torch.float64)
 
+SCRIPTS = ["diffppo", "diffsac"]
 
-def zero_mean_network(actor: DiffusionActor) -> DiffusionActor:
+
+@pytest.fixture(params=SCRIPTS)
+def script(request):
+    return importlib.import_module(request.param)
+
+
+def log_one_minus_tanh_squared_direct(x):
+    return torch.log(1 - torch.tanh(x) ** 2)
+
+
+def zero_mean_network(actor):
     """f_theta = 0: the mean is sqrt(alpha_k) x_k, the chain is the exact reverse process of N(0, I)."""
     with torch.no_grad():
         actor.mean_net[-1].weight.zero_()
@@ -27,48 +32,48 @@ def zero_mean_network(actor: DiffusionActor) -> DiffusionActor:
     return actor
 
 
-def random_actor(obs_dim=3, action_dim=2, num_diffusion_steps=4, seed=0) -> DiffusionActor:
+def random_actor(script, obs_dim=3, action_dim=2, num_diffusion_steps=4, seed=0):
     """An actor far from its initialisation: random mean-network output and step stds."""
     torch.manual_seed(seed)
-    actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps).double()
+    actor = script.DiffusionActor(obs_dim, action_dim, num_diffusion_steps).double()
     with torch.no_grad():
         actor.mean_net[-1].weight.normal_(0, 0.5)
         actor.log_std.uniform_(-2.0, -0.3)
     return actor
 
 
-def test_gaussian_log_prob_matches_torch_distributions():
+def test_gaussian_log_prob_matches_torch_distributions(script):
     torch.manual_seed(0)
     x, mean, std = torch.randn(50, 3), torch.randn(50, 3), torch.rand(50, 3) + 0.1
     expected = torch.distributions.Normal(mean, std).log_prob(x).sum(-1)
-    torch.testing.assert_close(gaussian_log_prob(x, mean, std), expected)
+    torch.testing.assert_close(script.gaussian_log_prob(x, mean, std), expected)
 
 
-def test_kernel_and_forward_log_probs_match_torch_distributions():
+def test_kernel_and_forward_log_probs_match_torch_distributions(script):
     """log q(x_{k-1}|x_k,s) uses the kernel's mean and std; log p(x_k|x_{k-1}) = N(sqrt(alpha_k) x_{k-1}, beta_k)."""
-    actor = random_actor()
+    actor = random_actor(script)
     obs, x_k, x_previous = torch.randn(20, 3), torch.randn(20, 2), torch.randn(20, 2)
     k = torch.randint(1, 5, (20,))
     mean, std = actor.kernel(obs, x_k, k)
     expected_q = torch.distributions.Normal(mean, std).log_prob(x_previous).sum(-1)
     torch.testing.assert_close(actor.log_prob(obs, x_k, k, x_previous), expected_q)
-    betas = cosine_beta_schedule(4).double()
+    betas = script.cosine_beta_schedule(4).double()
     forward = torch.distributions.Normal(torch.sqrt(1 - betas[k - 1, None]) * x_previous, betas[k - 1, None].sqrt())
     torch.testing.assert_close(actor.forward_log_prob(x_k, x_previous, k), forward.log_prob(x_k).sum(-1))
 
 
-def test_cosine_schedule_is_increasing_and_clipped():
+def test_cosine_schedule_is_increasing_and_clipped(script):
     for num_steps in (1, 2, 8, 50):
-        betas = cosine_beta_schedule(num_steps)
+        betas = script.cosine_beta_schedule(num_steps)
         assert betas.shape == (num_steps,)
         assert torch.all(betas[1:] >= betas[:-1]) and torch.all(betas > 0) and betas.max() <= 0.999 + 1e-7
         # The forward marginal at step K is close to the N(0, I) prior: alpha_bar_K <= 1e-3.
         assert torch.prod(1 - betas.double()) <= 1.01e-3
 
 
-def test_sampled_step_log_q_equals_kernel_log_prob():
+def test_sampled_step_log_q_equals_kernel_log_prob(script):
     """sample_chain's fast path (split first layer, log q from the noise) agrees with log_prob at every step."""
-    actor = random_actor(num_diffusion_steps=5)
+    actor = random_actor(script, num_diffusion_steps=5)
     obs = torch.randn(30, 3)
     chain, step_log_q = actor.sample_chain(obs)
     for j in range(5):
@@ -83,16 +88,16 @@ def test_sampled_step_log_q_equals_kernel_log_prob():
         torch.testing.assert_close(deterministic_chain[:, j + 1], mean)
 
 
-def test_stable_log_one_minus_tanh_squared_matches_direct_formula():
+def test_stable_log_one_minus_tanh_squared_matches_direct_formula(script):
     x = torch.linspace(-8, 8, 1001)
-    torch.testing.assert_close(log_one_minus_tanh_squared(x), torch.log(1 - torch.tanh(x) ** 2))
+    torch.testing.assert_close(script.log_one_minus_tanh_squared(x), torch.log(1 - torch.tanh(x) ** 2))
     # Far in the tails the direct formula gives -inf; the stable one follows 2 log 2 - 2|x|.
     big = torch.tensor([-200.0, 60.0, 400.0])
     assert torch.isinf(torch.log(1 - torch.tanh(big) ** 2)).all()
-    torch.testing.assert_close(log_one_minus_tanh_squared(big), 2 * math.log(2) - 2 * big.abs())
+    torch.testing.assert_close(script.log_one_minus_tanh_squared(big), 2 * math.log(2) - 2 * big.abs())
 
 
-def test_tanh_change_of_variables_density_integrates_to_gaussian_cdf():
+def test_tanh_change_of_variables_density_integrates_to_gaussian_cdf(script):
     """p_a(a) = N(x; m, s^2) / (h (1 - tanh(x)^2)) with x = atanh((a - c)/h) is the density of a = c + h tanh(x).
 
     Integrating it numerically over (c - h, a_0) must give the Gaussian CDF at atanh((a_0 - c)/h),
@@ -102,7 +107,7 @@ def test_tanh_change_of_variables_density_integrates_to_gaussian_cdf():
     a = torch.linspace(center - half_width, center + half_width, 400001)[1:-1]
     x = torch.atanh((a - center) / half_width)
     log_density = (torch.distributions.Normal(mean, std).log_prob(x)
-                   - math.log(half_width) - log_one_minus_tanh_squared(x))
+                   - math.log(half_width) - script.log_one_minus_tanh_squared(x))
     cdf = torch.cumulative_trapezoid(log_density.exp(), a)
     for a_0 in (-0.5, 1.0, 2.9):
         index = int(torch.searchsorted(a, torch.tensor(a_0)))
@@ -132,13 +137,13 @@ def exact_reverse_process(m, v, betas):
 
 
 @pytest.mark.parametrize("num_diffusion_steps", [1, 3, 8])
-def test_log_ratio_is_exact_for_gaussian_target_on_every_path(num_diffusion_steps):
+def test_log_ratio_is_exact_for_gaussian_target_on_every_path(script, num_diffusion_steps):
     """Exactness (DESIGN §2): with reverse kernels equal to the forward process's exact Gaussian
     posteriors and the exact marginal at step K as prior, q(x_{0:K}) = pi(x_0) p(x_{1:K}|x_0), so
     L = log q(x_{0:K}) - log p(x_{1:K}|x_0) - log|da/dx_0| = log pi(a) on every sampled path.
     """
     torch.manual_seed(1)
-    actor = DiffusionActor(1, 1, num_diffusion_steps).double()
+    actor = script.DiffusionActor(1, 1, num_diffusion_steps).double()
     betas = actor.betas.tolist()
     m, v = 0.7, 0.3
     mus, variances, gains, kernel_vars = exact_reverse_process(m, v, betas)
@@ -151,31 +156,31 @@ def test_log_ratio_is_exact_for_gaussian_target_on_every_path(num_diffusion_step
         std = torch.full_like(mean, math.sqrt(kernel_vars[k - 1]))
         x = mean + std * torch.randn_like(mean)
         chain.append(x)
-        step_log_q.append(gaussian_log_prob(x, mean, std))
+        step_log_q.append(script.gaussian_log_prob(x, mean, std))
     chain, step_log_q = torch.stack(chain, 1), torch.stack(step_log_q, 1)
     step_log_ratio, _, squash_log_det = actor.path_log_ratio_terms(chain, step_log_q, half_width)
     exact_prior = torch.distributions.Normal(mus[-1], math.sqrt(variances[-1])).log_prob(chain[:, 0, 0])
     path_log_ratio = exact_prior + step_log_ratio.sum(1) - squash_log_det
     x_0 = chain[:, -1, 0]
     log_pi = (torch.distributions.Normal(m, math.sqrt(v)).log_prob(x_0)
-              - torch.log(half_width[0]) - log_one_minus_tanh_squared(x_0))
+              - torch.log(half_width[0]) - log_one_minus_tanh_squared_direct(x_0))
     torch.testing.assert_close(path_log_ratio, log_pi, atol=1e-6, rtol=1e-6)
 
 
-def test_initial_actor_log_ratio_is_exact_log_policy():
+def test_initial_actor_log_ratio_is_exact_log_policy(script):
     """The actor at initialisation (f = 0, sigma_k^2 = beta_k) is the exact reverse process of
     x_0 ~ N(0, I), so the L it computes on its own samples equals log pi(a) of a = c + h tanh(x_0),
     x_0 ~ N(0, I), path by path. This runs the actor's own sampler and its L.
     """
     torch.manual_seed(2)
-    agent = Agent(obs_dim=4, action_dim=3, action_low=[-1, -2, 0], action_high=[1, 2, 3], num_diffusion_steps=6).double()
+    agent = script.Agent(obs_dim=4, action_dim=3, action_low=[-1, -2, 0], action_high=[1, 2, 3], num_diffusion_steps=6).double()
     zero_mean_network(agent.actor)
     chain, step_log_q = agent.actor.sample_chain(torch.randn(500, 4))
     step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
     path_log_ratio = log_prior + step_log_ratio.sum(1) - squash_log_det
     x_0 = chain[:, -1]
     log_pi = (torch.distributions.Normal(0.0, 1.0).log_prob(x_0)
-              - torch.log(agent.action_half_width) - log_one_minus_tanh_squared(x_0)).sum(-1)
+              - torch.log(agent.action_half_width) - log_one_minus_tanh_squared_direct(x_0)).sum(-1)
     torch.testing.assert_close(path_log_ratio, log_pi, atol=1e-6, rtol=1e-6)
 
 
@@ -204,7 +209,7 @@ def entropy_estimate_by_sampling(agent, obs, samples=400_000):
     return -path_log_ratio.mean().item(), path_log_ratio.std().item() / math.sqrt(samples), squash_log_det.mean().item()
 
 
-def test_entropy_estimate_is_lower_bound_with_strict_gap_for_mismatched_kernel():
+def test_entropy_estimate_is_lower_bound_with_strict_gap_for_mismatched_kernel(script):
     """Lower bound (DESIGN §2): E_q[L] - E_q[log pi(a)] = KL(q(x_{1:K}|x_0) || p(x_{1:K}|x_0)) >= 0,
     so H_est = -E[L] <= H(pi). The true entropy comes from the marginal integrated on a grid:
     H(a) = H(x_0) + E[log h + log(1 - tanh(x_0)^2)]. A nonlinear, mismatched reverse kernel gives
@@ -214,14 +219,14 @@ def test_entropy_estimate_is_lower_bound_with_strict_gap_for_mismatched_kernel()
     grid = torch.linspace(-9, 9, 1801)
     obs = torch.tensor([[0.5]])
 
-    exact = Agent(1, 1, [-2.0], [2.0], num_diffusion_steps=3).double()
+    exact = script.Agent(1, 1, [-2.0], [2.0], num_diffusion_steps=3, hidden_dim=64).double()
     zero_mean_network(exact.actor)
     true_entropy_x0, _ = marginal_entropy_by_integration(exact.actor, obs, grid)
     estimate, stderr, squash = entropy_estimate_by_sampling(exact, obs)
     assert abs(true_entropy_x0 - 0.5 * math.log(2 * math.pi * math.e)) < 1e-4  # N(0, 1)
     assert abs(estimate - (true_entropy_x0 + squash)) < 5 * stderr + 1e-3
 
-    mismatched = Agent(1, 1, [-2.0], [2.0], num_diffusion_steps=3).double()
+    mismatched = script.Agent(1, 1, [-2.0], [2.0], num_diffusion_steps=3, hidden_dim=64).double()
     with torch.no_grad():
         mismatched.actor.mean_net[-1].weight.normal_(0, 1.0)
         mismatched.actor.mean_net[-1].bias.fill_(0.3)
@@ -233,18 +238,18 @@ def test_entropy_estimate_is_lower_bound_with_strict_gap_for_mismatched_kernel()
     assert gap > 10 * stderr + 0.05, f"expected a strict gap, got H={true_entropy:.4f}, H_est={estimate:.4f}"
 
 
-def test_deterministic_action_is_repeatable_and_stochastic_is_not():
+def test_deterministic_action_is_repeatable_and_stochastic_is_not(script):
     torch.manual_seed(4)
-    agent = Agent(3, 2, [-1.0, 0.0], [1.0, 5.0], num_diffusion_steps=4).double()
+    agent = script.Agent(3, 2, [-1.0, 0.0], [1.0, 5.0], num_diffusion_steps=4).double()
     obs = torch.randn(64, 3)
     torch.testing.assert_close(agent.act(obs, deterministic=True), agent.act(obs, deterministic=True))
     assert not torch.allclose(agent.act(obs), agent.act(obs))
     np.testing.assert_allclose(agent.action_center.numpy(), [0.0, 2.5])
 
 
-def test_actions_stay_inside_bounds_when_x0_is_far_out():
+def test_actions_stay_inside_bounds_when_x0_is_far_out(script):
     torch.manual_seed(5)
-    agent = Agent(3, 2, [-1.0, 0.0], [1.0, 5.0], num_diffusion_steps=4).double()
+    agent = script.Agent(3, 2, [-1.0, 0.0], [1.0, 5.0], num_diffusion_steps=4).double()
     with torch.no_grad():
         agent.actor.mean_net[-1].bias.copy_(torch.tensor([40.0, -40.0]))
     for deterministic in (True, False):
