@@ -206,17 +206,18 @@ class DiffusionActor(nn.Module):
     """
 
     def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
-                 min_std: float = 0.01, time_embedding_dim: int = 16):
+                 min_std: float = 0.01, time_embedding_dim: int = 16, activation: str = "tanh"):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
+        Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
         betas = cosine_beta_schedule(num_diffusion_steps)
         self.register_buffer("betas", betas)  # beta_k at index k-1
         self.register_buffer("sqrt_alphas", torch.sqrt(1 - betas))
         self.register_buffer("step_k", torch.arange(num_diffusion_steps, 0, -1))  # k of step j = K - j
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.mean_net = nn.Sequential(
-            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), nn.Tanh(),
-            layer_init(nn.Linear(hidden_dim, hidden_dim)), nn.Tanh(),
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), Activation(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
         # sigma_k^2 = beta_k at initialisation: the exact reverse process of x_0 ~ N(0, I).

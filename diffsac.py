@@ -110,7 +110,9 @@ class Args:
     min_std: float = 0.01
     """floor of every reverse-kernel standard deviation sigma_k"""
     hidden_dim: int = 256
-    """width of the two hidden layers of the actor's mean network and of the Q networks"""
+    """width of the two hidden layers of the Q networks"""
+    actor_hidden_dim: int = 256
+    """width of the two hidden layers of the actor's mean network (run K times per action)"""
 
 
 def validate_args(args: Args) -> None:
@@ -120,7 +122,8 @@ def validate_args(args: Args) -> None:
     for flag, value in [("--num-envs", args.num_envs), ("--batch-size", args.batch_size),
                         ("--buffer-size", args.buffer_size), ("--policy-frequency", args.policy_frequency),
                         ("--target-network-frequency", args.target_network_frequency),
-                        ("--hidden-dim", args.hidden_dim), ("--checkpoint-frequency", args.checkpoint_frequency),
+                        ("--hidden-dim", args.hidden_dim), ("--actor-hidden-dim", args.actor_hidden_dim),
+                        ("--checkpoint-frequency", args.checkpoint_frequency),
                         ("--torch-threads", args.torch_threads)]:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value}).")
@@ -186,17 +189,18 @@ class DiffusionActor(nn.Module):
     """
 
     def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
-                 min_std: float = 0.01, time_embedding_dim: int = 16):
+                 min_std: float = 0.01, time_embedding_dim: int = 16, activation: str = "tanh"):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
+        Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
         betas = cosine_beta_schedule(num_diffusion_steps)
         self.register_buffer("betas", betas)  # beta_k at index k-1
         self.register_buffer("sqrt_alphas", torch.sqrt(1 - betas))
         self.register_buffer("step_k", torch.arange(num_diffusion_steps, 0, -1))  # k of step j = K - j
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.mean_net = nn.Sequential(
-            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), nn.Tanh(),
-            layer_init(nn.Linear(hidden_dim, hidden_dim)), nn.Tanh(),
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), Activation(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
         # sigma_k^2 = beta_k at initialisation: the exact reverse process of x_0 ~ N(0, I).
@@ -284,12 +288,12 @@ class SoftQNetwork(nn.Module):
 
 
 class Agent(nn.Module):
-    """The diffusion actor and the squashing a = c + h tanh(x_0)."""
+    """The diffusion actor (ReLU, as CleanRL's SAC networks) and the squashing a = c + h tanh(x_0)."""
 
     def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
-                 num_diffusion_steps: int, hidden_dim: int = 256, min_std: float = 0.01):
+                 num_diffusion_steps: int, hidden_dim: int = 256, min_std: float = 0.01, activation: str = "relu"):
         super().__init__()
-        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std)
+        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation=activation)
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_center", (high + low) / 2)
         self.register_buffer("action_half_width", (high - low) / 2)
@@ -359,7 +363,13 @@ def soft_bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_
 def actor_loss_and_entropy(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, obs: torch.Tensor, alpha: float):
     """(E[alpha L - min_i Q_i(s, a)], H_est = -E[L] detached): the paper's surrogate (DESIGN §2)."""
     actions, path_log_ratio, _ = agent.sample(obs)
+    # The critics only pass gradients through to the action: building the graph with their
+    # parameters frozen skips the weight gradients that the actor optimiser would not use.
+    qf1.requires_grad_(False)
+    qf2.requires_grad_(False)
     min_q = torch.min(qf1(obs, actions), qf2(obs, actions))
+    qf1.requires_grad_(True)
+    qf2.requires_grad_(True)
     return (alpha * path_log_ratio - min_q).mean(), -path_log_ratio.detach().mean()
 
 
@@ -386,7 +396,7 @@ def main() -> None:
     agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim,
                         action_low=envs.single_action_space.low.tolist(),
                         action_high=envs.single_action_space.high.tolist(),
-                        num_diffusion_steps=args.num_diffusion_steps, hidden_dim=args.hidden_dim, min_std=args.min_std)
+                        num_diffusion_steps=args.num_diffusion_steps, hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
     agent = Agent(**agent_kwargs).to(device)
     qf1, qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device), SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
     qf1_target, qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device), SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
@@ -405,7 +415,7 @@ def main() -> None:
     if checkpoint:
         if checkpoint["agent_kwargs"] != agent_kwargs:
             raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint['agent_kwargs']}) "
-                              "differs from the flags given; allowed: the same --env-id, --num-diffusion-steps, --hidden-dim, --min-std.")
+                              "differs from the flags given; allowed: the same --env-id, --num-diffusion-steps, --actor-hidden-dim, --min-std.")
         agent.load_state_dict(checkpoint["agent"])
         for name, module in networks.items():
             module.load_state_dict(checkpoint[name])
