@@ -12,7 +12,7 @@ import torch
 
 torch.set_default_dtype(torch.float64)
 
-SCRIPTS = ["diffppo", "diffsac"]
+SCRIPTS = ["diffppo", "diffsac", "diffwpo"]
 
 
 @pytest.fixture(params=SCRIPTS)

@@ -1,4 +1,5 @@
-"""diffsac.py from the command line: smoke trainings, logging tags, checkpoint and evaluation, bad input."""
+"""diffsac.py and diffwpo.py from the command line: smoke trainings, logging tags, checkpoint,
+evaluation and resume, bad input."""
 
 import os
 
@@ -7,14 +8,16 @@ from conftest import run_script, single_run_dir
 
 from common.logs import read_scalars
 
+SCRIPTS = ["diffsac.py", "diffwpo.py"]
 SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "64"]
 TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/entropy_estimate", "charts/alpha",
         "losses/qf1_loss", "losses/qf2_loss", "losses/actor_loss", "losses/alpha_loss"]
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("env_id,num_diffusion_steps", [("Hopper-v4", 8), ("Pendulum-v1", 4)])
-def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusion_steps):
-    result = run_script([os.path.join(repo_root, "diffsac.py"), "--env-id", env_id, "--total-timesteps", "1200",
+def test_smoke_training_logs_every_tag(tmp_path, repo_root, script, env_id, num_diffusion_steps):
+    result = run_script([os.path.join(repo_root, script), "--env-id", env_id, "--total-timesteps", "1200",
                          "--num-diffusion-steps", str(num_diffusion_steps), *SMALL], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "step      1200/1200" in result.stdout and "updates/s" in result.stdout
@@ -24,13 +27,14 @@ def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusio
         assert len(values) > 0, f"{tag} missing from {run_dir}"
 
 
-def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
-    script = os.path.join(repo_root, "diffsac.py")
+@pytest.mark.parametrize("script_name", SCRIPTS)
+def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root, script_name):
+    script = os.path.join(repo_root, script_name)
     common = ["--env-id", "Pendulum-v1", "--num-diffusion-steps", "3", *SMALL, "--save-model", "--eval-episodes", "2"]
     result = run_script([script, *common, "--total-timesteps", "600"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "evaluation (2 deterministic episodes): mean return" in result.stdout
-    checkpoint = os.path.join(single_run_dir(tmp_path), "diffsac.cleanrl_model")
+    checkpoint = os.path.join(single_run_dir(tmp_path), script_name.replace(".py", ".cleanrl_model"))
     evaluation = run_script(["-m", "common.evaluation", checkpoint, "--episodes", "2"], cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr
     assert "Pendulum-v1 (deterministic, 2 episodes): mean return" in evaluation.stdout
@@ -41,6 +45,7 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     assert "step      1200/1200" in resumed.stdout
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("flags,expected", [
     (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
     (["--env-id", "Pendulum-v9"], "--env-id 'Pendulum-v9' is not a registered gymnasium environment"),
@@ -49,9 +54,9 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     (["--learning-starts", "100", "--batch-size", "256"], "--learning-starts 100 is below --batch-size 256"),
     (["--tau", "0"], "--tau must be in (0, 1]"),
 ])
-def test_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
-    result = run_script([os.path.join(repo_root, "diffsac.py"), *flags], cwd=tmp_path)
+def test_bad_input_gives_one_clear_line(tmp_path, repo_root, script, flags, expected):
+    result = run_script([os.path.join(repo_root, script), *flags], cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("diffsac.py: error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{script}: error:")]
     assert len(lines) == 1 and expected in lines[0], result.stderr

@@ -1,0 +1,112 @@
+"""DiffWPO: the closed-form kernel score, the WPO step on a quadratic critic, augmented
+Bellman targets inside and at the end of the chain, and the rolled-out soft value."""
+
+import math
+
+import torch
+
+import diffwpo
+
+
+def make_agent(obs_dim=2, action_dim=2, num_diffusion_steps=3, seed=0):
+    torch.manual_seed(seed)
+    agent = diffwpo.Agent(obs_dim, action_dim, [-1.0] * action_dim, [1.0] * action_dim, num_diffusion_steps, hidden_dim=32)
+    with torch.no_grad():
+        agent.actor.mean_net[-1].weight.normal_(0, 0.3)
+    return agent
+
+
+def test_closed_form_score_equals_autograd_gradient_of_log_prob():
+    agent = make_agent()
+    obs, x_k, x = torch.randn(50, 2), torch.randn(50, 2), torch.randn(50, 2, requires_grad=True)
+    k = torch.randint(1, 4, (50,))
+    (autograd_score,) = torch.autograd.grad(agent.actor.log_prob(obs, x_k, k, x).sum(), x)
+    mean, std = agent.actor.kernel(obs, x_k, k)
+    torch.testing.assert_close(diffwpo.kernel_score(x, mean, std), autograd_score)
+
+
+def quadratic_critic(center):
+    """Q(s, x_k, k, x) = -|x - center|^2, whose gradient is -2 (x - center)."""
+    return lambda obs, x_k, k, x: -((x - center) ** 2).sum(-1)
+
+
+def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q():
+    """One Gaussian step (K = 1), alpha = 0, Q = -|x - c|^2. The WPO loss is
+    -E[score(x) . v(x)] with score = -(x - mean)/sigma^2 and v = grad Q(x) = -2 (x - c), so its
+    gradient with respect to the mean is -E[v]/sigma^2 = 2 (mean - c)/sigma^2 (preconditioned by
+    sigma^2: 2 (mean - c)). A gradient step on the bias of the mean network (which shifts the mean
+    of every state) thus moves the mean along grad Q(mean) = -2 (mean - c)."""
+    center = torch.tensor([1.5, -0.5])
+    for fisher_preconditioner in (True, False):
+        agent = make_agent(obs_dim=1, num_diffusion_steps=1)
+        with torch.no_grad():
+            agent.actor.log_std.copy_(torch.log(torch.tensor([[0.5, 0.3]])))  # sigma^2 != 1: the preconditioner shows
+        obs = torch.zeros(40000, 1)  # one state, many samples: the expectation is tight
+        one = torch.ones(len(obs), dtype=torch.long)
+        x_prior = torch.randn(len(obs), 2)  # the mean depends on x_K ~ N(0, I): average over it
+
+        def policy_mean():
+            with torch.no_grad():
+                mean, std = agent.actor.kernel(obs, x_prior, one)
+            return mean.mean(0), std[0]
+
+        mean_before, std = policy_mean()
+        loss, _ = diffwpo.wpo_actor_loss(agent, quadratic_critic(center), obs, alpha=0.0,
+                                         fisher_preconditioner=fisher_preconditioner)
+        loss.backward()
+        bias_gradient = agent.actor.mean_net[-1].bias.grad
+        expected = 2 * (mean_before - center) / (1.0 if fisher_preconditioner else std**2)
+        torch.testing.assert_close(bias_gradient, expected, rtol=0.03, atol=0.03)
+
+        with torch.no_grad():
+            agent.actor.mean_net[-1].bias -= 0.01 * bias_gradient
+        mean_after, _ = policy_mean()
+        step, gradient_of_q = mean_after - mean_before, -2 * (mean_before - center)
+        assert torch.nn.functional.cosine_similarity(step, gradient_of_q, dim=0) > 0.99 if fisher_preconditioner else \
+            torch.all(torch.sign(step) == torch.sign(gradient_of_q))
+
+
+def test_bellman_target_inside_chain_uses_next_augmented_state_without_reward():
+    """With alpha = 0 and Q_target(s, x_k, k, x) = 100 s + k, the soft value of any augmented state is
+    Q_target at its last step, 100 s + 1. Inside the chain (k > 1) the target is that value at the same
+    state s, with no reward and no discount; at k = 1 it is r + gamma (1 - terminated)(100 s' + 1)."""
+    num_diffusion_steps, batch = 4, 512
+    agent = make_agent(obs_dim=1, num_diffusion_steps=num_diffusion_steps)
+    critic = lambda obs, x_k, k, x: 100 * obs[:, 0] + k  # noqa: E731
+    obs, next_obs = torch.rand(batch, 1), torch.rand(batch, 1) + 5
+    chains = torch.randn(batch, num_diffusion_steps + 1, 2)
+    rewards, terminations = torch.randn(batch), (torch.rand(batch) < 0.5).float()
+    b_obs, x_k, k, x_previous, target = diffwpo.critic_targets(agent, critic, critic, obs, chains, rewards, next_obs,
+                                                               terminations, alpha=0.0, gamma=0.9)
+    assert set(k.tolist()) == set(range(1, num_diffusion_steps + 1))  # every step gets sampled
+    rows = torch.arange(batch)
+    torch.testing.assert_close(x_k, chains[rows, num_diffusion_steps - k])
+    torch.testing.assert_close(x_previous, chains[rows, num_diffusion_steps - k + 1])
+    inside, last = k > 1, k == 1
+    torch.testing.assert_close(target[inside], 100 * obs[inside, 0] + 1)
+    expected_last = rewards[last] + 0.9 * (1 - terminations[last]) * (100 * next_obs[last, 0] + 1)
+    torch.testing.assert_close(target[last], expected_last)
+
+
+def test_augmented_bellman_target_by_hand():
+    """Inside: y = V_next = 3. Last step: y = 1 + 0.5 * 3 = 2.5, or 1 when terminated."""
+    target = diffwpo.augmented_bellman_target(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 1.0]),
+                                              torch.tensor([False, True, True]), torch.tensor([3.0, 3.0, 3.0]), 0.5)
+    torch.testing.assert_close(target, torch.tensor([3.0, 2.5, 1.0]))
+
+
+def test_rolled_out_soft_value_accumulates_the_whole_path_log_ratio():
+    """With Q_target = 0, V(s, x_K, K) = -alpha E[sum_k lt_k] = -alpha E[L] = alpha H_est: the rollout
+    must add up the K per-step terms (prior and squash terms included) exactly as L does."""
+    agent = make_agent(num_diffusion_steps=4)
+    obs = torch.randn(1, 2).expand(100000, -1)
+    zero = lambda obs, x_k, k, x: torch.zeros(len(obs))  # noqa: E731
+    alpha = 0.7
+    with torch.no_grad():
+        value = diffwpo.soft_value(agent, zero, zero, obs, torch.randn(len(obs), 2),
+                                   torch.full((len(obs),), 4), alpha)
+        chain, step_log_q = agent.actor.sample_chain(obs)
+        terms, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
+        path_log_ratio = log_prior + terms.sum(1) - squash_log_det
+    standard_error = path_log_ratio.std() / math.sqrt(len(obs))
+    assert abs(value.mean() / alpha + path_log_ratio.mean()) < 5 * standard_error * math.sqrt(2)
