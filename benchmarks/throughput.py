@@ -3,7 +3,8 @@
     python benchmarks/throughput.py --script diffppo.py --env-id Hopper-v4 --ks 1 4 8
 
 For each K it runs ``python SCRIPT --env-id ENV --num-diffusion-steps K --total-timesteps N``
-(rollouts and updates, as in training) and reads the SPS the script prints last. The
+(rollouts and updates, as in training) and reads the SPS the script prints last, and for
+off-policy scripts the gradient updates per second after --learning-starts. The
 ceiling steps the same vector environment (common.envs.make_vector_env) with random
 actions and no learning. Run it on an otherwise idle machine; OMP_NUM_THREADS=1.
 """
@@ -17,7 +18,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import tyro
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,14 +54,15 @@ def random_action_rate(env_id: str, num_envs: int, steps: int) -> float:
     return rate
 
 
-def script_rate(args: Args, num_diffusion_steps: int) -> float:
+def script_rate(args: Args, num_diffusion_steps: int) -> tuple[float, float | None]:
     command = [sys.executable, args.script, "--env-id", args.env_id, "--num-diffusion-steps", str(num_diffusion_steps),
                "--total-timesteps", str(args.total_timesteps), "--num-envs", str(args.num_envs), *args.extra.split()]
     print("running:", " ".join(command[1:]), flush=True)
     output = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
     rates = re.findall(r"SPS (\d+)", output)
-    return float(rates[-1])
+    updates = re.findall(r"updates/s ([\d.]+)", output)  # off-policy scripts: one update per env step
+    return float(rates[-1]), (float(updates[-1]) if updates else None)
 
 
 def main() -> None:
@@ -69,11 +70,10 @@ def main() -> None:
     ceiling = random_action_rate(args.env_id, args.num_envs, args.random_steps)
     rows = [(f"{args.script} K={k}", script_rate(args, k)) for k in args.ks]
     print(f"\n{args.env_id}, {args.num_envs} env(s), {args.total_timesteps} steps per run, torch threads 1")
-    print("| what | env steps/s |\n|---|---|")
-    print(f"| random actions (ceiling) | {ceiling:.0f} |")
-    for name, rate in rows:
-        print(f"| {name} | {rate:.0f} |")
-    print(f"\nmean over K: {np.mean([r for _, r in rows]):.0f} env steps/s")
+    print("| what | env steps/s (whole run) | gradient updates/s |\n|---|---|---|")
+    print(f"| random actions (ceiling) | {ceiling:.0f} | - |")
+    for name, (rate, updates) in rows:
+        print(f"| {name} | {rate:.0f} | {updates if updates is not None else '-'} |")
 
 
 if __name__ == "__main__":

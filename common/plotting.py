@@ -60,7 +60,7 @@ def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points
             with warnings.catch_warnings():  # columns before any seed's first episode are all NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, low, high = np.nanmean(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
-            axis.plot(grid, mean, label=f"{exp_name} ({len(runs)} seeds)")
+            axis.plot(grid, mean, label=f"{exp_name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
             axis.fill_between(grid, low, high, alpha=0.2)
         axis.set_title(env_id)
         axis.set_xlabel("environment steps")
