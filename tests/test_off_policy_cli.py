@@ -2,6 +2,7 @@
 evaluation and resume, bad input."""
 
 import os
+import re
 
 import pytest
 from conftest import run_script, single_run_dir
@@ -60,3 +61,13 @@ def test_bad_input_gives_one_clear_line(tmp_path, repo_root, script, flags, expe
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith(f"{script}: error:")]
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_divergence_is_detected_and_reported(tmp_path, repo_root, script):
+    """Absurd learning rates blow the critics up; training stops with a clear message, exit 1."""
+    result = run_script([os.path.join(repo_root, script), "--env-id", "Pendulum-v1", "--total-timesteps", "1000",
+                         "--q-lr", "1e30", "--policy-lr", "1e30", *SMALL], cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(rf"{script}: training diverged: (critic|actor) loss is (nan|inf) at step \d+", result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
