@@ -261,7 +261,7 @@ class DiffusionActor(nn.Module):
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
         std = log_std.exp()
         noise_shape = (K + 1, batch, self.action_dim)
-        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device)
+        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
         x, chain = noise[0], [noise[0]]
         for j, k in enumerate(range(K, 0, -1), start=1):
             hidden = obs_part + time_part[k] + nn.functional.linear(x, x_weight)

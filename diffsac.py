@@ -246,7 +246,7 @@ class DiffusionActor(nn.Module):
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
         std = log_std.exp()
         noise_shape = (K + 1, batch, self.action_dim)
-        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device)
+        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
         x, chain = noise[0], [noise[0]]
         for j, k in enumerate(range(K, 0, -1), start=1):
             hidden = obs_part + time_part[k] + nn.functional.linear(x, x_weight)
@@ -332,12 +332,13 @@ class ReplayBuffer:
         self.buffer_size, self.position, self.size, self.device = buffer_size, 0, 0, device
 
     def add(self, obs, next_obs, actions, rewards, terminations) -> None:
-        for i in range(len(obs)):
-            for storage, value in ((self.obs, obs[i]), (self.next_obs, next_obs[i]), (self.actions, actions[i]),
-                                   (self.rewards, rewards[i]), (self.terminations, terminations[i])):
-                storage[self.position] = torch.as_tensor(value, dtype=torch.float32)
-            self.position = (self.position + 1) % self.buffer_size
-            self.size = min(self.size + 1, self.buffer_size)
+        """Store one row per environment: one copy per field, whatever the number of envs."""
+        rows = (self.position + torch.arange(len(obs), device=self.device)) % self.buffer_size
+        for storage, values in ((self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
+                               (self.rewards, rewards), (self.terminations, terminations)):
+            storage[rows] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+        self.position = (self.position + len(obs)) % self.buffer_size
+        self.size = min(self.size + len(obs), self.buffer_size)
 
     def sample(self, batch_size: int):
         index = torch.randint(0, self.size, (batch_size,), device=self.device)

@@ -15,10 +15,10 @@ TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "chart
 
 @pytest.mark.parametrize("env_id,num_diffusion_steps", [("Hopper-v4", 8), ("Pendulum-v1", 4)])
 def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusion_steps):
-    result = run_script([os.path.join(repo_root, "diffppo.py"), "--env-id", env_id, "--total-timesteps", "1024",
+    result = run_script([os.path.join(repo_root, "diffppo.py"), "--env-id", env_id, "--total-timesteps", "2048",
                          "--num-diffusion-steps", str(num_diffusion_steps), *SMALL], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "step      1024/1024" in result.stdout and "SPS" in result.stdout
+    assert "step      2048/2048" in result.stdout and "SPS" in result.stdout
     run_dir = single_run_dir(tmp_path)
     for tag in TAGS:
         steps, values = read_scalars(run_dir, tag)

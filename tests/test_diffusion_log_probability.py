@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_default_dtype(torch.float64)
-
 SCRIPTS = ["diffppo", "diffsac", "diffwpo"]
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """These tests compare against integrals and closed forms: run them in float64, then restore."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(params=SCRIPTS)
