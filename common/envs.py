@@ -114,7 +114,7 @@ def finished_episodes(infos: dict) -> list[tuple[float, int]]:
     if "episode" not in infos:
         return []
     mask = infos["_episode"]
-    return [(float(r), int(l)) for r, l in zip(infos["episode"]["r"][mask], infos["episode"]["l"][mask])]
+    return [(float(ret), int(length)) for ret, length in zip(infos["episode"]["r"][mask], infos["episode"]["l"][mask])]
 
 
 def true_next_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:

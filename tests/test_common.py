@@ -5,7 +5,6 @@ import os
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import diffppo
 from common.checkpoint import load_checkpoint, save_checkpoint
