@@ -364,6 +364,30 @@ def augmented_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, ne
     return advantages, advantages + values
 
 
+def step_with_bootstrap(envs, agent: Agent, chain: torch.Tensor, soft_rewards: np.ndarray,
+                        obs_normalizer: ObservationNormalizer, reward_normalizer: RewardNormalizer, gamma: float):
+    """Execute a = c + h tanh(x_0); return (next raw obs, augmented rewards [N, K], done, infos).
+
+    The last augmented step gets the normalised environment reward; where an episode was cut by a
+    time limit (truncated, not terminated) it also gets gamma * V(final obs, x_K, K), so the cut
+    is bootstrapped from the state actually reached rather than treated as a termination.
+    """
+    action = agent.squash(chain[:, -1]).cpu().numpy()
+    next_obs_raw, reward, terminated, truncated, infos = envs.step(action)
+    done = np.logical_or(terminated, truncated)
+    augmented_rewards = soft_rewards.copy()
+    augmented_rewards[:, -1] += reward_normalizer(reward, done)
+    truncated_only = np.logical_and(truncated, np.logical_not(terminated))
+    if truncated_only.any():
+        final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=chain.device)
+        num_envs, num_diffusion_steps = chain.shape[0], chain.shape[1] - 1
+        with torch.no_grad():
+            final_values = agent.critic(final_obs, torch.randn_like(chain[:, 0]),
+                                        torch.full((num_envs,), num_diffusion_steps, device=chain.device))
+        augmented_rewards[truncated_only, -1] += gamma * final_values.cpu().numpy()[truncated_only]
+    return next_obs_raw, augmented_rewards, done, infos
+
+
 def main() -> None:
     args = tyro.cli(Args)
     validate_args(args)
@@ -461,17 +485,8 @@ def main() -> None:
             chain_buffer[step], log_q_buffer[step], value_buffer[step] = chain, step_log_q, values
             path_log_ratio_buffer[step] = log_prior + step_log_ratio.sum(1) - squash_log_det
 
-            action = agent.squash(chain[:, -1]).cpu().numpy()
-            next_obs_raw, reward, terminated, truncated, infos = envs.step(action)
-            done = np.logical_or(terminated, truncated)
-            augmented_rewards = soft_rewards.cpu().numpy()
-            augmented_rewards[:, -1] += reward_normalizer(reward, done)
-            truncated_only = np.logical_and(truncated, np.logical_not(terminated))
-            if truncated_only.any():  # bootstrap a time-limit cut from the true final observation
-                final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=device)
-                with torch.no_grad():
-                    final_values = agent.critic(final_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)
-                augmented_rewards[truncated_only, -1] += args.gamma * final_values.cpu().numpy()[truncated_only]
+            next_obs_raw, augmented_rewards, done, infos = step_with_bootstrap(
+                envs, agent, chain, soft_rewards.cpu().numpy(), obs_normalizer, reward_normalizer, args.gamma)
             reward_buffer[step], done_buffer[step] = augmented_rewards, done
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)

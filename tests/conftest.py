@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,3 +27,28 @@ def single_run_dir(cwd: str) -> str:
 @pytest.fixture
 def repo_root() -> str:
     return REPO_ROOT
+
+
+class CountingEnv(gym.Env):
+    """Observation = number of steps taken, reward 1; terminates at ``terminate_at`` if given."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, terminate_at=None):
+        self.terminate_at, self.t = terminate_at, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.terminate_at is not None and self.t >= self.terminate_at
+        return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
+
+
+# A time limit of 3 steps (truncation) and a termination at step 2, for the time-limit tests.
+gym.register("tests/CountingTruncated-v0", entry_point=CountingEnv, max_episode_steps=3)
+gym.register("tests/CountingTerminated-v0", entry_point=CountingEnv, kwargs={"terminate_at": 2}, max_episode_steps=100)

@@ -77,3 +77,51 @@ def test_augmented_gae_with_one_diffusion_step_is_ordinary_gae():
         expected[t] = last
     advantages, _ = augmented_gae(rewards[..., None], values[..., None], dones, next_value, gamma, lam, 0.3)
     np.testing.assert_allclose(advantages[..., 0], expected)
+
+
+class ValueOfObservation(torch.nn.Module):
+    """A stand-in critic: V(s, x_k, k) = 10 * s."""
+
+    def forward(self, obs, x_k, k):
+        return 10.0 * obs[:, 0]
+
+
+class UnitRewards:
+    """A stand-in reward normaliser that leaves rewards as they are."""
+
+    def __call__(self, reward, done):
+        return reward.astype(np.float32)
+
+
+def rewards_over_episode(env_id, steps, gamma=0.9):
+    from common.envs import make_vector_env
+    from common.normalization import ObservationNormalizer
+    from diffppo import step_with_bootstrap
+
+    agent = Agent(1, 1, [-1.0], [1.0], num_diffusion_steps=2)
+    agent.critic = ValueOfObservation()
+    envs = make_vector_env(env_id, num_envs=1, seed=0)
+    envs.reset(seed=0)
+    last_rewards, dones = [], []
+    for _ in range(steps):
+        chain = torch.zeros(1, 3, 1)
+        _, augmented, done, _ = step_with_bootstrap(envs, agent, chain, np.zeros((1, 2), np.float32),
+                                                    ObservationNormalizer.identity((1,)), UnitRewards(), gamma)
+        last_rewards.append(augmented[0, -1])
+        dones.append(bool(done[0]))
+        assert augmented[0, 0] == 0.0  # only the last augmented step gets the environment's reward
+    return last_rewards, dones
+
+
+def test_time_limit_is_bootstrapped_from_the_final_observation():
+    """Time limit 3: the third step's reward is 1 + gamma * V(final obs 3) = 1 + 0.9 * 30, not
+    V of the reset observation (0); the episode still counts as done for GAE."""
+    rewards, dones = rewards_over_episode("tests/CountingTruncated-v0", 4)
+    np.testing.assert_allclose(rewards, [1.0, 1.0, 1.0 + 0.9 * 30.0, 1.0])
+    assert dones == [False, False, True, False]
+
+
+def test_termination_is_not_bootstrapped():
+    rewards, dones = rewards_over_episode("tests/CountingTerminated-v0", 3)
+    np.testing.assert_allclose(rewards, [1.0, 1.0, 1.0])
+    assert dones == [False, True, False]

@@ -3,7 +3,6 @@ soft Bellman targets and time-limit handling."""
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -89,30 +88,6 @@ def test_soft_bellman_target_bootstraps_unless_terminated():
     target = diffsac.soft_bellman_target(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), torch.tensor([10.0, 10.0]),
                                          torch.tensor([-2.0, -2.0]), alpha=0.5, gamma=0.9)
     torch.testing.assert_close(target, torch.tensor([10.9, 1.0]))
-
-
-class CountingEnv(gym.Env):
-    """Observation = number of steps taken; terminates at ``terminate_at`` if given."""
-
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-    def __init__(self, terminate_at=None):
-        self.terminate_at, self.t = terminate_at, 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.array([0.0], np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        terminated = self.terminate_at is not None and self.t >= self.terminate_at
-        return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
-
-
-gym.register("tests/CountingTruncated-v0", entry_point=CountingEnv, max_episode_steps=3)
-gym.register("tests/CountingTerminated-v0", entry_point=CountingEnv, kwargs={"terminate_at": 2}, max_episode_steps=100)
 
 
 def collect(env_id, steps):
