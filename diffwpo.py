@@ -29,7 +29,8 @@ then moves by the velocity itself, whatever sigma_k is (the natural-gradient for
 Choices the design leaves open, made here:
 - Each critic update samples one diffusion step k per transition (uniformly), and each actor
   update one step per freshly sampled chain, so an update costs one batch whatever K is
-  (using all K steps of every chain was 1.4x slower per update and learned no faster on Pendulum).
+  (using all K steps of every chain was 1.4x slower per update and, in one 8k-step Pendulum run,
+  learned no faster).
 - The diffusion actor is the one of diffppo.py (copied; the maths tests run on every copy),
   with ReLU and 128 units as in diffsac.py; critics have CleanRL's 256 units.
 - Warm-up actions (before --learning-starts) come from the untrained actor, whose pre-tanh
