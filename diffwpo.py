@@ -33,6 +33,9 @@ Choices the design leaves open, made here:
   learned no faster).
 - The diffusion actor is the one of diffppo.py (copied; the maths tests run on every copy),
   with ReLU and 128 units as in diffsac.py; critics have CleanRL's 256 units.
+- The augmented critics see x_k and x_{k-1} through tanh, as the environment sees x_0. With raw
+  inputs the critic's gradient kept growing where tanh saturates (an MLP extrapolates linearly),
+  x_0 drifted outward, the entropy estimate collapsed and alpha diverged (Hopper, ~27k steps).
 - Warm-up actions (before --learning-starts) come from the untrained actor, whose pre-tanh
   action is exactly N(0, I), so the stored chains are consistent with the forward process.
 - Observations are not normalised (as SAC); time-limit truncations bootstrap; the replay
@@ -300,7 +303,9 @@ class AugmentedQNetwork(nn.Module):
         self.fc3 = nn.Linear(hidden_dim, 1)
 
     def forward(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.fc1(torch.cat([obs, x_k, self.time_embedding(k), x_previous], dim=1)))
+        # The chain enters through tanh, as the executed action does: the critic is flat where tanh
+        # saturates instead of extrapolating linearly, so its gradient cannot push x_0 without bound.
+        x = F.relu(self.fc1(torch.cat([obs, torch.tanh(x_k), self.time_embedding(k), torch.tanh(x_previous)], dim=1)))
         x = F.relu(self.fc2(x))
         return self.fc3(x).squeeze(-1)
 

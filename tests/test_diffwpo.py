@@ -110,3 +110,17 @@ def test_rolled_out_soft_value_accumulates_the_whole_path_log_ratio():
         path_log_ratio = log_prior + terms.sum(1) - squash_log_det
     standard_error = path_log_ratio.std() / math.sqrt(len(obs))
     assert abs(value.mean() / alpha + path_log_ratio.mean()) < 5 * standard_error * math.sqrt(2)
+
+
+def test_critic_gradient_vanishes_where_the_action_saturates():
+    """The critic reads x through tanh, so d Q / d x_{k-1} dies out where tanh saturates (the executed
+    action no longer changes) instead of extrapolating linearly and pushing x_0 without bound."""
+    torch.manual_seed(0)
+    critic = diffwpo.AugmentedQNetwork(obs_dim=2, action_dim=2, num_diffusion_steps=3, hidden_dim=32)
+    obs, x_k, k = torch.randn(64, 2), torch.randn(64, 2), torch.ones(64, dtype=torch.long)
+    gradients = {}
+    for scale in (0.0, 20.0):
+        x = torch.full((64, 2), scale, requires_grad=True)
+        (gradients[scale],) = torch.autograd.grad(critic(obs, x_k, k, x).sum(), x)
+    assert gradients[0.0].abs().mean() > 1e-3
+    assert gradients[20.0].abs().max() < 1e-12
