@@ -49,6 +49,7 @@ def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     groups = group_runs(run_dirs)
     figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
@@ -62,6 +63,7 @@ def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points
                 mean, low, high = np.nanmean(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
             axis.plot(grid, mean, label=f"{exp_name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
             axis.fill_between(grid, low, high, alpha=0.2)
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value / 1000:g}k"))
         axis.set_title(env_id)
         axis.set_xlabel("environment steps")
         axis.set_ylabel(f"episodic return ({window}-episode mean)")
