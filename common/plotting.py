@@ -44,7 +44,20 @@ def curve_on_grid(run_dir: str, grid: np.ndarray, window: int) -> np.ndarray:
     return curve
 
 
-def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points: int = 200) -> None:
+def algorithm_order(exp_name: str) -> tuple[str, int, str]:
+    """Sort key that puts each diffusion script beside its Gaussian baseline: diffppo, ppo, diffsac, sac, ..."""
+    base = exp_name[len("diff"):] if exp_name.startswith("diff") else exp_name
+    return base, 0 if exp_name.startswith("diff") else 1, exp_name
+
+
+def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points: int = 200, band: str = "minmax",
+                         references: dict[str, list[tuple[str, float]]] | None = None) -> None:
+    """One panel per environment, one line per exp_name (mean over seeds) with a band: the
+    seeds' min-max (band="minmax") or mean +- one standard deviation (band="std").
+
+    A diffusion script and its Gaussian baseline (diffsac / sac) share a colour, the Gaussian
+    one dashed. references: {env_id: [(label, return), ...]} drawn as dotted horizontal lines.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,16 +66,28 @@ def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points
 
     groups = group_runs(run_dirs)
     figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+    exp_names = sorted({name for experiments in groups.values() for name in experiments}, key=algorithm_order)
+    bases = list(dict.fromkeys(algorithm_order(name)[0] for name in exp_names))
+    colours = {name: f"C{bases.index(algorithm_order(name)[0]) % 10}" for name in exp_names}
     for axis, (env_id, experiments) in zip(axes[0], sorted(groups.items())):
-        for exp_name, runs in sorted(experiments.items()):
+        for exp_name, runs in sorted(experiments.items(), key=lambda item: algorithm_order(item[0])):
             last_step = max(read_scalars(run, "charts/episodic_return")[0].max(initial=0) for run in runs)
             grid = np.linspace(0, last_step, points)
             curves = np.array([curve_on_grid(run, grid, window) for run in runs])
             with warnings.catch_warnings():  # columns before any seed's first episode are all NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
-                mean, low, high = np.nanmean(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
-            axis.plot(grid, mean, label=f"{exp_name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
-            axis.fill_between(grid, low, high, alpha=0.2)
+                mean = np.nanmean(curves, 0)
+                if band == "std":
+                    low, high = mean - np.nanstd(curves, 0), mean + np.nanstd(curves, 0)
+                else:
+                    low, high = np.nanmin(curves, 0), np.nanmax(curves, 0)
+            gaussian = f"diff{exp_name}" in exp_names  # a Gaussian baseline drawn beside its diffusion script
+            axis.plot(grid, mean, color=colours[exp_name], linestyle="--" if gaussian else "-",
+                      label=f"{exp_name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            axis.fill_between(grid, low, high, color=colours[exp_name], alpha=0.15)
+        for label, value in (references or {}).get(env_id, []):
+            axis.axhline(value, color="grey", linestyle=":", linewidth=1)
+            axis.annotate(label, (0, value), xytext=(2, 2), textcoords="offset points", fontsize=7, color="grey")
         axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value / 1000:g}k"))
         axis.set_title(env_id)
         axis.set_xlabel("environment steps")

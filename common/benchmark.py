@@ -1,0 +1,269 @@
+"""Run a grid of scripts x environments x seeds, locally or on a Slurm cluster (through submitit).
+
+    python -m common.benchmark --scripts diffppo.py baselines/ppo.py \
+        --env-ids InvertedPendulum-v4 Hopper-v4 --seeds 1 2 3 --total-timesteps 1000000 \
+        --workdir results/ppo_pair --workers 2
+    python -m common.report results/ppo_pair/runs --out-dir results/ppo_pair
+
+Every run is ``python SCRIPT --env-id ENV --seed S --exp-name NAME [--total-timesteps N] [--extra ...]``
+with the working directory --workdir, so its TensorBoard logs land in WORKDIR/runs/ (the
+scripts' runs/{env_id}__{exp_name}__{seed}__{time} convention) and its stdout in
+WORKDIR/benchmark_logs/{env_id}__{exp_name}__{seed}.log. NAME is the script's file name
+without .py plus --exp-suffix (e.g. ``diffppo_k4``). A run that finishes writes a marker
+``{env_id}__{exp_name}__{seed}.done.json`` (command, run folder, wall-clock seconds) beside
+its log; running the same grid again skips every run that has one (resume), unless
+--rerun-finished is given. --dry-run prints the commands and what would be skipped.
+
+Executors:
+  local           --workers subprocesses at a time on this machine (one torch thread each).
+  slurm           one Slurm job per run through submitit (job array, --slurm-array-parallelism
+                  at a time); scheduler options: --slurm-partition, --timeout-min, --cpus-per-task,
+                  --gpus-per-node, --mem-gb. Waits for the jobs unless --no-wait; submitit's own
+                  job logs go to WORKDIR/benchmark_logs/submitit/.
+  submitit-local  submitit's local executor: the slurm code path, run as local processes
+                  (what the tests use; handy to check a grid before sending it to a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import tyro
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # `python common/benchmark.py` as well as `python -m common.benchmark`
+    sys.path.insert(0, REPO_ROOT)
+
+from common.envs import ConfigError, check_env_id, run_cli  # noqa: E402
+
+KNOWN_SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "baselines/ppo.py", "baselines/sac.py", "baselines/wpo.py"]
+
+
+@dataclass
+class Args:
+    scripts: list[str] = field(default_factory=lambda: ["diffppo.py", "baselines/ppo.py"])
+    """training scripts, relative to the repository root (or absolute paths)"""
+    env_ids: list[str] = field(default_factory=lambda: ["InvertedPendulum-v4"])
+    """environment ids"""
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """seeds"""
+    total_timesteps: int | None = None
+    """environment steps per run (default: each script's own default)"""
+    extra: str = ""
+    """flags passed to every script, e.g. "--num-diffusion-steps 4" (shell-quoted string)"""
+    exp_suffix: str = ""
+    """appended to each script's name to form --exp-name (e.g. "_k4"), so variants do not collide"""
+    workdir: str = "."
+    """working directory of the runs: TensorBoard logs go to WORKDIR/runs, stdout to WORKDIR/benchmark_logs"""
+    executor: Literal["local", "slurm", "submitit-local"] = "local"
+    """where the runs execute"""
+    workers: int = 2
+    """runs at a time with --executor local"""
+    dry_run: bool = False
+    """print the commands (and which runs are already finished) without running anything"""
+    rerun_finished: bool = False
+    """run again the runs that already have a .done.json marker"""
+    wait: bool = True
+    """with submitit executors: wait for the jobs and print their outcome (--no-wait: submit and exit)"""
+    slurm_partition: str | None = None
+    """Slurm partition"""
+    timeout_min: int = 24 * 60
+    """time limit of one job in minutes (submitit executors)"""
+    cpus_per_task: int = 2
+    """CPUs per job (submitit executors)"""
+    gpus_per_node: int = 0
+    """GPUs per job (submitit executors; the scripts use CUDA when they see it)"""
+    mem_gb: float = 16.0
+    """memory per job in GB (submitit executors)"""
+    slurm_array_parallelism: int = 64
+    """maximum number of jobs of the array running at once on Slurm"""
+
+
+@dataclass
+class Run:
+    """One cell of the grid."""
+
+    script: str  # absolute path
+    env_id: str
+    seed: int
+    exp_name: str
+    command: list[str]
+    workdir: str  # absolute
+    log_path: str
+    marker_path: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.env_id}__{self.exp_name}__{self.seed}"
+
+
+def validate_args(args: Args) -> None:
+    if not args.scripts or not args.env_ids or not args.seeds:
+        raise ConfigError("--scripts, --env-ids and --seeds each need at least one value.")
+    for script in args.scripts:
+        if not os.path.isfile(script if os.path.isabs(script) else os.path.join(REPO_ROOT, script)):
+            raise ConfigError(f"--scripts {script!r}: no such file (relative paths are read from {REPO_ROOT}); "
+                              f"allowed: {', '.join(KNOWN_SCRIPTS)} or a path to another script.")
+    for env_id in args.env_ids:
+        check_env_id(env_id)
+    stems = [os.path.splitext(os.path.basename(script))[0] for script in args.scripts]
+    if len(set(stems)) != len(stems):
+        raise ConfigError(f"--scripts {' '.join(args.scripts)}: two scripts share a file name; "
+                          "run them as separate grids with different --exp-suffix.")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated.")
+    if "--exp-name" in args.extra or "--seed" in shlex.split(args.extra) or "--env-id" in args.extra:
+        raise ConfigError("--extra must not set --exp-name, --seed or --env-id (the grid sets them; use --exp-suffix).")
+    for flag, value in [("--workers", args.workers), ("--timeout-min", args.timeout_min),
+                        ("--cpus-per-task", args.cpus_per_task), ("--slurm-array-parallelism", args.slurm_array_parallelism)]:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
+    if args.total_timesteps is not None and args.total_timesteps < 1:
+        raise ConfigError(f"--total-timesteps must be at least 1 (got {args.total_timesteps}).")
+
+
+def build_grid(args: Args) -> list[Run]:
+    """The runs in grid order: environment, then script, then seed."""
+    workdir = os.path.abspath(args.workdir)
+    log_dir = os.path.join(workdir, "benchmark_logs")
+    runs = []
+    for env_id in args.env_ids:
+        for script in args.scripts:
+            script_path = script if os.path.isabs(script) else os.path.join(REPO_ROOT, script)
+            exp_name = os.path.splitext(os.path.basename(script))[0] + args.exp_suffix
+            for seed in args.seeds:
+                command = [sys.executable, script_path, "--env-id", env_id, "--seed", str(seed), "--exp-name", exp_name]
+                if args.total_timesteps is not None:
+                    command += ["--total-timesteps", str(args.total_timesteps)]
+                command += shlex.split(args.extra)
+                key = f"{env_id}__{exp_name}__{seed}"
+                runs.append(Run(script_path, env_id, seed, exp_name, command, workdir,
+                                os.path.join(log_dir, f"{key}.log"), os.path.join(log_dir, f"{key}.done.json")))
+    return runs
+
+
+def is_finished(run: Run) -> bool:
+    """A marker exists and the run folder it names is still there."""
+    if not os.path.isfile(run.marker_path):
+        return False
+    with open(run.marker_path) as marker:
+        return os.path.isdir(os.path.join(run.workdir, json.load(marker)["run_dir"]))
+
+
+def newest_run_dir(run: Run, started: float) -> str | None:
+    """The run folder runs/{key}__{time} created by this run (time >= its start, newest)."""
+    runs_root = os.path.join(run.workdir, "runs")
+    if not os.path.isdir(runs_root):
+        return None
+    candidates = []
+    for name in os.listdir(runs_root):
+        prefix, _, stamp = name.rpartition("__")
+        if prefix == run.key and stamp.isdigit() and int(stamp) >= int(started) - 1:
+            candidates.append((int(stamp), name))
+    return os.path.join("runs", max(candidates)[1]) if candidates else None
+
+
+def run_one(run: Run) -> dict:
+    """Execute one run (blocking), write its marker when it succeeds; returns the outcome.
+
+    Module-level so that submitit can pickle it by reference on any executor.
+    """
+    os.makedirs(os.path.dirname(run.log_path), exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+    started = time.time()
+    with open(run.log_path, "w") as log:
+        log.write(f"$ cd {shlex.quote(run.workdir)} && {shlex.join(run.command)}\n")
+        log.flush()
+        returncode = subprocess.run(run.command, cwd=run.workdir, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    wall_clock = time.time() - started
+    outcome = {"key": run.key, "returncode": returncode, "wall_clock_s": round(wall_clock, 1),
+               "run_dir": newest_run_dir(run, started), "log": run.log_path, "command": shlex.join(run.command)}
+    if returncode == 0 and outcome["run_dir"] is not None:
+        temporary = run.marker_path + ".tmp"
+        with open(temporary, "w") as marker:
+            json.dump({**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}, marker, indent=1)
+        os.replace(temporary, run.marker_path)
+    return outcome
+
+
+def describe(outcome: dict) -> str:
+    status = "done" if outcome["returncode"] == 0 else f"FAILED (exit {outcome['returncode']})"
+    return f"[{status}] {outcome['key']} in {outcome['wall_clock_s']:.0f} s -> {outcome['run_dir']} (log {outcome['log']})"
+
+
+def run_with_submitit(args: Args, pending: list[Run]) -> list[dict]:
+    import submitit
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))
+    folder = os.path.join(os.path.abspath(args.workdir), "benchmark_logs", "submitit", "%j")
+    executor = submitit.AutoExecutor(folder=folder, cluster="local" if args.executor == "submitit-local" else "slurm")
+    executor.update_parameters(name="benchmark", timeout_min=args.timeout_min, cpus_per_task=args.cpus_per_task,
+                               gpus_per_node=args.gpus_per_node, mem_gb=args.mem_gb,
+                               slurm_partition=args.slurm_partition, slurm_array_parallelism=args.slurm_array_parallelism)
+    jobs = executor.map_array(run_one, pending)
+    for job, run in zip(jobs, pending):
+        print(f"[submitted] job {job.job_id}: {run.key}", flush=True)
+    if not args.wait:
+        print("not waiting (--no-wait); run the same command again later to see what is finished and resubmit the rest")
+        return []
+    outcomes = []
+    for job, run in zip(jobs, pending):
+        try:
+            outcome = job.result()
+        except Exception as error:  # the job itself failed (scheduler, timeout): report it, go on
+            outcome = {"key": run.key, "returncode": -1, "wall_clock_s": 0.0, "run_dir": None, "log": run.log_path,
+                       "command": shlex.join(run.command), "error": str(error).splitlines()[-1] if str(error) else repr(error)}
+        print(describe(outcome), flush=True)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    validate_args(args)
+    runs = build_grid(args)
+    pending = [run for run in runs if args.rerun_finished or not is_finished(run)]
+    workdir = os.path.abspath(args.workdir)
+    print(f"grid: {len(args.scripts)} scripts x {len(args.env_ids)} envs x {len(args.seeds)} seeds = {len(runs)} runs; "
+          f"{len(runs) - len(pending)} already finished, {len(pending)} to run ({args.executor} executor)")
+    print(f"TensorBoard logs: {os.path.join(workdir, 'runs')}/   stdout logs and markers: {os.path.join(workdir, 'benchmark_logs')}/")
+    for run in runs:
+        tag = "run" if run in pending else "skip, finished"
+        print(f"[{tag}] cd {shlex.quote(workdir)} && {shlex.join(run.command)} > {run.log_path}")
+    if args.dry_run or not pending:
+        return
+    os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+
+    if args.executor == "local":
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            outcomes = []
+            for outcome in pool.map(run_one, pending):
+                print(describe(outcome), flush=True)
+                outcomes.append(outcome)
+    else:
+        outcomes = run_with_submitit(args, pending)
+
+    failed = [outcome for outcome in outcomes if outcome["returncode"] != 0]
+    if outcomes:
+        print(f"{len(outcomes) - len(failed)} runs finished, {len(failed)} failed. "
+              f"Report: python -m common.report {os.path.join(args.workdir, 'runs')} --out-dir {args.workdir}")
+    if failed:
+        print("failed: " + ", ".join(f"{outcome['key']} (see {outcome['log']})" for outcome in failed), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    # Run the importable module's main, so that submitit pickles run_one and Run by reference
+    # (common.benchmark.run_one) rather than by value from __main__.
+    from common import benchmark
+
+    run_cli(benchmark.main, "common.benchmark")

@@ -1,0 +1,136 @@
+"""common.benchmark (grid runner) and common.report (curves and table) from the command line."""
+
+import json
+import os
+import time
+
+import matplotlib.image
+import pytest
+from conftest import run_script
+from torch.utils.tensorboard import SummaryWriter
+
+from common.report import find_run_dirs, markdown_table, summarise
+
+TINY_PPO = "--extra=--num-steps 256 --num-minibatches 4 --num-diffusion-steps 2"
+
+
+def write_synthetic_run(root, env_id, algorithm, seed, returns, duration_s):
+    """A run folder whose episodic returns are ``returns`` at steps 100, 200, ...; its events span duration_s."""
+    run_dir = os.path.join(root, "runs", f"{env_id}__{algorithm}__{seed}__1700000000")
+    writer = SummaryWriter(run_dir)
+    start = time.time()
+    for index, value in enumerate(returns):
+        walltime = start + duration_s * index / (len(returns) - 1)
+        writer.add_scalar("charts/episodic_return", value, 100 * (index + 1), walltime=walltime)
+    writer.close()
+    return run_dir
+
+
+@pytest.fixture
+def synthetic_runs(tmp_path):
+    """Two algorithms on one env: diffalg seeds 1, 2 and alg seed 1 with returns known in advance."""
+    write_synthetic_run(tmp_path, "Toy-v0", "diffalg", 1, list(range(20)), 120)  # last 10: 10..19, mean 14.5
+    write_synthetic_run(tmp_path, "Toy-v0", "diffalg", 2, [value + 10 for value in range(20)], 240)  # mean 24.5
+    write_synthetic_run(tmp_path, "Toy-v0", "alg", 1, [5.0] * 30, 30)
+    return tmp_path
+
+
+def test_report_table_has_known_final_returns_spread_and_wall_clock(synthetic_runs):
+    summaries = summarise(find_run_dirs([str(synthetic_runs / "runs")]), last_episodes=10)
+    assert [(s.env_id, s.algorithm) for s in summaries] == [("Toy-v0", "diffalg"), ("Toy-v0", "alg")]
+    diffusion, gaussian = summaries
+    assert diffusion.final_returns == [14.5, 24.5]
+    assert diffusion.mean == pytest.approx(19.5) and diffusion.std == pytest.approx(5.0)  # population std over seeds
+    assert diffusion.last_steps == [2000, 2000]
+    assert diffusion.wall_clock == pytest.approx([120, 240], abs=2)
+    assert gaussian.final_returns == [5.0] and gaussian.std == 0.0
+
+    table = markdown_table(summaries, last_episodes=10).splitlines()
+    assert table[2] == "| Toy-v0 | diffalg | 2 | 2k | 19.5 +- 5.0 | 14, 24 | 3.0 +- 1.0 min |"  # 14.5, 24.5 rounded half-even
+    assert table[3] == "| Toy-v0 | alg | 1 | 3k | 5.0 +- 0.0 | 5 | 30.0 s |"
+
+
+def test_report_command_writes_png_and_table_with_reference_column(synthetic_runs):
+    reference = synthetic_runs / "reference.csv"
+    reference.write_text("env_id,algorithm,return,std,source\nToy-v0,alg,7.5,1.5,paper\n")
+    result = run_script(["-m", "common.report", "runs", "--out-dir", "out", "--name", "cmp", "--last-episodes", "5",
+                         "--reference", str(reference)], cwd=synthetic_runs)
+    assert result.returncode == 0, result.stderr
+    table = (synthetic_runs / "out" / "cmp.md").read_text().splitlines()
+    assert table[0].endswith("| wall-clock per run | reference |")
+    assert table[2].startswith("| Toy-v0 | diffalg | 2 | 2k | 22.0 +- 5.0 | 17, 27 |") and table[2].endswith("|  |")
+    assert table[3].endswith("| 7.5 +- 1.5 (paper) |")
+    image = matplotlib.image.imread(synthetic_runs / "out" / "cmp.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_report_filters_and_bad_input(synthetic_runs):
+    result = run_script(["-m", "common.report", "runs", "--algorithms", "alg", "--out-dir", "out"], cwd=synthetic_runs)
+    assert result.returncode == 0, result.stderr
+    assert "diffalg" not in (synthetic_runs / "out" / "report.md").read_text()
+    bad_csv = synthetic_runs / "bad.csv"
+    bad_csv.write_text("env,algo\nToy-v0,alg\n")
+    for flags, expected in [(["nowhere"], "'nowhere': no such folder"),
+                            (["runs", "--env-ids", "Other-v0"], "no run folders"),
+                            (["runs", "--reference", str(bad_csv)], "missing column(s) algorithm, env_id, return")]:
+        result = run_script(["-m", "common.report", *flags], cwd=synthetic_runs)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("common.report: error:") and expected in result.stderr, result.stderr
+
+
+def test_benchmark_dry_run_prints_commands_and_runs_nothing(tmp_path, repo_root):
+    result = run_script(["-m", "common.benchmark", "--scripts", "diffppo.py", "diffsac.py", "--env-ids", "Pendulum-v1",
+                         "Hopper-v4", "--seeds", "1", "2", "--total-timesteps", "1000", "--workdir", str(tmp_path),
+                         "--dry-run"], cwd=repo_root)
+    assert result.returncode == 0, result.stderr
+    assert "2 scripts x 2 envs x 2 seeds = 8 runs; 0 already finished, 8 to run" in result.stdout
+    commands = [line for line in result.stdout.splitlines() if line.startswith("[run]")]
+    assert len(commands) == 8
+    assert (f"diffsac.py --env-id Hopper-v4 --seed 2 --exp-name diffsac --total-timesteps 1000 > "
+            f"{tmp_path}/benchmark_logs/Hopper-v4__diffsac__2.log") in commands[-1]
+    assert not os.path.exists(tmp_path / "runs") and not os.path.exists(tmp_path / "benchmark_logs")
+
+
+@pytest.mark.parametrize("executor", ["local", "submitit-local"])
+def test_benchmark_runs_grid_then_resume_skips_finished_runs(tmp_path, repo_root, executor):
+    grid = ["-m", "common.benchmark", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "2",
+            "--total-timesteps", "512", TINY_PPO, "--workdir", str(tmp_path), "--executor", executor]
+    result = run_script(grid, cwd=repo_root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("[done] Pendulum-v1__diffppo__") == 2
+    for seed in (1, 2):
+        marker = json.loads((tmp_path / "benchmark_logs" / f"Pendulum-v1__diffppo__{seed}.done.json").read_text())
+        assert marker["returncode"] == 0 and os.path.isdir(tmp_path / marker["run_dir"])
+        assert marker["run_dir"].startswith(f"runs/Pendulum-v1__diffppo__{seed}__")
+        assert "step       512/512" in (tmp_path / "benchmark_logs" / f"Pendulum-v1__diffppo__{seed}.log").read_text()
+
+    again = run_script(grid + ["--seeds", "1", "2", "3", "--dry-run"], cwd=repo_root)
+    assert "3 runs; 2 already finished, 1 to run" in again.stdout
+    assert again.stdout.count("[skip, finished]") == 2 and "[run] " in again.stdout
+
+    report = run_script(["-m", "common.report", str(tmp_path / "runs"), "--out-dir", str(tmp_path)], cwd=repo_root)
+    assert report.returncode == 0, report.stderr
+    assert "| Pendulum-v1 | diffppo | 2 |" in report.stdout
+
+
+def test_benchmark_reports_a_failed_run_and_writes_no_marker(tmp_path, repo_root):
+    result = run_script(["-m", "common.benchmark", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
+                         "--extra=--num-diffusion-steps 0", "--workdir", str(tmp_path)], cwd=repo_root)
+    assert result.returncode == 1
+    assert "[FAILED (exit 2)] Pendulum-v1__diffppo__1" in result.stdout
+    assert "--num-diffusion-steps must be at least 1" in (tmp_path / "benchmark_logs" / "Pendulum-v1__diffppo__1.log").read_text()
+    assert not (tmp_path / "benchmark_logs" / "Pendulum-v1__diffppo__1.done.json").exists()
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--scripts", "nope.py"], "--scripts 'nope.py': no such file"),
+    (["--env-ids", "Hopper-v9"], "--env-id 'Hopper-v9' is not a registered gymnasium environment"),
+    (["--seeds", "1", "1"], "a seed is repeated"),
+    (["--extra=--seed 3"], "--extra must not set --exp-name, --seed or --env-id"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_benchmark_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
+    result = run_script(["-m", "common.benchmark", "--scripts", "diffppo.py", *flags, "--workdir", str(tmp_path)],
+                        cwd=repo_root)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("common.benchmark: error:") and expected in result.stderr, result.stderr
