@@ -189,7 +189,7 @@ def main() -> None:
         file.write(table)
     lines_by_env = defaultdict(list)
     for (env_id, algorithm), reference in (references or {}).items():
-        lines_by_env[env_id].append((f"{algorithm} reference", reference["return"]))
+        lines_by_env[env_id].append((f"{algorithm}: {reference['source'] or 'reference'}", reference["return"]))
     plot_learning_curves(run_dirs, os.path.join(args.out_dir, f"{args.name}.png"), args.window, band="std",
                          references=lines_by_env)
     print(table, end="")
