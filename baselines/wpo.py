@@ -1,0 +1,447 @@
+"""WPO: Wasserstein policy optimisation with a tanh-Gaussian policy, replay and twin critics.
+
+Pfau et al., arXiv 2505.00663. The Gaussian counterpart of ../diffwpo.py: a comparison of the two
+differs only in the policy class (one Gaussian, not K diffusion kernels). Maths: ../shared/DESIGN.md.
+
+    python baselines/wpo.py --env-id Hopper-v4          (or: python -m baselines.wpo ...)
+
+WPO moves the policy along the Wasserstein gradient flow of the soft objective: each sample of the
+pre-tanh action moves with the velocity v, the parameters follow through the score (DESIGN §4, K = 1):
+    x ~ pi(.|s) = N(mean(s), diag(std(s)^2)),  a = c + h tanh(x)           (stop-gradient on x)
+    v = d/dx [ min_i Q_i(s, c + h tanh(x)) - alpha log pi(a(x)|s) ]        (parameters held fixed)
+    loss = -E[ sum_i score_i * v_i ],  score = d/dx log N(x; mean, std) = -(x - mean) / std^2
+    log pi(a|s) = log N(x; mean, std) - sum_i [log h_i + log(1 - tanh(x_i)^2)]
+Its gradient w.r.t. the mean is -E[v] / std^2; --fisher-preconditioner (default) multiplies v by std^2
+(detached), the inverse diagonal Fisher information of the mean, so a step moves the mean by E[v]
+whatever std is (WPO's natural-gradient form). The rest is diffwpo.py's and CleanRL SAC's: twin critics
+with targets y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha log pi(a'|s')), delayed
+actor updates, alpha tuned on the entropy estimate -E[log pi] (unbiased; diffwpo's -E[L] is a bound).
+
+Choices, and where they differ from diffwpo.py:
+- Actor: CleanRL SAC's (2 x --actor-hidden-dim ReLU trunk, fc_mean, fc_logstd squashed by tanh into
+  [-5, 2]) with diffwpo.py's initialisation: orthogonal trunk, output layers of scale 0.01, a log-std
+  bias giving std = 1. So the untrained pre-tanh action is (nearly) N(0, I), as diffwpo.py's untrained
+  chain, and warm-up actions (before --learning-starts) come from the untrained actor as there: both
+  scripts start from the same replay data a = c + h tanh(N(0, I)), which uniform actions would not give.
+- Critics: diffsac.py's Q(s, a) on the executed (replayed) a = c + h tanh(x), which plays the role of the
+  tanh inputs of diffwpo.py's critics: d/dx Q vanishes where tanh saturates. No --num-diffusion-steps,
+  no --min-std (the log-std range bounds std).
+- As there: observations not normalised, truncations bootstrapped, replay buffer not saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+if __package__ in (None, ""):  # run as a file (python baselines/wpo.py): make common/ importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
+from common.evaluation import evaluate
+from common.normalization import ObservationNormalizer
+
+
+@dataclass
+class Args:
+    exp_name: str = "wpo"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    torch_threads: int = 1
+    """CPU threads for torch"""
+    capture_video: bool = False
+    """whether to capture videos of the agent (see the `videos` folder)"""
+    save_model: bool = False
+    """save a checkpoint every --checkpoint-frequency steps and at the end, then evaluate it"""
+    checkpoint_frequency: int = 50000
+    """environment steps between checkpoints when --save-model is set"""
+    resume: str | None = None
+    """path of a checkpoint to resume training from (its run folder is reused; the replay buffer starts empty)"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation of the saved model at the end"""
+
+    # Algorithm specific arguments
+    env_id: str = "Hopper-v4"
+    """the id of the environment (any gymnasium id with a bounded Box action space)"""
+    total_timesteps: int = 1000000
+    """total environment steps of the experiment"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    buffer_size: int = 1000000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    batch_size: int = 256
+    """transitions per gradient update"""
+    learning_starts: int = 5000
+    """environment steps with the untrained actor before learning starts"""
+    policy_lr: float = 3e-4
+    """the learning rate of the policy network optimizer"""
+    q_lr: float = 1e-3
+    """the learning rate of the Q network optimizer"""
+    policy_frequency: int = 2
+    """the frequency of training policy (delayed; this many actor updates each time)"""
+    target_network_frequency: int = 1
+    """the frequency of updates for the target networks"""
+    alpha: float = 0.2
+    """entropy regularization coefficient (initial value if --autotune)"""
+    autotune: bool = True
+    """automatic tuning of the entropy coefficient"""
+    target_entropy_scale: float = 1.0
+    """target entropy = -target_entropy_scale * action_dim, applied to the estimate -E[log pi]"""
+    fisher_preconditioner: bool = True
+    """multiply the velocity by std^2 (inverse diagonal Fisher information of the Gaussian mean)"""
+    hidden_dim: int = 256
+    """width of the two hidden layers of the Q networks"""
+    actor_hidden_dim: int = 128
+    """width of the two hidden layers of the actor"""
+
+
+def validate_args(args: Args) -> None:
+    """One clear ConfigError per impossible flag, before any environment or network is built."""
+    for flag, value in [("--num-envs", args.num_envs), ("--batch-size", args.batch_size),
+                        ("--buffer-size", args.buffer_size), ("--policy-frequency", args.policy_frequency),
+                        ("--target-network-frequency", args.target_network_frequency),
+                        ("--hidden-dim", args.hidden_dim), ("--actor-hidden-dim", args.actor_hidden_dim),
+                        ("--checkpoint-frequency", args.checkpoint_frequency), ("--torch-threads", args.torch_threads)]:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
+    if args.batch_size > args.buffer_size:
+        raise ConfigError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
+                          "allowed: --batch-size <= --buffer-size.")
+    if args.learning_starts < args.batch_size:
+        raise ConfigError(f"--learning-starts {args.learning_starts} is below --batch-size {args.batch_size}; "
+                          "allowed: --learning-starts >= --batch-size (the first batch must exist).")
+    if args.total_timesteps <= args.learning_starts:
+        raise ConfigError(f"--total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
+    if args.alpha < 0 or (args.autotune and args.alpha <= 0):
+        raise ConfigError(f"--alpha must be >= 0, and > 0 with --autotune (got {args.alpha}).")
+    for flag, value in [("--gamma", args.gamma), ("--tau", args.tau)]:
+        if not 0 < value <= 1:
+            raise ConfigError(f"{flag} must be in (0, 1] (got {value}).")
+    for flag, value in [("--policy-lr", args.policy_lr), ("--q-lr", args.q_lr)]:
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive (got {value}).")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+LOG_2PI = math.log(2 * math.pi)
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(std^2)) summed over the last axis."""
+    return (-0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI).sum(-1)
+
+
+def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (DESIGN §2)."""
+    return 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x))
+
+
+def gaussian_score(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """d/dx log N(x; mean, diag(std^2)) = -(x - mean) / std^2."""
+    return -(x - mean) / std**2
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """Tanh-Gaussian actor: x ~ N(mean(s), diag(std(s)^2)), a = c + h tanh(x) (CleanRL SAC's Actor)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
+                 hidden_dim: int = 128):
+        super().__init__()
+        self.fc1 = layer_init(nn.Linear(obs_dim, hidden_dim))
+        self.fc2 = layer_init(nn.Linear(hidden_dim, hidden_dim))
+        self.fc_mean = layer_init(nn.Linear(hidden_dim, action_dim), std=0.01)
+        # The bias gives log_std = 0 at initialisation: the pre-tanh action starts as N(0, I), as in diffwpo.py.
+        unit_std_bias = math.atanh(2 * (0.0 - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN) - 1)
+        self.fc_logstd = layer_init(nn.Linear(hidden_dim, action_dim), std=0.01, bias_const=unit_std_bias)
+        low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_half_width", (high - low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the pre-tanh Gaussian."""
+        hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(self.fc_logstd(hidden)) + 1)
+        return self.fc_mean(hidden), log_std.exp()
+
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        """a = c + h * tanh(x)."""
+        return self.action_center + self.action_half_width * torch.tanh(x)
+
+    def log_prob(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """log pi(a(x)|s) = log N(x; mean, std) - sum_i [log h_i + log(1 - tanh(x_i)^2)]."""
+        squash_log_det = (torch.log(self.action_half_width) + log_one_minus_tanh_squared(x)).sum(-1)
+        return gaussian_log_prob(x, mean, std) - squash_log_det
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pre-tanh x, mean, std, log pi(a(x)|s)) with x = mean + std * eps (one randn draw)."""
+        mean, std = self(obs)
+        x = mean + std * torch.randn_like(mean)
+        return x, mean, std, self.log_prob(x, mean, std)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        mean, std = self(obs)
+        return self.squash(mean if deterministic else mean + std * torch.randn_like(mean))
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, a), as CleanRL's SAC (and diffsac.py)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256):
+        super().__init__()
+        self.fc1 = nn.Linear(obs_dim + action_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
+        self.fc3 = nn.Linear(hidden_dim, 1)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.fc1(torch.cat([obs, action], dim=1)))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x).squeeze(-1)
+
+
+class ReplayBuffer:
+    """Transitions (s, a, r, s', terminated); s' is the state actually reached (also at a time limit)."""
+
+    def __init__(self, buffer_size: int, obs_dim: int, action_dim: int, device: torch.device):
+        self.obs, self.next_obs = (torch.zeros((buffer_size, obs_dim), device=device) for _ in range(2))
+        self.actions = torch.zeros((buffer_size, action_dim), device=device)
+        self.rewards, self.terminations = (torch.zeros(buffer_size, device=device) for _ in range(2))
+        self.buffer_size, self.position, self.size, self.device = buffer_size, 0, 0, device
+
+    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
+        """Store one row per environment: one copy per field, whatever the number of envs."""
+        rows = (self.position + torch.arange(len(obs), device=self.device)) % self.buffer_size
+        for storage, values in ((self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
+                               (self.rewards, rewards), (self.terminations, terminations)):
+            storage[rows] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+        self.position = (self.position + len(obs)) % self.buffer_size
+        self.size = min(self.size + len(obs), self.buffer_size)
+
+    def sample(self, batch_size: int):
+        index = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminations[index]
+
+
+def step_and_store(envs, obs: np.ndarray, actions: np.ndarray, replay_buffer: ReplayBuffer):
+    """Step the envs and store (s, a, r, s', terminated) with s' = final_obs where an episode ended;
+    only terminations, not time limits, stop bootstrapping."""
+    next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+    replay_buffer.add(obs, true_next_observations(next_obs, infos), actions, rewards, terminations)
+    return next_obs, infos
+
+
+def soft_bellman_target(rewards, terminations, next_min_q, next_log_prob, alpha: float, gamma: float) -> torch.Tensor:
+    """y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha log pi(a'|s'))."""
+    return rewards + gamma * (1.0 - terminations) * (next_min_q - alpha * next_log_prob)
+
+
+def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
+    """(WPO loss, entropy estimate -E[log pi]) at one fresh sample x ~ pi(.|s) per state (DESIGN §4, K = 1).
+    q_value(obs, actions) -> [B]; v = d/dx (q_value(s, c + h tanh x) - alpha log pi(a(x)|s)) is taken with
+    the parameters held fixed (mean and std detached, gradient w.r.t. x only)."""
+    mean, std = agent(obs)
+    mean_fixed, std_fixed = mean.detach(), std.detach()
+    x = (mean_fixed + std_fixed * torch.randn_like(mean_fixed)).requires_grad_(True)
+    log_prob = agent.log_prob(x, mean_fixed, std_fixed)
+    objective = q_value(obs, agent.squash(x)) - alpha * log_prob
+    (velocity,) = torch.autograd.grad(objective.sum(), x)
+    if fisher_preconditioner:
+        velocity = velocity * std_fixed**2
+    loss = -(gaussian_score(x.detach(), mean, std) * velocity).sum(-1).mean()
+    return loss, -log_prob.detach().mean()
+
+
+def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """alpha (H_est - target): descending it lowers alpha when the entropy estimate is above target, raises it below."""
+    return log_alpha.exp() * (entropy_estimate - target_entropy)
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    validate_args(args)
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim,
+                        action_low=envs.single_action_space.low.tolist(),
+                        action_high=envs.single_action_space.high.tolist(), hidden_dim=args.actor_hidden_dim)
+    agent = Agent(**agent_kwargs).to(device)
+    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(4))
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
+    target_entropy = -args.target_entropy_scale * action_dim
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
+    obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # WPO, like SAC, does not normalise
+    global_step, learning_starts = 0, args.learning_starts
+    networks = {"qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,
+                "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer}
+    if checkpoint:
+        if checkpoint["agent_kwargs"] != agent_kwargs:
+            raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint['agent_kwargs']}) "
+                              "differs from the flags given; allowed: the same --env-id, --actor-hidden-dim.")
+        agent.load_state_dict(checkpoint["agent"])
+        for name, module in networks.items():
+            module.load_state_dict(checkpoint[name])
+        with torch.no_grad():
+            log_alpha.fill_(checkpoint["log_alpha"])
+        if alpha_optimizer and checkpoint.get("alpha_optimizer"):
+            alpha_optimizer.load_state_dict(checkpoint["alpha_optimizer"])
+        global_step = checkpoint["global_step"]
+        learning_starts = global_step + args.learning_starts  # refill the (unsaved) replay buffer first
+        print(f"resumed {run_name} at step {global_step}; updates restart after {args.learning_starts} more steps")
+    alpha = log_alpha.exp().item()
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+
+    def checkpoint_state() -> dict:
+        return {"script": "baselines.wpo", "args": asdict(args), "agent_kwargs": agent_kwargs, "run_name": run_name,
+                "agent": agent.state_dict(), **{name: module.state_dict() for name, module in networks.items()},
+                "obs_normalizer": obs_normalizer.state_dict(), "log_alpha": log_alpha.item(),
+                "alpha_optimizer": alpha_optimizer.state_dict() if alpha_optimizer else None, "global_step": global_step}
+
+    def min_q(obs, actions):
+        return torch.min(qf1(obs, actions), qf2(obs, actions))
+
+    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
+    start_time, start_step, updates, last_print = time.time(), global_step, 0, global_step
+    recent_returns = deque(maxlen=10)
+    obs, _ = envs.reset(seed=args.seed)
+    entropy_estimate = qf1_values = qf1_loss = qf2_loss = qf_loss = actor_loss = loss_alpha = torch.tensor(float("nan"))
+    next_checkpoint = global_step + args.checkpoint_frequency
+
+    while global_step < args.total_timesteps:
+        global_step += args.num_envs
+        # Before learning starts the actor is untrained: its pre-tanh action is N(0, I), as diffwpo.py's.
+        actions = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        next_obs, infos = step_and_store(envs, obs, actions, replay_buffer)
+        for episode_return, episode_length in finished_episodes(infos):
+            recent_returns.append(episode_return)
+            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+        obs = next_obs
+
+        if global_step > learning_starts:
+            if updates == 0:
+                update_start_time = time.time()
+            updates += 1
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = replay_buffer.sample(args.batch_size)
+            with torch.no_grad():
+                next_x, _, _, next_log_prob = agent.sample(b_next_obs)
+                next_actions = agent.squash(next_x)
+                next_min_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
+                target = soft_bellman_target(b_rewards, b_terminations, next_min_q, next_log_prob, alpha, args.gamma)
+            qf1_values = qf1(b_obs, b_actions)
+            qf1_loss, qf2_loss = F.mse_loss(qf1_values, target), F.mse_loss(qf2(b_obs, b_actions), target)
+            qf_loss = qf1_loss + qf2_loss
+            if not torch.isfinite(qf_loss):
+                raise TrainingDiverged(f"critic loss is {qf_loss.item()} at step {global_step}. "
+                                       + (f"Last checkpoint: {model_path}" if args.save_model else "Use --save-model to keep checkpoints."))
+            q_optimizer.zero_grad()
+            qf_loss.backward()
+            q_optimizer.step()
+
+            if updates % args.policy_frequency == 0:  # TD3-style delayed update, compensated by repeating it
+                for _ in range(args.policy_frequency):
+                    actor_loss, entropy_estimate = wpo_actor_loss(agent, min_q, b_obs, alpha, args.fisher_preconditioner)
+                    if not torch.isfinite(actor_loss):
+                        raise TrainingDiverged(f"actor loss is {actor_loss.item()} at step {global_step}.")
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    actor_optimizer.step()
+                    if args.autotune:
+                        loss_alpha = alpha_loss(log_alpha, entropy_estimate, target_entropy)
+                        alpha_optimizer.zero_grad()
+                        loss_alpha.backward()
+                        alpha_optimizer.step()
+                        alpha = log_alpha.exp().item()
+
+            if updates % args.target_network_frequency == 0:
+                for network, target_network in ((qf1, qf1_target), (qf2, qf2_target)):
+                    for param, target_param in zip(network.parameters(), target_network.parameters()):
+                        target_param.data.lerp_(param.data, args.tau)
+
+        if global_step - last_print >= 1000 or global_step >= args.total_timesteps:
+            last_print = global_step
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
+            writer.add_scalar("charts/SPS", sps, global_step)
+            recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
+            print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
+                  f"| entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e} | SPS {sps} "
+                  f"| updates/s {updates_per_second:.1f}", flush=True)
+            if updates:
+                scalars = {"charts/updates_per_second": updates_per_second, "losses/qf1_values": qf1_values.mean().item(),
+                           "losses/qf1_loss": qf1_loss.item(), "losses/qf2_loss": qf2_loss.item(),
+                           "losses/qf_loss": qf_loss.item() / 2.0, "losses/actor_loss": actor_loss.item(),
+                           "charts/entropy_estimate": entropy_estimate.item(), "charts/alpha": alpha}
+                if args.autotune:
+                    scalars["losses/alpha_loss"] = loss_alpha.item()
+                for tag, value in scalars.items():
+                    writer.add_scalar(tag, value, global_step)
+        if args.save_model and global_step >= next_checkpoint:
+            next_checkpoint += args.checkpoint_frequency
+            save_checkpoint(model_path, checkpoint_state())
+
+    envs.close()
+    if args.save_model:
+        save_checkpoint(model_path, checkpoint_state())
+        print(f"model saved to {model_path}")
+        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
+        for index, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, index)
+        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
+    writer.close()
+
+
+if __name__ == "__main__":
+    try:
+        run_cli(main, "baselines/wpo.py")
+    except TrainingDiverged as error:
+        print(f"baselines/wpo.py: training diverged: {error}", file=sys.stderr)
+        sys.exit(1)
