@@ -111,6 +111,8 @@ class Args:
     """the maximum norm for the gradient clipping"""
     target_kl: float | None = None
     """the target KL divergence threshold (early stop of the update epochs)"""
+    norm_reward: bool = True
+    """scale env rewards by a running std of the discounted return (--no-norm-reward: raw rewards, alpha then acts on them)"""
 
     # Diffusion policy and maximum entropy
     num_diffusion_steps: int = 8
@@ -414,7 +416,7 @@ def main() -> None:
     agent = Agent(**agent_kwargs).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
-    reward_normalizer = RewardNormalizer(args.num_envs, args.gamma)
+    reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
     log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
     target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)

@@ -23,6 +23,11 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
+from common import multimodal_envs
+
+# DoubleWellBandit-v0, RingBandit-v0, TurnLeftOrRight-v0: every script can train on them by id.
+multimodal_envs.register()
+
 
 class ConfigError(ValueError):
     """A flag or a combination of flags that cannot work. The message names the flag."""
@@ -47,7 +52,7 @@ def check_env_id(env_id: str) -> None:
     raise ConfigError(
         f"--env-id {env_id!r} is not a registered gymnasium environment.{hint} "
         "Allowed: any gymnasium id with a continuous (Box) action space, e.g. Hopper-v4, "
-        "Humanoid-v5, InvertedPendulum-v4, Pendulum-v1."
+        "Humanoid-v5, InvertedPendulum-v4, Pendulum-v1, DoubleWellBandit-v0."
     )
 
 

@@ -72,12 +72,14 @@ class RewardNormalizer:
     The discounted return of an env restarts after its episode ends.
     """
 
-    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0, epsilon: float = 1e-8):
+    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0, epsilon: float = 1e-8, enabled: bool = True):
         self.rms = RunningMeanStd(())
         self.discounted_return = np.zeros(num_envs)
-        self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
+        self.gamma, self.clip, self.epsilon, self.enabled = gamma, clip, epsilon, enabled
 
     def __call__(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+        if not self.enabled:  # raw rewards (--no-norm-reward)
+            return np.asarray(reward, dtype=np.float32)
         self.discounted_return = self.discounted_return * self.gamma + reward
         self.rms.update(self.discounted_return)
         self.discounted_return[done] = 0.0

@@ -95,3 +95,11 @@ def test_plotting_groups_runs_by_env_and_experiment():
     groups = group_runs(["runs/Hopper-v4__diffppo__1__10", "runs/Hopper-v4__diffppo__2__11", "runs/Pendulum-v1__diffsac__1__12"])
     assert dict(groups["Hopper-v4"]) == {"diffppo": ["runs/Hopper-v4__diffppo__1__10", "runs/Hopper-v4__diffppo__2__11"]}
     assert list(groups["Pendulum-v1"]) == ["diffsac"]
+
+
+def test_reward_normalizer_disabled_returns_raw_rewards():
+    """--no-norm-reward: the PPO scripts see the raw reward, so alpha acts on its scale (pi* ~ exp(r / alpha))."""
+    normalizer = RewardNormalizer(num_envs=2, gamma=0.99, enabled=False)
+    for _ in range(3):
+        rewards = normalizer(np.array([5.0, -20.0]), np.array([False, True]))
+    assert rewards.dtype == np.float32 and rewards.tolist() == [5.0, -20.0]

@@ -1,0 +1,193 @@
+"""Train a script on a multimodal benchmark and compare its action distribution with pi*.
+
+    python -m common.multimodal --script diffsac.py --env-id DoubleWellBandit-v0 --seeds 1 2 3 \
+        --total-timesteps 6000 --alpha 0.2 --extra="--learning-starts 1000"
+
+For each seed: trains ``SCRIPT --env-id E --seed S --total-timesteps N --alpha A --save-model``
+with the temperature held fixed (``--no-autotune`` for the off-policy scripts,
+``--no-norm-reward`` for the PPO scripts so that alpha acts on the raw reward), working
+directory --workdir (logs in WORKDIR/runs and WORKDIR/benchmark_logs); then loads the
+checkpoint, samples --samples actions from the stochastic policy (at the constant observation
+of a bandit, at states visited by the policy itself in TurnLeftOrRight-v0) and measures:
+  - the share of samples nearest to each mode of r (the maximisers; Euclidean), and whether
+    every one of the M modes holds between 0.5/M and 1.5/M of them ("covers every mode");
+  - the total-variation distance between the histogram (--bins per axis on [-1, 1]^d) and
+    pi*(a) proportional to exp(r(a) / alpha) integrated over the same bins, beside the
+    "sampling floor": the TV of as many exact samples of pi* (what a perfect policy would get).
+Writes OUT_DIR/{env_id}__{exp_name}.png (histograms beside the target) and .md (one row per
+seed). --analyse-only CHECKPOINT ... skips training.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+
+from common.benchmark import REPO_ROOT, Run, run_one
+from common.envs import ConfigError, check_env_id, run_cli
+from common.evaluation import load_agent
+from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, histogram, mode_shares,
+                                    target_probabilities, total_variation)
+
+
+@dataclass
+class Args:
+    script: str = "diffsac.py"
+    """training script, relative to the repository root"""
+    env_id: str = "DoubleWellBandit-v0"
+    """one of DoubleWellBandit-v0, RingBandit-v0, TurnLeftOrRight-v0"""
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """seeds to train"""
+    total_timesteps: int = 10000
+    """environment steps per run"""
+    alpha: float = 0.2
+    """temperature, fixed during training and used for the target pi* ~ exp(r / alpha)"""
+    extra: str = ""
+    """more flags for the script (note the =: --extra="--learning-starts 1000")"""
+    workdir: str = "results/multimodal"
+    """working directory of the training runs"""
+    out_dir: str = "results/multimodal"
+    """where the PNG and the Markdown rows go"""
+    samples: int = 20000
+    """actions sampled from each trained policy"""
+    bins: int = 40
+    """histogram bins per action dimension on [-1, 1]"""
+    analyse_only: list[str] = field(default_factory=list)
+    """checkpoints to analyse without training (their env id must be --env-id)"""
+
+
+def fixed_temperature_flags(script: str) -> list[str]:
+    """Flags that keep alpha at --alpha and make it act on the raw reward."""
+    return ["--no-norm-reward"] if os.path.basename(script).endswith("ppo.py") else ["--no-autotune"]
+
+
+def train(args: Args, seed: int) -> str:
+    """Train one seed; returns the checkpoint path."""
+    script = args.script if os.path.isabs(args.script) else os.path.join(REPO_ROOT, args.script)
+    exp_name = os.path.splitext(os.path.basename(script))[0]
+    workdir = os.path.abspath(args.workdir)
+    command = [sys.executable, script, "--env-id", args.env_id, "--seed", str(seed), "--exp-name", exp_name,
+               "--total-timesteps", str(args.total_timesteps), "--alpha", str(args.alpha), "--save-model",
+               "--eval-episodes", "1", *fixed_temperature_flags(script), *shlex.split(args.extra)]
+    key = f"{args.env_id}__{exp_name}__{seed}"
+    log_dir = os.path.join(workdir, "benchmark_logs")
+    run = Run(script, args.env_id, seed, exp_name, command, workdir, os.path.join(log_dir, f"{key}.log"),
+              os.path.join(log_dir, f"{key}.done.json"))
+    print(f"[run] cd {shlex.quote(workdir)} && {shlex.join(command)} > {run.log_path}", flush=True)
+    outcome = run_one(run)
+    if outcome["returncode"] != 0:
+        raise ConfigError(f"training failed (exit {outcome['returncode']}), see {run.log_path}")
+    return os.path.join(workdir, outcome["run_dir"], f"{exp_name}.cleanrl_model")
+
+
+@torch.no_grad()
+def sample_actions(checkpoint: str, env_id: str, samples: int, seed: int = 0) -> np.ndarray:
+    """[samples, d] actions of the stochastic policy: 10 per state, at states the policy visits."""
+    agent, obs_normalizer, _ = load_agent(checkpoint)
+    env = gym.make(env_id)
+    states, episode = [], 0
+    while len(states) < max(1, samples // 10):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode = False, episode + 1
+        while not done:
+            states.append(obs)
+            action = agent.act(torch.as_tensor(obs_normalizer(obs[None])), deterministic=False)[0].numpy()
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    states = np.repeat(np.asarray(states, np.float32), 10, axis=0)[:samples]
+    torch.manual_seed(seed)
+    actions = [agent.act(torch.as_tensor(obs_normalizer(chunk))).numpy() for chunk in np.array_split(states, 10)]
+    env.close()
+    return np.concatenate(actions).astype(np.float64)
+
+
+def analyse(actions: np.ndarray, env_id: str, alpha: float, bins: int, rng: np.random.Generator) -> dict:
+    env = gym.make(env_id).unwrapped
+    modes, action_dim = env.modes(), actions.shape[1]
+    target = target_probabilities(env.reward, action_dim, alpha, bins)
+    # A perfect policy's histogram: as many exact samples of pi* (bin drawn from the target, uniform within it).
+    flat = rng.choice(target.size, size=len(actions), p=target.ravel())
+    width = 2.0 / bins
+    exact = np.stack(np.unravel_index(flat, target.shape), axis=1) * width - 1.0 + rng.uniform(0, width, (len(actions), action_dim))
+    shares = mode_shares(actions, modes)
+    return {"shares": shares, "covers": covers_every_mode(shares), "tv": total_variation(histogram(actions, bins), target),
+            "tv_floor": total_variation(histogram(exact, bins), target), "target": target,
+            "target_shares": mode_shares(exact, modes)}
+
+
+def plot(results: list[tuple[str, np.ndarray, dict]], env_id: str, title: str, bins: int, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    action_dim = results[0][1].shape[1]
+    target = results[0][2]["target"]
+    if action_dim == 1:
+        figure, axis = plt.subplots(figsize=(6, 3.4))
+        edges = np.linspace(-1, 1, bins + 1)
+        axis.stairs(target / (2.0 / bins), edges, color="black", linewidth=2, label="target pi* ~ exp(r/alpha)")
+        for label, actions, result in results:
+            axis.hist(actions[:, 0], bins=edges, density=True, histtype="step", linewidth=1.2,
+                      label=f"{label}: TV {result['tv']:.2f}")
+        axis.set_xlabel("action")
+        axis.set_ylabel("density")
+        axis.legend(fontsize=7)
+        axis.set_title(title, fontsize=9)
+    else:
+        figure, axes = plt.subplots(1, len(results) + 1, figsize=(3 * (len(results) + 1), 3.2))
+        panels = [("target pi*", target)] + [(f"{label}\nTV {result['tv']:.2f}", histogram(actions, bins))
+                                             for label, actions, result in results]
+        for axis, (label, probabilities) in zip(axes, panels):
+            axis.imshow(probabilities.T, origin="lower", extent=(-1, 1, -1, 1), cmap="viridis")
+            axis.set_title(label, fontsize=8)
+            axis.set_xticks([-1, 0, 1])
+            axis.set_yticks([-1, 0, 1])
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    check_env_id(args.env_id)
+    if args.env_id not in MULTIMODAL_ENV_IDS:
+        raise ConfigError(f"--env-id {args.env_id}: not a multimodal benchmark; allowed: {', '.join(MULTIMODAL_ENV_IDS)}.")
+    if args.alpha <= 0 or args.samples < 10 or args.bins < 2:
+        raise ConfigError("--alpha must be positive, --samples at least 10 and --bins at least 2.")
+    checkpoints = args.analyse_only or [train(args, seed) for seed in args.seeds]
+    exp_name = os.path.basename(checkpoints[0]).replace(".cleanrl_model", "")
+    rng = np.random.default_rng(0)
+    results, rows = [], []
+    for checkpoint in checkpoints:
+        seed = os.path.basename(os.path.dirname(checkpoint)).split("__")[2] if "__" in checkpoint else "?"
+        actions = sample_actions(checkpoint, args.env_id, args.samples)
+        result = analyse(actions, args.env_id, args.alpha, args.bins, rng)
+        results.append((f"seed {seed}", actions, result))
+        shares = ", ".join(f"{share:.2f}" for share in result["shares"])
+        rows.append(f"| {args.env_id} | {exp_name} | {seed} | {shares} | {'yes' if result['covers'] else 'no'} "
+                    f"| {result['tv']:.3f} | {result['tv_floor']:.3f} |")
+    header = ("| environment | algorithm | seed | share of samples per mode | covers every mode | TV to pi* | "
+              "TV floor (exact samples) |\n|---|---|---|---|---|---|---|\n")
+    table = header + "\n".join(rows) + "\n"
+    os.makedirs(args.out_dir, exist_ok=True)
+    stem = os.path.join(args.out_dir, f"{args.env_id}__{exp_name}")
+    with open(stem + ".md", "w") as file:
+        file.write(table)
+    title = f"{exp_name} on {args.env_id}, alpha {args.alpha}, {args.samples} samples per seed"
+    plot(results, args.env_id, title, args.bins, stem + ".png")
+    print(table, end="")
+    print(f"wrote {stem}.png and {stem}.md")
+
+
+if __name__ == "__main__":
+    run_cli(main, "common.multimodal")

@@ -1,0 +1,97 @@
+"""The multimodal benchmarks: environments, the target pi* ~ exp(r / alpha), mode shares, TV, the command."""
+
+import math
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import run_script
+from gymnasium.utils.env_checker import check_env
+
+import common.envs  # noqa: F401  (registers the ids)
+from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, double_well_reward, histogram, mode_shares,
+                                    ring_modes, ring_reward, target_probabilities, total_variation)
+
+
+@pytest.mark.parametrize("env_id", MULTIMODAL_ENV_IDS)
+def test_environments_pass_gymnasiums_checker_and_their_modes_are_the_reward_maxima(env_id):
+    env = gym.make(env_id)
+    check_env(env.unwrapped, skip_render_check=True)
+    modes, dim = env.unwrapped.modes(), env.action_space.shape[0]
+    centres = np.linspace(-1, 1, 201)
+    grid = np.stack(np.meshgrid(*[centres] * dim, indexing="ij"), -1).reshape(-1, dim)
+    best = env.unwrapped.reward(grid).max()
+    assert np.allclose(env.unwrapped.reward(modes), 1.0) and best <= 1.0 + 1e-12
+    # Away from the modes the reward is lower: the maxima are the modes, all equal.
+    far = np.min(np.linalg.norm(grid[:, None] - modes[None], axis=-1), axis=1) > 0.25
+    assert env.unwrapped.reward(grid[far]).max() < 0.5
+
+
+def test_double_well_and_ring_rewards_by_hand():
+    assert double_well_reward(np.array([[0.0], [0.5], [-0.5], [1.0]])).tolist() == [0.0, 1.0, 1.0, -8.0]
+    assert ring_reward(np.array([[0.6, 0.0], [0.0, 0.6], [0.6 / math.sqrt(2)] * 2])) == pytest.approx([1, 1, -1])
+    assert ring_reward(np.array([[0.8, 0.0]])) == pytest.approx([0.0])  # one width off the ring
+    assert ring_modes(3) == pytest.approx(np.array([[0.6, 0], [-0.3, 0.3 * math.sqrt(3)], [-0.3, -0.3 * math.sqrt(3)]]))
+    assert len(gym.make("RingBandit-v0", num_modes=6).unwrapped.modes()) == 6
+
+
+def test_bandits_are_one_step_and_turn_task_is_eight_steps_of_the_same_reward():
+    env = gym.make("DoubleWellBandit-v0")
+    env.reset(seed=0)
+    _, reward, terminated, truncated, _ = env.step(np.array([0.5], np.float32))
+    assert reward == pytest.approx(1.0) and terminated and not truncated
+    env = gym.make("TurnLeftOrRight-v0")
+    obs, _ = env.reset(seed=0)
+    heading = math.atan2(obs[1], obs[0])
+    for step in range(8):
+        obs, reward, terminated, _, _ = env.step(np.array([-0.5 if step % 2 else 0.5], np.float32))
+        assert reward == pytest.approx(1.0) and terminated == (step == 7)
+        heading = heading + (-0.5 if step % 2 else 0.5) * math.pi / 2
+        assert obs[:2] == pytest.approx([math.cos(heading), math.sin(heading)], abs=1e-6)
+        assert obs[2] == pytest.approx((7 - step) / 8)
+
+
+def test_target_probabilities_match_closed_forms():
+    """Constant reward: uniform bins. r(a) = a, alpha = 1: P(bin [l, u]) = (e^u - e^l) / (e - 1/e).
+    Two dimensions, r(a) = a_0 + a_1: the product of the 1-D probabilities."""
+    assert target_probabilities(lambda a: np.zeros(a.shape[:-1]), 1, 0.5, 4) == pytest.approx([0.25] * 4)
+    edges = np.linspace(-1, 1, 5)
+    exact = (np.exp(edges[1:]) - np.exp(edges[:-1])) / (math.e - 1 / math.e)
+    assert target_probabilities(lambda a: a[..., 0], 1, 1.0, 4, points_per_bin=400) == pytest.approx(exact, rel=1e-5)
+    joint = target_probabilities(lambda a: a.sum(-1), 2, 1.0, 4, points_per_bin=200)
+    assert joint == pytest.approx(np.outer(exact, exact), rel=1e-4)
+    double_well = target_probabilities(double_well_reward, 1, 0.2, 40)
+    assert double_well.sum() == pytest.approx(1.0) and double_well == pytest.approx(double_well[::-1])  # symmetric
+
+
+def test_mode_shares_total_variation_and_coverage_on_known_samples():
+    modes = np.array([[-0.5], [0.5]])
+    actions = np.array([[-0.6], [-0.1], [0.05], [0.9]])  # nearest: -, -, +, +
+    assert mode_shares(actions, modes).tolist() == [0.5, 0.5]
+    assert mode_shares(ring_modes(4) * 0.5, ring_modes(4)).tolist() == [0.25] * 4
+    assert total_variation(np.array([0.5, 0.5, 0.0]), np.array([0.0, 0.5, 0.5])) == 0.5
+    assert histogram(np.array([[-0.99], [-0.01], [0.01], [0.99]]), 2).tolist() == [0.5, 0.5]
+    assert covers_every_mode(np.array([0.5, 0.5])) and covers_every_mode(np.array([0.26, 0.74]))
+    assert not covers_every_mode(np.array([0.24, 0.76])) and not covers_every_mode(np.array([1.0, 0.0]))
+    assert covers_every_mode(np.array([0.125, 0.375, 0.25, 0.25])) and not covers_every_mode(np.array([0.1, 0.4, 0.25, 0.25]))
+
+
+def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_root):
+    result = run_script(["-m", "common.multimodal", "--script", "diffsac.py", "--env-id", "DoubleWellBandit-v0",
+                         "--seeds", "1", "--total-timesteps", "600", "--samples", "500", "--workdir", str(tmp_path),
+                         "--out-dir", str(tmp_path / "out"),
+                         "--extra=--learning-starts 256 --batch-size 64 --hidden-dim 64 --num-diffusion-steps 2"],
+                        cwd=repo_root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--no-autotune" in result.stdout and "--alpha 0.2" in result.stdout
+    row = (tmp_path / "out" / "DoubleWellBandit-v0__diffsac.md").read_text().splitlines()[2]
+    assert row.startswith("| DoubleWellBandit-v0 | diffsac | 1 | ")
+    shares = [float(share) for share in row.split("|")[4].split(",")]
+    assert len(shares) == 2 and sum(shares) == pytest.approx(1.0, abs=0.011)
+    assert os.path.getsize(tmp_path / "out" / "DoubleWellBandit-v0__diffsac.png") > 10000
+
+
+def test_multimodal_command_rejects_other_envs(tmp_path, repo_root):
+    result = run_script(["-m", "common.multimodal", "--env-id", "Pendulum-v1"], cwd=repo_root)
+    assert result.returncode == 2 and "not a multimodal benchmark; allowed: DoubleWellBandit-v0" in result.stderr
