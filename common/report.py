@@ -130,7 +130,7 @@ def markdown_table(summaries: list[Summary], last_episodes: int, references: dic
     for summary in summaries:
         steps = min(summary.last_steps)
         row = [summary.env_id, summary.algorithm, str(len(summary.seeds)),
-               f"{steps / 1000:g}k" if steps >= 1000 else str(steps),
+               f"{round(steps / 1000)}k" if steps >= 10000 else f"{steps / 1000:.3g}k" if steps >= 1000 else str(steps),
                f"{summary.mean:.1f} +- {summary.std:.1f}",
                ", ".join(f"{value:.0f}" for value in summary.final_returns),
                format_duration(summary.wall_clock)]
@@ -159,6 +159,8 @@ class ReportArgs:
     """episodes in the running mean of each seed's learning curve"""
     reference: str | None = None
     """CSV of reference returns (columns env_id, algorithm, return[, std, source])"""
+    reference_lines: bool = True
+    """draw the reference returns as dotted lines on the plot (--no-reference-lines: table only)"""
     env_ids: list[str] = field(default_factory=list)
     """only these environments (default: all found)"""
     algorithms: list[str] = field(default_factory=list)
@@ -188,7 +190,7 @@ def main() -> None:
     with open(table_path, "w") as file:
         file.write(table)
     lines_by_env = defaultdict(list)
-    for (env_id, algorithm), reference in (references or {}).items():
+    for (env_id, algorithm), reference in (references or {}).items() if args.reference_lines else ():
         lines_by_env[env_id].append((f"{algorithm}: {reference['source'] or 'reference'}", reference["return"]))
     plot_learning_curves(run_dirs, os.path.join(args.out_dir, f"{args.name}.png"), args.window, band="std",
                          references=lines_by_env)
