@@ -5,7 +5,8 @@
 
 Run folders are named {env_id}__{exp_name}__{seed}__{time} (the scripts' convention); the
 seeds of one (env_id, exp_name) are drawn as their mean with a min-max band, on a common
-grid of environment steps (each seed's episodic returns smoothed over --window episodes).
+grid of environment steps up to the last episode of the shortest seed (each seed's episodic
+returns smoothed over --window episodes).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points
     colours = {name: f"C{bases.index(algorithm_order(name)[0]) % 10}" for name in exp_names}
     for axis, (env_id, experiments) in zip(axes[0], sorted(groups.items())):
         for exp_name, runs in sorted(experiments.items(), key=lambda item: algorithm_order(item[0])):
-            last_step = max(read_scalars(run, "charts/episodic_return")[0].max(initial=0) for run in runs)
+            # Up to the last episode of the shortest seed, so that every point averages all seeds.
+            last_step = min(read_scalars(run, "charts/episodic_return")[0].max(initial=0) for run in runs)
             grid = np.linspace(0, last_step, points)
             curves = np.array([curve_on_grid(run, grid, window) for run in runs])
             with warnings.catch_warnings():  # columns before any seed's first episode are all NaN
