@@ -75,6 +75,7 @@ def test_mode_shares_total_variation_and_coverage_on_known_samples():
     assert covers_every_mode(np.array([0.5, 0.5])) and covers_every_mode(np.array([0.26, 0.74]))
     assert not covers_every_mode(np.array([0.24, 0.76])) and not covers_every_mode(np.array([1.0, 0.0]))
     assert covers_every_mode(np.array([0.125, 0.375, 0.25, 0.25])) and not covers_every_mode(np.array([0.1, 0.4, 0.25, 0.25]))
+    assert not covers_every_mode(np.array([0.4, 0.2, 0.2, 0.2]))  # one mode above 1.5/M, none below 0.5/M
 
 
 def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_root):
