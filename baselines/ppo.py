@@ -42,10 +42,8 @@ import tyro
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-# Run as a file (python baselines/ppo.py) only baselines/ is on the path: add the repository root for common/.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+if __name__ == "__main__" and not __package__:  # run as a file (python baselines/ppo.py): make common/ importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.checkpoint import load_checkpoint, save_checkpoint  # noqa: I001 (after the path fix above)
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations

@@ -39,7 +39,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-if __package__ in (None, ""):  # run as a file (python baselines/wpo.py): make common/ importable
+if __name__ == "__main__" and not __package__:  # run as a file (python baselines/wpo.py): make common/ importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np

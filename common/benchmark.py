@@ -120,7 +120,7 @@ def validate_args(args: Args) -> None:
                           "run them as separate grids with different --exp-suffix.")
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated.")
-    if "--exp-name" in args.extra or "--seed" in shlex.split(args.extra) or "--env-id" in args.extra:
+    if {"--exp-name", "--seed", "--env-id"} & {token.split("=")[0] for token in shlex.split(args.extra)}:
         raise ConfigError("--extra must not set --exp-name, --seed or --env-id (the grid sets them; use --exp-suffix).")
     for flag, value in [("--workers", args.workers), ("--timeout-min", args.timeout_min),
                         ("--cpus-per-task", args.cpus_per_task), ("--slurm-array-parallelism", args.slurm_array_parallelism)]:
