@@ -10,11 +10,15 @@ directory --workdir (logs in WORKDIR/runs and WORKDIR/benchmark_logs); then load
 checkpoint, samples --samples actions from the stochastic policy (at the constant observation
 of a bandit, at states visited by the policy itself in TurnLeftOrRight-v0) and measures:
   - the share of samples nearest to each mode of r (the maximisers; Euclidean), and whether
-    every one of the M modes holds between 0.5/M and 1.5/M of them ("covers every mode");
+    every one of the M modes holds between 0.5/M and 1.5/M of them (the share rule);
+  - the share within a small radius of each mode (an eighth of the distance between modes) against
+    pi*'s mass there; "covers every mode (strict)" adds to the share rule that every mode holds at
+    least half of pi*'s mass in its ball (a broad bump between symmetric modes passes the share rule,
+    not this one);
   - the total-variation distance between the histogram (--bins per axis on [-1, 1]^d) and
     pi*(a) proportional to exp(r(a) / alpha) integrated over the same bins, beside the
     "sampling floor": the TV of as many exact samples of pi* (what a perfect policy would get).
-Writes OUT_DIR/{env_id}__{exp_name}.png (histograms beside the target) and .md (one row per
+Writes OUT_DIR/{env_id}__{exp_name}.png (exp_name: the script's name + --exp-suffix) (histograms beside the target) and .md (one row per
 seed). --analyse-only CHECKPOINT ... skips training.
 """
 
@@ -33,7 +37,8 @@ import tyro
 from common.benchmark import REPO_ROOT, Run, run_one
 from common.envs import ConfigError, check_env_id, run_cli
 from common.evaluation import load_agent
-from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, histogram, mode_shares,
+from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly, histogram,
+                                    mass_near_modes, mode_radius, mode_shares, target_mass_near_modes,
                                     target_probabilities, total_variation)
 
 
@@ -59,6 +64,8 @@ class Args:
     """actions sampled from each trained policy"""
     bins: int = 40
     """histogram bins per action dimension on [-1, 1]"""
+    exp_suffix: str = ""
+    """appended to the run names (e.g. "-alpha0.5"), so variants of one script keep separate runs and files"""
     analyse_only: list[str] = field(default_factory=list)
     """checkpoints to analyse without training (their env id must be --env-id)"""
 
@@ -71,7 +78,7 @@ def fixed_temperature_flags(script: str) -> list[str]:
 def train(args: Args, seed: int) -> str:
     """Train one seed; returns the checkpoint path."""
     script = args.script if os.path.isabs(args.script) else os.path.join(REPO_ROOT, args.script)
-    exp_name = os.path.splitext(os.path.basename(script))[0]
+    exp_name = os.path.splitext(os.path.basename(script))[0] + args.exp_suffix
     workdir = os.path.abspath(args.workdir)
     command = [sys.executable, script, "--env-id", args.env_id, "--seed", str(seed), "--exp-name", exp_name,
                "--total-timesteps", str(args.total_timesteps), "--alpha", str(args.alpha), "--save-model",
@@ -117,7 +124,12 @@ def analyse(actions: np.ndarray, env_id: str, alpha: float, bins: int, rng: np.r
     width = 2.0 / bins
     exact = np.stack(np.unravel_index(flat, target.shape), axis=1) * width - 1.0 + rng.uniform(0, width, (len(actions), action_dim))
     shares = mode_shares(actions, modes)
-    return {"shares": shares, "covers": covers_every_mode(shares), "tv": total_variation(histogram(actions, bins), target),
+    radius = mode_radius(modes)
+    mass_near, target_mass_near = mass_near_modes(actions, modes, radius), target_mass_near_modes(env.reward, modes, alpha, radius)
+    return {"shares": shares, "covers": covers_every_mode(shares), "mass_near": mass_near,
+            "target_mass_near": target_mass_near, "radius": radius,
+            "covers_strictly": covers_every_mode_strictly(shares, mass_near, target_mass_near),
+            "tv": total_variation(histogram(actions, bins), target),
             "tv_floor": total_variation(histogram(exact, bins), target), "target": target,
             "target_shares": mode_shares(exact, modes)}
 
@@ -162,6 +174,8 @@ def main() -> None:
     check_env_id(args.env_id)
     if args.env_id not in MULTIMODAL_ENV_IDS:
         raise ConfigError(f"--env-id {args.env_id}: not a multimodal benchmark; allowed: {', '.join(MULTIMODAL_ENV_IDS)}.")
+    if "/" in args.exp_suffix or "__" in args.exp_suffix:
+        raise ConfigError(f"--exp-suffix {args.exp_suffix!r}: may not contain '/' or '__' (run names are split on '__').")
     if args.alpha <= 0 or args.samples < 10 or args.bins < 2:
         raise ConfigError("--alpha must be positive, --samples at least 10 and --bins at least 2.")
     checkpoints = args.analyse_only or [train(args, seed) for seed in args.seeds]
@@ -174,10 +188,16 @@ def main() -> None:
         result = analyse(actions, args.env_id, args.alpha, args.bins, rng)
         results.append((f"seed {seed}", actions, result))
         shares = ", ".join(f"{share:.2f}" for share in result["shares"])
+        mass_near = ", ".join(f"{mass:.2f}" for mass in result["mass_near"])
+        target = result["target_mass_near"]
+        target = f"{target[0]:.2f} each" if np.allclose(target, target[0], atol=5e-3) else ", ".join(f"{m:.2f}" for m in target)
         rows.append(f"| {args.env_id} | {exp_name} | {seed} | {shares} | {'yes' if result['covers'] else 'no'} "
-                    f"| {result['tv']:.3f} | {result['tv_floor']:.3f} |")
-    header = ("| environment | algorithm | seed | share of samples per mode | covers every mode | TV to pi* | "
-              "TV floor (exact samples) |\n|---|---|---|---|---|---|---|\n")
+                    f"| {mass_near} (pi*: {target}) "
+                    f"| {'yes' if result['covers_strictly'] else 'no'} | {result['tv']:.3f} | {result['tv_floor']:.3f} |")
+    radius = results[0][2]["radius"]
+    header = ("| environment | algorithm | seed | share of samples nearest each mode | covers every mode (share rule) "
+              f"| share within {radius:.2f} of each mode | covers every mode (strict) | TV to pi* | "
+              "TV floor (exact samples) |\n|---|---|---|---|---|---|---|---|---|\n")
     table = header + "\n".join(rows) + "\n"
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, f"{args.env_id}__{exp_name}")

@@ -10,8 +10,9 @@ from conftest import run_script
 from gymnasium.utils.env_checker import check_env
 
 import common.envs  # noqa: F401  (registers the ids)
-from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, double_well_reward, histogram, mode_shares,
-                                    ring_modes, ring_reward, target_probabilities, total_variation)
+from common.multimodal_envs import (DOUBLE_WELL_MODES, MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly,
+                                    double_well_reward, histogram, mass_near_modes, mode_radius, mode_shares, ring_modes,
+                                    ring_reward, target_mass_near_modes, target_probabilities, total_variation)
 
 
 @pytest.mark.parametrize("env_id", MULTIMODAL_ENV_IDS)
@@ -81,18 +82,56 @@ def test_mode_shares_total_variation_and_coverage_on_known_samples():
 def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_root):
     result = run_script(["-m", "common.multimodal", "--script", "diffsac.py", "--env-id", "DoubleWellBandit-v0",
                          "--seeds", "1", "--total-timesteps", "600", "--samples", "500", "--workdir", str(tmp_path),
-                         "--out-dir", str(tmp_path / "out"),
+                         "--out-dir", str(tmp_path / "out"), "--exp-suffix=-short",
                          "--extra=--learning-starts 256 --batch-size 64 --hidden-dim 64 --num-diffusion-steps 2"],
                         cwd=repo_root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--no-autotune" in result.stdout and "--alpha 0.2" in result.stdout
-    row = (tmp_path / "out" / "DoubleWellBandit-v0__diffsac.md").read_text().splitlines()[2]
-    assert row.startswith("| DoubleWellBandit-v0 | diffsac | 1 | ")
-    shares = [float(share) for share in row.split("|")[4].split(",")]
+    row = (tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short.md").read_text().splitlines()[2]
+    assert row.startswith("| DoubleWellBandit-v0 | diffsac-short | 1 | ")
+    cells = row.split("|")
+    shares = [float(share) for share in cells[4].split(",")]
     assert len(shares) == 2 and sum(shares) == pytest.approx(1.0, abs=0.011)
-    assert os.path.getsize(tmp_path / "out" / "DoubleWellBandit-v0__diffsac.png") > 10000
+    assert cells[5].strip() in ("yes", "no") and cells[6].strip().endswith("(pi*: 0.42 each)")
+    assert cells[7].strip() in ("yes", "no") and 0 <= float(cells[8]) <= 1
+    assert os.path.getsize(tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short.png") > 10000
 
 
 def test_multimodal_command_rejects_other_envs(tmp_path, repo_root):
     result = run_script(["-m", "common.multimodal", "--env-id", "Pendulum-v1"], cwd=repo_root)
     assert result.returncode == 2 and "not a multimodal benchmark; allowed: DoubleWellBandit-v0" in result.stderr
+    result = run_script(["-m", "common.multimodal", "--exp-suffix", "a/b"], cwd=repo_root)
+    assert result.returncode == 2 and "--exp-suffix" in result.stderr
+
+
+def test_mass_near_modes_matches_gaussian_closed_forms():
+    # pi* ~ exp(-|a|^2 / (2 alpha)) is N(0, alpha I) (truncation at +-1 negligible for alpha = 0.01, sigma = 0.1):
+    # mass within r of the mode 0 is erf(r / (sigma sqrt 2)) in 1-D and 1 - exp(-r^2 / (2 sigma^2)) in 2-D.
+    sigma, radius = 0.1, 0.15
+    one_d = target_mass_near_modes(lambda a: -(a ** 2).sum(-1) / 2, np.zeros((1, 1)), sigma ** 2, radius, points=4000)
+    assert one_d[0] == pytest.approx(math.erf(radius / (sigma * math.sqrt(2))), abs=1e-4)
+    two_d = target_mass_near_modes(lambda a: -(a ** 2).sum(-1) / 2, np.zeros((1, 2)), sigma ** 2, radius, points=800)
+    assert two_d[0] == pytest.approx(1 - math.exp(-radius ** 2 / (2 * sigma ** 2)), abs=2e-3)
+    actions = np.array([[0.0], [0.05], [0.15], [-0.45], [0.6]])  # 0.15: outside the radius 0.1
+    assert mass_near_modes(actions, np.array([[0.0], [-0.5]]), 0.1).tolist() == [0.4, 0.2]
+    assert mode_radius(DOUBLE_WELL_MODES) == pytest.approx(0.125)
+    assert mode_radius(ring_modes(4)) == pytest.approx(0.6 * math.sqrt(2) / 8)
+
+
+def test_strict_coverage_rejects_a_broad_bump_that_the_share_rule_accepts():
+    rng = np.random.default_rng(0)
+    modes, alpha = DOUBLE_WELL_MODES, 0.2
+    radius = mode_radius(modes)
+    target_near = target_mass_near_modes(double_well_reward, modes, alpha, radius)
+    # Exact samples of pi* (rejection from uniform): both rules pass.
+    proposals = rng.uniform(-1, 1, (200000, 1))
+    exact = proposals[rng.uniform(size=len(proposals)) < np.exp((double_well_reward(proposals) - 1) / alpha)]
+    assert covers_every_mode_strictly(mode_shares(exact, modes), mass_near_modes(exact, modes, radius), target_near)
+    # A broad Gaussian bump centred between the wells: even shares, but its mass sits in the valley.
+    bump = np.clip(rng.normal(0.0, 0.4, (20000, 1)), -1, 1)
+    shares = mode_shares(bump, modes)
+    assert covers_every_mode(shares)
+    assert not covers_every_mode_strictly(shares, mass_near_modes(bump, modes, radius), target_near)
+    # One well only fails both.
+    one_well = exact[exact[:, 0] > 0]
+    assert not covers_every_mode_strictly(mode_shares(one_well, modes), mass_near_modes(one_well, modes, radius), target_near)
