@@ -18,12 +18,15 @@ of a bandit, at states visited by the policy itself in TurnLeftOrRight-v0) and m
   - the total-variation distance between the histogram (--bins per axis on [-1, 1]^d) and
     pi*(a) proportional to exp(r(a) / alpha) integrated over the same bins, beside the
     "sampling floor": the TV of as many exact samples of pi* (what a perfect policy would get).
-Writes OUT_DIR/{env_id}__{exp_name}.png (exp_name: the script's name + --exp-suffix) (histograms beside the target) and .md (one row per
-seed). --analyse-only CHECKPOINT ... skips training.
+Writes OUT_DIR/{env_id}__{exp_name}.png (histograms beside the target) and .md (one row per seed);
+exp_name is the script's name plus --exp-suffix. A seed whose run finished before (marker in
+WORKDIR/benchmark_logs, same flags) is not trained again, only analysed: rerunning a command redoes
+the measurements; --rerun-finished trains again. --analyse-only CHECKPOINT ... skips training.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 import tyro
 
-from common.benchmark import REPO_ROOT, Run, run_one
+from common.benchmark import REPO_ROOT, Run, is_finished, run_one
 from common.envs import ConfigError, check_env_id, run_cli
 from common.evaluation import load_agent
 from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly, histogram,
@@ -64,6 +67,8 @@ class Args:
     """actions sampled from each trained policy"""
     bins: int = 40
     """histogram bins per action dimension on [-1, 1]"""
+    rerun_finished: bool = False
+    """train again the seeds whose run already finished (by default they are only analysed again)"""
     exp_suffix: str = ""
     """appended to the run names (e.g. "-alpha0.5"), so variants of one script keep separate runs and files"""
     analyse_only: list[str] = field(default_factory=list)
@@ -87,6 +92,14 @@ def train(args: Args, seed: int) -> str:
     log_dir = os.path.join(workdir, "benchmark_logs")
     run = Run(script, args.env_id, seed, exp_name, command, workdir, os.path.join(log_dir, f"{key}.log"),
               os.path.join(log_dir, f"{key}.done.json"))
+    if is_finished(run) and not args.rerun_finished:
+        with open(run.marker_path) as file:
+            marker = json.load(file)
+        if shlex.split(marker["command"])[2:] != command[2:]:  # the flags, beyond the interpreter and the script path
+            raise ConfigError(f"{key} finished before with other flags ({marker['command']}); "
+                              "name this variant with --exp-suffix, or train it again with --rerun-finished.")
+        print(f"[done] {key}: trained before, analysing {marker['run_dir']} (--rerun-finished trains again)", flush=True)
+        return os.path.join(workdir, marker["run_dir"], f"{exp_name}.cleanrl_model")
     print(f"[run] cd {shlex.quote(workdir)} && {shlex.join(command)} > {run.log_path}", flush=True)
     outcome = run_one(run)
     if outcome["returncode"] != 0:

@@ -80,11 +80,11 @@ def test_mode_shares_total_variation_and_coverage_on_known_samples():
 
 
 def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_root):
-    result = run_script(["-m", "common.multimodal", "--script", "diffsac.py", "--env-id", "DoubleWellBandit-v0",
-                         "--seeds", "1", "--total-timesteps", "600", "--samples", "500", "--workdir", str(tmp_path),
-                         "--out-dir", str(tmp_path / "out"), "--exp-suffix=-short",
-                         "--extra=--learning-starts 256 --batch-size 64 --hidden-dim 64 --num-diffusion-steps 2"],
-                        cwd=repo_root)
+    command = ["-m", "common.multimodal", "--script", "diffsac.py", "--env-id", "DoubleWellBandit-v0",
+               "--seeds", "1", "--total-timesteps", "600", "--samples", "500", "--workdir", str(tmp_path),
+               "--out-dir", str(tmp_path / "out"), "--exp-suffix=-short",
+               "--extra=--learning-starts 256 --batch-size 64 --hidden-dim 64 --num-diffusion-steps 2"]
+    result = run_script(command, cwd=repo_root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--no-autotune" in result.stdout and "--alpha 0.2" in result.stdout
     row = (tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short.md").read_text().splitlines()[2]
@@ -95,6 +95,12 @@ def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_ro
     assert cells[5].strip() in ("yes", "no") and cells[6].strip().endswith("(pi*: 0.42 each)")
     assert cells[7].strip() in ("yes", "no") and 0 <= float(cells[8]) <= 1
     assert os.path.getsize(tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short.png") > 10000
+    # The same command again analyses the finished run without training it; other flags under the same name are refused.
+    again = run_script(command, cwd=repo_root)
+    assert again.returncode == 0 and "[done] DoubleWellBandit-v0__diffsac-short__1" in again.stdout and "[run]" not in again.stdout
+    assert (tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short.md").read_text().splitlines()[2] == row
+    changed = run_script([*command, "--alpha", "0.3"], cwd=repo_root)
+    assert changed.returncode == 2 and "finished before with other flags" in changed.stderr and "--exp-suffix" in changed.stderr
 
 
 def test_multimodal_command_rejects_other_envs(tmp_path, repo_root):
