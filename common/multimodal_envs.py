@@ -131,16 +131,20 @@ def bin_edges(action_dim: int, bins: int) -> list[np.ndarray]:
     return [np.linspace(-1.0, 1.0, bins + 1)] * action_dim
 
 
+def target_density_on_grid(reward_fn, action_dim: int, alpha: float, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Midpoints of a regular grid with `points` per axis on [-1, 1]^d, and exp(r / alpha) there (max scaled to 1)."""
+    centres = -1.0 + (np.arange(points) + 0.5) * (2.0 / points)
+    grid = np.stack(np.meshgrid(*[centres] * action_dim, indexing="ij"), axis=-1)
+    log_density = reward_fn(grid) / alpha
+    return grid, np.exp(log_density - log_density.max())
+
+
 def target_probabilities(reward_fn, action_dim: int, alpha: float, bins: int, points_per_bin: int = 20) -> np.ndarray:
     """P*(bin) of pi*(a) proportional to exp(r(a) / alpha) on [-1, 1]^d, by the midpoint rule on a fine grid.
 
     Returns an array of shape [bins] * d that sums to 1.
     """
-    fine = bins * points_per_bin
-    centres = -1.0 + (np.arange(fine) + 0.5) * (2.0 / fine)
-    grid = np.stack(np.meshgrid(*[centres] * action_dim, indexing="ij"), axis=-1)
-    log_density = reward_fn(grid) / alpha
-    density = np.exp(log_density - log_density.max())
+    _, density = target_density_on_grid(reward_fn, action_dim, alpha, bins * points_per_bin)
     for axis in range(action_dim):  # sum each bin's fine points
         shape = density.shape[:axis] + (bins, points_per_bin) + density.shape[axis + 1:]
         density = density.reshape(shape).sum(axis=axis + 1)
@@ -191,12 +195,8 @@ def mass_near_modes(actions: np.ndarray, modes: np.ndarray, radius: float) -> np
 
 def target_mass_near_modes(reward_fn, modes: np.ndarray, alpha: float, radius: float, points: int = 800) -> np.ndarray:
     """pi*'s mass within `radius` of each mode, pi* proportional to exp(r / alpha) on [-1, 1]^d (midpoint rule)."""
-    action_dim = modes.shape[1]
-    centres = -1.0 + (np.arange(points) + 0.5) * (2.0 / points)
-    grid = np.stack(np.meshgrid(*[centres] * action_dim, indexing="ij"), axis=-1).reshape(-1, action_dim)
-    log_density = reward_fn(grid) / alpha
-    density = np.exp(log_density - log_density.max())
-    density /= density.sum()
+    grid, density = target_density_on_grid(reward_fn, modes.shape[1], alpha, points)
+    grid, density = grid.reshape(-1, modes.shape[1]), density.ravel() / density.sum()
     near = np.linalg.norm(grid[:, None, :] - modes[None, :, :], axis=-1) <= radius  # [points^d, M]
     return density @ near
 
