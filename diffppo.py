@@ -1,14 +1,14 @@
 """DiffPPO: PPO on the diffusion-augmented MDP (DA-MDP) with a K-step diffusion policy.
 
 Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffPPO; "DA-MDP: PPO" in v3). The maths
-is fixed in ../shared/DESIGN.md; equation numbers below refer to its sections.
+is written out in docs/method.md; "method.md §n" below names its sections.
 
     python diffppo.py --env-id Humanoid-v4 --num-diffusion-steps 8
 
 The policy samples x_K ~ N(0, I), runs K Gaussian reverse kernels
-x_{k-1} ~ q(. | x_k, s, k) and executes a = c + h * tanh(x_0) (DESIGN §1). Each
+x_{k-1} ~ q(. | x_k, s, k) and executes a = c + h * tanh(x_0) (method.md §1). Each
 environment step becomes K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1) with
-soft reward -alpha * l_k, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) (DESIGN §2,
+soft reward -alpha * l_k, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) (method.md §2,
 §3); PPO then runs unchanged on the augmented MDP: one clipped importance ratio per
 diffusion step, a value function V(s, x_k, k), GAE over the augmented sequence.
 With --alpha 0 this is DPPO (Ren et al., arXiv 2409.00588) trained from scratch.
@@ -172,7 +172,7 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Diffusion policy maths (DESIGN §1, §2)
+# Diffusion policy maths (method.md §1, §2)
 # ----------------------------------------------------------------------------------------------
 LOG_2PI = math.log(2 * math.pi)
 
@@ -190,7 +190,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (DESIGN §2)."""
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
     return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
 
 
@@ -201,7 +201,7 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 
 
 
 class DiffusionActor(nn.Module):
-    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (DESIGN §1).
+    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (method.md §1).
 
     Chains are stored in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K and
     chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
@@ -275,7 +275,7 @@ class DiffusionActor(nn.Module):
         return torch.stack(chain, dim=1), step_log_q
 
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
-        """The three parts of L(s, x_{0:K}) (DESIGN §2), per sample:
+        """The three parts of L(s, x_{0:K}) (method.md §2), per sample:
 
         step_log_ratio [B, K] (time order): l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1});
         log_prior [B]: log N(x_K; 0, I);
@@ -290,7 +290,7 @@ class DiffusionActor(nn.Module):
 
 
 class ValueNetwork(nn.Module):
-    """V(s, x_k, k): the value of an augmented state (DESIGN §3)."""
+    """V(s, x_k, k): the value of an augmented state (method.md §3)."""
 
     def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
                  time_embedding_dim: int = 16):
@@ -341,7 +341,7 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
 
 def augmented_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: np.ndarray,
                   gamma: float, gae_lambda: float, chain_gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
-    """GAE over the augmented sequence (DESIGN §3, §4).
+    """GAE over the augmented sequence (method.md §3, §4.1).
 
     rewards, values: [T, N, K], augmented step j of env step t (j = 0 is k = K); the env
     reward is in the last step j = K-1. dones: [T, N], the episode ended at env step t.
@@ -480,7 +480,7 @@ def main() -> None:
                 # V(s, x_k, k) of all K augmented states in one forward pass.
                 values = agent.critic(next_obs.repeat_interleave(K, 0), chain[:, :-1].reshape(-1, action_dim),
                                       step_k.repeat(args.num_envs)).view(args.num_envs, K)
-                # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (DESIGN §3).
+                # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (method.md §3).
                 soft_rewards = -alpha * step_log_ratio
                 soft_rewards[:, 0] -= alpha * log_prior
                 soft_rewards[:, -1] += alpha * squash_log_det
@@ -516,7 +516,7 @@ def main() -> None:
             for start in range(0, augmented_batch_size, minibatch_size):
                 mb = permutation[start:start + minibatch_size]
                 new_log_q = agent.actor.log_prob(b_obs[mb], b_x_k[mb], b_k[mb], b_x_previous[mb])
-                log_importance_ratio = new_log_q - b_log_q[mb]  # one ratio per diffusion step (DESIGN §4)
+                log_importance_ratio = new_log_q - b_log_q[mb]  # one ratio per diffusion step (method.md §4.1)
                 ratio = log_importance_ratio.exp()
                 with torch.no_grad():
                     old_approx_kl = (-log_importance_ratio).mean()
@@ -552,7 +552,7 @@ def main() -> None:
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
 
-        # Entropy estimate H_est = -E[L], a lower bound on the policy entropy (DESIGN §2).
+        # Entropy estimate H_est = -E[L], a lower bound on the policy entropy (method.md §2).
         entropy_estimate = -path_log_ratio_buffer.mean()
         if args.autotune:
             # d alpha_loss / d log(alpha) = H_est - target: alpha falls when the entropy is above target.

@@ -1,15 +1,15 @@
 """DiffSAC: soft actor-critic whose Gaussian actor is a K-step diffusion policy.
 
-Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffSAC). The maths is fixed in
-../shared/DESIGN.md; equation numbers below refer to its sections.
+Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffSAC). The maths is written out in
+docs/method.md; "method.md §n" below names its sections.
 
     python diffsac.py --env-id Hopper-v4 --num-diffusion-steps 8
 
 Everything is CleanRL's SAC (twin critics Q(s, a) with target networks, delayed actor
 updates, temperature auto-tuning) except the actor: the action is sampled through the K
-reverse kernels of the diffusion policy (DESIGN §1) with the reparameterisation
+reverse kernels of the diffusion policy (method.md §1) with the reparameterisation
 x_{k-1} = mean(s, x_k, k) + sigma_k * eps_k through all K steps, and log pi(a|s) is
-replaced by the path log-ratio L(s, x_{0:K}) (DESIGN §2) in the critic target
+replaced by the path log-ratio L(s, x_{0:K}) (method.md §2) in the critic target
     y = r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * L(s', x'_{0:K}))
 and in the actor loss E[alpha * L - min_i Q_i(s, a)]. The temperature is tuned so that
 the entropy estimate H_est = -E[L] (a lower bound on the policy entropy) tracks
@@ -155,7 +155,7 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Diffusion policy maths (DESIGN §1, §2)
+# Diffusion policy maths (method.md §1, §2)
 # ----------------------------------------------------------------------------------------------
 LOG_2PI = math.log(2 * math.pi)
 
@@ -173,7 +173,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (DESIGN §2)."""
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
     return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
 
 
@@ -184,7 +184,7 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 
 
 
 class DiffusionActor(nn.Module):
-    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (DESIGN §1).
+    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (method.md §1).
 
     Chains are stored in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K and
     chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
@@ -258,7 +258,7 @@ class DiffusionActor(nn.Module):
         return torch.stack(chain, dim=1), step_log_q
 
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
-        """The three parts of L(s, x_{0:K}) (DESIGN §2), per sample:
+        """The three parts of L(s, x_{0:K}) (method.md §2), per sample:
 
         step_log_ratio [B, K] (time order): l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1});
         log_prior [B]: log N(x_K; 0, I);
@@ -364,7 +364,7 @@ def soft_bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_
 
 
 def actor_loss_and_entropy(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, obs: torch.Tensor, alpha: float):
-    """(E[alpha L - min_i Q_i(s, a)], H_est = -E[L] detached): the paper's surrogate (DESIGN §2)."""
+    """(E[alpha L - min_i Q_i(s, a)], H_est = -E[L] detached): the paper's surrogate (method.md §2)."""
     actions, path_log_ratio, _ = agent.sample(obs)
     # The critics only pass gradients through to the action: building the graph with their
     # parameters frozen skips the weight gradients that the actor optimiser would not use.

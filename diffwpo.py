@@ -1,12 +1,12 @@
 """DiffWPO: Wasserstein policy optimisation on the diffusion-augmented MDP (DA-MDP: WPO).
 
 Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffWPO); WPO: Pfau et al., arXiv 2505.00663.
-The maths is fixed in ../shared/DESIGN.md; equation numbers below refer to its sections.
+The maths is written out in docs/method.md; "method.md §n" below names its sections.
 
     python diffwpo.py --env-id Hopper-v4 --num-diffusion-steps 8
 
 Off-policy, with a replay buffer that keeps each transition's whole chain x_K..x_0.
-Each environment step is K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1) (DESIGN §3),
+Each environment step is K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1) (method.md §3),
 each with its own log-ratio term
     lt_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) [+ log N(x_K; 0, I) at k = K]
            [- sum_i (log h_i + log(1 - tanh(x_0i)^2)) at k = 1],        sum_k lt_k = L.
@@ -19,7 +19,7 @@ current step's own -alpha * lt_k is left out of Q and enters the soft value):
 The second form (no reward, no discount inside the chain) is what soft_value computes: it rolls
 the current policy out to the last step, so value information reaches every k in one target
 hop instead of k hops through lagging target networks.
-The actor follows the Wasserstein gradient flow at every diffusion step (DESIGN §4):
+The actor follows the Wasserstein gradient flow at every diffusion step (method.md §4.3):
     loss = -E[ sum_i d/dx_i log q_theta(x | x_k, s) * stopgrad(d/dx_i (Q(s, x_k, k, x) - alpha * lt_k(x))) ]
 at x = stopgrad(x_{k-1} sampled from the current policy); d/dx log q = -(x - mean) / sigma^2 in
 closed form. With --fisher-preconditioner the velocity of each dimension is multiplied by
@@ -170,7 +170,7 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Diffusion policy maths (DESIGN §1, §2)
+# Diffusion policy maths (method.md §1, §2)
 # ----------------------------------------------------------------------------------------------
 LOG_2PI = math.log(2 * math.pi)
 
@@ -188,7 +188,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (DESIGN §2)."""
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
     return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
 
 
@@ -199,7 +199,7 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 
 
 
 class DiffusionActor(nn.Module):
-    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (DESIGN §1).
+    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (method.md §1).
 
     Chains are stored in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K and
     chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
@@ -273,7 +273,7 @@ class DiffusionActor(nn.Module):
         return torch.stack(chain, dim=1), step_log_q
 
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
-        """The three parts of L(s, x_{0:K}) (DESIGN §2), per sample:
+        """The three parts of L(s, x_{0:K}) (method.md §2), per sample:
 
         step_log_ratio [B, K] (time order): l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1});
         log_prior [B]: log N(x_K; 0, I);
@@ -367,7 +367,7 @@ def step_and_store(envs, obs: np.ndarray, chains: torch.Tensor, agent: Agent, re
 
 def step_log_ratio(agent: Agent, obs, x_k, k, x_previous) -> torch.Tensor:
     """lt_k per augmented sample (any mix of k): l_k plus the prior term at k = K and the squash term
-    at k = 1, so that the K terms of a chain add up to L (DESIGN §2)."""
+    at k = 1, so that the K terms of a chain add up to L (method.md §2)."""
     actor = agent.actor
     log_ratio = actor.log_prob(obs, x_k, k, x_previous) - actor.forward_log_prob(x_k, x_previous, k)
     log_prior = gaussian_log_prob(x_k, torch.zeros_like(x_k), torch.ones_like(x_k))
@@ -431,7 +431,7 @@ def kernel_score(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
 
 
 def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
-    """(WPO loss at one uniformly drawn step of each fresh chain, H_est = -E[L]) (DESIGN §4).
+    """(WPO loss at one uniformly drawn step of each fresh chain, H_est = -E[L]) (method.md §4.3).
 
     q_value(obs, x_k, k, x_{k-1}) -> [B]; the velocity is d/dx (q_value - alpha lt_k) at the sampled
     x_{k-1}, with the parameters held fixed (stop-gradient).

@@ -5,7 +5,7 @@
 diffppo.py with the diffusion policy replaced by a tanh-Gaussian one and nothing else changed
 (flags and defaults less --num-diffusion-steps and --chain-gae-lambda, normalisation, soft reward,
 alpha tuning, time-limit bootstrap, logging, checkpoints, evaluation), so that a comparison differs
-only in the policy class: DiffPPO's DA-MDP with K = 1 and the exact log pi in place of L (DESIGN §2).
+only in the policy class: DiffPPO's DA-MDP with K = 1 and the exact log pi in place of L (method.md §2).
 
 Policy: pre-tanh x ~ N(mu(s), diag(sigma^2)), a = c + h * tanh(x) (c, h: centre and half-width
 of the Box); mu is a tanh MLP whose last layer starts near 0, sigma = exp(log_std) is
@@ -166,7 +166,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (DESIGN §2)."""
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
     return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
 
 

@@ -12,7 +12,7 @@ r + gamma (1 - terminated) (min_i Q'_i(s', a') - alpha log pi(a'|s')) and the ac
 E[alpha log pi - min_i Q_i(s, a)]; alpha is tuned so that -E[log pi] tracks -target_entropy_scale * action_dim.
 
 What differs from CleanRL's sac_continuous_action.py (each as in diffsac.py):
-- log(1 - tanh(x)^2) is the stable 2 (log 2 - x - softplus(-2x)) (DESIGN §2), not
+- log(1 - tanh(x)^2) is the stable 2 (log 2 - x - softplus(-2x)) (method.md §2), not
   log(1 - tanh(x)^2 + 1e-6), which floors at -13.8 where the truth is log 4 - 2|x| (|x| > ~7).
 - Time-limit truncations store the true final observation and bootstrap; terminations do not.
 - --save-model checkpoints hold what `python -m common.evaluation CKPT` and --resume need (with an
@@ -155,7 +155,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (DESIGN §2)."""
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
     return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
 
 

@@ -1,12 +1,12 @@
 """WPO: Wasserstein policy optimisation with a tanh-Gaussian policy, replay and twin critics.
 
 Pfau et al., arXiv 2505.00663. The Gaussian counterpart of ../diffwpo.py: a comparison of the two
-differs only in the policy class (one Gaussian, not K diffusion kernels). Maths: ../shared/DESIGN.md.
+differs only in the policy class (one Gaussian, not K diffusion kernels). Maths: docs/method.md.
 
     python baselines/wpo.py --env-id Hopper-v4          (or: python -m baselines.wpo ...)
 
 WPO moves the policy along the Wasserstein gradient flow of the soft objective: each sample of the
-pre-tanh action moves with the velocity v, the parameters follow through the score (DESIGN §4, K = 1):
+pre-tanh action moves with the velocity v, the parameters follow through the score (method.md §4.3, K = 1):
     x ~ pi(.|s) = N(mean(s), diag(std(s)^2)),  a = c + h tanh(x)           (stop-gradient on x)
     v = d/dx [ min_i Q_i(s, c + h tanh(x)) - alpha log pi(a(x)|s) ]        (parameters held fixed)
     loss = -E[ sum_i score_i * v_i ],  score = d/dx log N(x; mean, std) = -(x - mean) / std^2
@@ -158,7 +158,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (DESIGN §2)."""
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
     return 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x))
 
 
@@ -268,7 +268,7 @@ def soft_bellman_target(rewards, terminations, next_min_q, next_log_prob, alpha:
 
 
 def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
-    """(WPO loss, entropy estimate -E[log pi]) at one fresh sample x ~ pi(.|s) per state (DESIGN §4, K = 1).
+    """(WPO loss, entropy estimate -E[log pi]) at one fresh sample x ~ pi(.|s) per state (method.md §4.3, K = 1).
     q_value(obs, actions) -> [B]; v = d/dx (q_value(s, c + h tanh x) - alpha log pi(a(x)|s)) is taken with
     the parameters held fixed (mean and std detached, gradient w.r.t. x only)."""
     mean, std = agent(obs)

@@ -1,4 +1,4 @@
-"""The log-probability maths of the diffusion policy (DESIGN §1, §2), checked against
+"""The log-probability maths of the diffusion policy (method.md §1, §2), checked against
 independent computations: torch.distributions, direct formulas, numerical integration
 and closed forms. Every script carries its own copy of the diffusion actor (scripts are
 meant to be copied), so every test runs on each script's copy."""
@@ -145,7 +145,7 @@ def exact_reverse_process(m, v, betas):
 
 @pytest.mark.parametrize("num_diffusion_steps", [1, 3, 8])
 def test_log_ratio_is_exact_for_gaussian_target_on_every_path(script, num_diffusion_steps):
-    """Exactness (DESIGN §2): with reverse kernels equal to the forward process's exact Gaussian
+    """Exactness (method.md §2): with reverse kernels equal to the forward process's exact Gaussian
     posteriors and the exact marginal at step K as prior, q(x_{0:K}) = pi(x_0) p(x_{1:K}|x_0), so
     L = log q(x_{0:K}) - log p(x_{1:K}|x_0) - log|da/dx_0| = log pi(a) on every sampled path.
     """
@@ -217,7 +217,7 @@ def entropy_estimate_by_sampling(agent, obs, samples=400_000):
 
 
 def test_entropy_estimate_is_lower_bound_with_strict_gap_for_mismatched_kernel(script):
-    """Lower bound (DESIGN §2): E_q[L] - E_q[log pi(a)] = KL(q(x_{1:K}|x_0) || p(x_{1:K}|x_0)) >= 0,
+    """Lower bound (method.md §2): E_q[L] - E_q[log pi(a)] = KL(q(x_{1:K}|x_0) || p(x_{1:K}|x_0)) >= 0,
     so H_est = -E[L] <= H(pi). The true entropy comes from the marginal integrated on a grid:
     H(a) = H(x_0) + E[log h + log(1 - tanh(x_0)^2)]. A nonlinear, mismatched reverse kernel gives
     a strict gap; the exact kernels (initialisation) give none.
