@@ -10,7 +10,8 @@ directory --workdir (logs in WORKDIR/runs and WORKDIR/benchmark_logs); then load
 checkpoint, samples --samples actions from the stochastic policy (at the constant observation
 of a bandit, at states visited by the policy itself in TurnLeftOrRight-v0) and measures:
   - the share of samples nearest to each mode of r (the maximisers; Euclidean), and whether
-    every one of the M modes holds between 0.5/M and 1.5/M of them (the share rule);
+    every mode holds between 0.5 and 1.5 times pi*'s share of them (the share rule; 0.5/M to 1.5/M
+    for M equal modes), and whether every share is within 0.05 of pi*'s (the mode-weight bar);
   - the share within a small radius of each mode (an eighth of the distance between modes) against
     pi*'s mass there; "covers every mode (strict)" adds to the share rule that every mode holds at
     least half of pi*'s mass in its ball (a broad bump between symmetric modes passes the share rule,
@@ -18,7 +19,8 @@ of a bandit, at states visited by the policy itself in TurnLeftOrRight-v0) and m
   - the total-variation distance between the histogram (--bins per axis on [-1, 1]^d) and
     pi*(a) proportional to exp(r(a) / alpha) integrated over the same bins, beside the
     "sampling floor": the TV of as many exact samples of pi* (what a perfect policy would get).
-Writes OUT_DIR/{env_id}__{exp_name}.png (histograms beside the target) and .md (one row per seed);
+Writes OUT_DIR/{env_id}__{exp_name}.png (histograms beside the target), .md (one row per seed) and, for a
+diffusion policy, __chain.png (the marginal of every x_k from the prior to x_0, one panel per seed);
 exp_name is the script's name plus --exp-suffix. A seed whose run finished before (marker in
 WORKDIR/benchmark_logs, same flags) is not trained again, only analysed: rerunning a command redoes
 the measurements; --rerun-finished trains again. --analyse-only CHECKPOINT ... skips training.
@@ -42,7 +44,7 @@ from common.envs import ConfigError, check_env_id, run_cli
 from common.evaluation import load_agent
 from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly, histogram,
                                     mass_near_modes, mode_radius, mode_shares, target_mass_near_modes,
-                                    target_probabilities, total_variation)
+                                    target_mode_shares, target_probabilities, total_variation, weights_match)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class Args:
     script: str = "diffsac.py"
     """training script, relative to the repository root"""
     env_id: str = "DoubleWellBandit-v0"
-    """one of DoubleWellBandit-v0, RingBandit-v0, TurnLeftOrRight-v0"""
+    """one of DoubleWellBandit-v0, RingBandit-v0, TurnLeftOrRight-v0, UnequalModesBandit-v0"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     """seeds to train"""
     total_timesteps: int = 10000
@@ -108,8 +110,9 @@ def train(args: Args, seed: int) -> str:
 
 
 @torch.no_grad()
-def sample_actions(checkpoint: str, env_id: str, samples: int, seed: int = 0) -> np.ndarray:
-    """[samples, d] actions of the stochastic policy: 10 per state, at states the policy visits."""
+def sample_actions(checkpoint: str, env_id: str, samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """(actions [samples, d] of the stochastic policy, 10 per state at states the policy visits; and for a
+    diffusion policy its chains [samples, K+1, d] in time order, chain[:, 0] = x_K, chain[:, K] = x_0; else None)."""
     agent, obs_normalizer, _ = load_agent(checkpoint)
     env = gym.make(env_id)
     states, episode = [], 0
@@ -122,10 +125,61 @@ def sample_actions(checkpoint: str, env_id: str, samples: int, seed: int = 0) ->
             obs, _, terminated, truncated, _ = env.step(action)
             done = terminated or truncated
     states = np.repeat(np.asarray(states, np.float32), 10, axis=0)[:samples]
-    torch.manual_seed(seed)
-    actions = [agent.act(torch.as_tensor(obs_normalizer(chunk))).numpy() for chunk in np.array_split(states, 10)]
     env.close()
-    return np.concatenate(actions).astype(np.float64)
+    torch.manual_seed(seed)
+    actor = getattr(agent, "actor", None)
+    if actor is not None and hasattr(actor, "sample_chain"):
+        chains = torch.cat([actor.sample_chain(torch.as_tensor(obs_normalizer(chunk)))[0] for chunk in np.array_split(states, 10)])
+        actions = agent.squash(chains[:, -1])
+        return actions.numpy().astype(np.float64), chains.numpy().astype(np.float64)
+    actions = [agent.act(torch.as_tensor(obs_normalizer(chunk))).numpy() for chunk in np.array_split(states, 10)]
+    return np.concatenate(actions).astype(np.float64), None
+
+
+def plot_chain(chains: list[tuple[str, np.ndarray]], modes: np.ndarray, title: str, out: str, extent: float = 2.5) -> None:
+    """The marginal of every x_k of the chain, from the prior x_K (top) to x_0 (bottom), in pre-tanh space.
+
+    1-D actions: one density-over-k image per seed, dashed lines at atanh of each mode. 2-D actions: one
+    row of 2-D histograms (x_K ... x_0) per seed, crosses at atanh of each mode.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    latent_modes = np.arctanh(np.clip(modes, -0.999, 0.999))
+    num_steps = chains[0][1].shape[1]  # K + 1
+    edges = np.linspace(-extent, extent, 81)
+    if chains[0][1].shape[2] == 1:
+        figure, axes = plt.subplots(1, len(chains), figsize=(3.6 * len(chains), 3.4), squeeze=False)
+        for axis, (label, chain) in zip(axes[0], chains):
+            density = np.stack([np.histogram(chain[:, j, 0], bins=edges, density=True)[0] for j in range(num_steps)])
+            axis.imshow(density, aspect="auto", cmap="magma", extent=(-extent, extent, -0.5, num_steps - 0.5),
+                        origin="upper", vmax=np.quantile(density, 0.995))
+            axis.set_yticks(range(num_steps))
+            axis.set_yticklabels([f"x_{j}" for j in range(num_steps)], fontsize=7)  # row j from the top is x_{K-j}
+            for mode in latent_modes[:, 0]:
+                axis.axvline(mode, color="cyan", linestyle="--", linewidth=0.8)
+            axis.set_xlabel("pre-tanh value (dashed: atanh of each mode)", fontsize=7)
+            axis.set_title(label, fontsize=8)
+    else:
+        figure, axes = plt.subplots(len(chains), num_steps, figsize=(1.6 * num_steps, 1.7 * len(chains)), squeeze=False)
+        for row, (label, chain) in enumerate(chains):
+            for j in range(num_steps):
+                axis = axes[row, j]
+                counts, _, _ = np.histogram2d(chain[:, j, 0], chain[:, j, 1], bins=[edges, edges])
+                axis.imshow(counts.T, origin="lower", extent=(-extent, extent, -extent, extent), cmap="magma")
+                axis.plot(latent_modes[:, 0], latent_modes[:, 1], "c+", markersize=5)
+                axis.set_xticks([])
+                axis.set_yticks([])
+                if row == 0:
+                    axis.set_title(f"x_{num_steps - 1 - j}", fontsize=8)
+            axes[row, 0].set_ylabel(label, fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
 
 
 def analyse(actions: np.ndarray, env_id: str, alpha: float, bins: int, rng: np.random.Generator) -> dict:
@@ -136,15 +190,15 @@ def analyse(actions: np.ndarray, env_id: str, alpha: float, bins: int, rng: np.r
     flat = rng.choice(target.size, size=len(actions), p=target.ravel())
     width = 2.0 / bins
     exact = np.stack(np.unravel_index(flat, target.shape), axis=1) * width - 1.0 + rng.uniform(0, width, (len(actions), action_dim))
-    shares = mode_shares(actions, modes)
+    shares, target_shares = mode_shares(actions, modes), target_mode_shares(env.reward, modes, alpha)
     radius = mode_radius(modes)
     mass_near, target_mass_near = mass_near_modes(actions, modes, radius), target_mass_near_modes(env.reward, modes, alpha, radius)
-    return {"shares": shares, "covers": covers_every_mode(shares), "mass_near": mass_near,
-            "target_mass_near": target_mass_near, "radius": radius,
-            "covers_strictly": covers_every_mode_strictly(shares, mass_near, target_mass_near),
+    return {"shares": shares, "target_shares": target_shares, "covers": covers_every_mode(shares, target_shares),
+            "mass_near": mass_near, "target_mass_near": target_mass_near, "radius": radius,
+            "covers_strictly": covers_every_mode_strictly(shares, mass_near, target_mass_near, target_shares),
+            "weights_match": weights_match(shares, target_shares),
             "tv": total_variation(histogram(actions, bins), target),
-            "tv_floor": total_variation(histogram(exact, bins), target), "target": target,
-            "target_shares": mode_shares(exact, modes)}
+            "tv_floor": total_variation(histogram(exact, bins), target), "target": target}
 
 
 def plot(results: list[tuple[str, np.ndarray, dict]], env_id: str, title: str, bins: int, out: str) -> None:
@@ -194,23 +248,27 @@ def main() -> None:
     checkpoints = args.analyse_only or [train(args, seed) for seed in args.seeds]
     exp_name = os.path.basename(checkpoints[0]).replace(".cleanrl_model", "")
     rng = np.random.default_rng(0)
-    results, rows = [], []
+    results, rows, chains = [], [], []
     for checkpoint in checkpoints:
         seed = os.path.basename(os.path.dirname(checkpoint)).split("__")[2] if "__" in checkpoint else "?"
-        actions = sample_actions(checkpoint, args.env_id, args.samples)
+        actions, chain = sample_actions(checkpoint, args.env_id, args.samples)
         result = analyse(actions, args.env_id, args.alpha, args.bins, rng)
         results.append((f"seed {seed}", actions, result))
+        if chain is not None:
+            chains.append((f"seed {seed}", chain))
         shares = ", ".join(f"{share:.2f}" for share in result["shares"])
+        shares += " (pi*: " + ", ".join(f"{share:.2f}" for share in result["target_shares"]) + ")"
         mass_near = ", ".join(f"{mass:.2f}" for mass in result["mass_near"])
         target = result["target_mass_near"]
         target = f"{target[0]:.2f} each" if np.allclose(target, target[0], atol=5e-3) else ", ".join(f"{m:.2f}" for m in target)
         rows.append(f"| {args.env_id} | {exp_name} | {seed} | {shares} | {'yes' if result['covers'] else 'no'} "
                     f"| {mass_near} (pi*: {target}) "
-                    f"| {'yes' if result['covers_strictly'] else 'no'} | {result['tv']:.3f} | {result['tv_floor']:.3f} |")
+                    f"| {'yes' if result['covers_strictly'] else 'no'} | {'yes' if result['weights_match'] else 'no'} "
+                    f"| {result['tv']:.3f} | {result['tv_floor']:.3f} |")
     radius = results[0][2]["radius"]
     header = ("| environment | algorithm | seed | share of samples nearest each mode | covers every mode (share rule) "
-              f"| share within {radius:.2f} of each mode | covers every mode (strict) | TV to pi* | "
-              "TV floor (exact samples) |\n|---|---|---|---|---|---|---|---|---|\n")
+              f"| share within {radius:.2f} of each mode | covers every mode (strict) | weights within 0.05 of pi* "
+              "| TV to pi* | TV floor (exact samples) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     table = header + "\n".join(rows) + "\n"
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, f"{args.env_id}__{exp_name}")
@@ -218,8 +276,13 @@ def main() -> None:
         file.write(table)
     title = f"{exp_name} on {args.env_id}, alpha {args.alpha}, {args.samples} samples per seed"
     plot(results, args.env_id, title, args.bins, stem + ".png")
+    written = f"{stem}.png and {stem}.md"
+    if chains:
+        modes = gym.make(args.env_id).unwrapped.modes()
+        plot_chain(chains, modes, f"{exp_name} on {args.env_id}: marginal of x_k from the prior (top) to x_0", stem + "__chain.png")
+        written = f"{stem}.png, {stem}__chain.png and {stem}.md"
     print(table, end="")
-    print(f"wrote {stem}.png and {stem}.md")
+    print(f"wrote {written}")
 
 
 if __name__ == "__main__":

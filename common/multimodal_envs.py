@@ -7,6 +7,9 @@ takes them through --env-id:
   RingBandit-v0        one step, 2-D action, r(a) = cos(M theta) - ((rho - R) / w)^2 in polar
                        coordinates (rho, theta) of a: M equal maxima on the ring rho = R at
                        theta = 2 pi j / M (num_modes=M, default 4; R = 0.6, w = 0.2).
+  UnequalModesBandit-v0  one step, 1-D action; three modes at a = -0.6, 0.05, 0.5 (unequal gaps 0.65 and
+                       0.45) whose weights under pi* at alpha = 0.2 are 0.5, 0.3 and 0.2:
+                       r(a) = 1 + 0.2 log sum_j (w_j / w_max) exp(-(a - m_j)^2 / (2 * 0.07^2)).
   TurnLeftOrRight-v0   8 steps; the agent turns its heading phi by a * pi/2 and is paid the
                        double-well reward of |a| = 1/2 at every step: turning left or right by the same
                        amount pays the same. Observation (cos phi, sin phi, steps left / 8).
@@ -68,6 +71,36 @@ class DoubleWellBandit(gym.Env):
         return np.zeros(self.observation_space.shape, np.float32), float(self.reward(action)), True, False, {}
 
 
+UNEQUAL_MODES = np.array([[-0.6], [0.05], [0.5]])
+UNEQUAL_WEIGHTS = np.array([0.5, 0.3, 0.2])
+UNEQUAL_WIDTH = 0.07
+UNEQUAL_DESIGN_ALPHA = 0.2
+
+
+def unequal_modes_reward(action: np.ndarray) -> np.ndarray:
+    """r(a) = 1 + 0.2 log sum_j (w_j / w_max) exp(-(a - m_j)^2 / (2 s^2)), 1-D actions.
+
+    At alpha = 0.2, exp(r / alpha) is proportional to the mixture sum_j w_j N(a; m_j, s^2): pi*'s modes
+    then weigh w = (0.5, 0.3, 0.2) (up to the mixture's negligible mass outside [-1, 1]). At another
+    alpha, pi* is proportional to the mixture to the power 0.2 / alpha (target_mode_shares computes its
+    weights). r = 1 at the heaviest mode, 0.90 and 0.82 at the others, about -4 at the box's edges.
+    """
+    a = action[..., 0, None]
+    log_terms = np.log(UNEQUAL_WEIGHTS / UNEQUAL_WEIGHTS.max()) - (a - UNEQUAL_MODES[:, 0]) ** 2 / (2 * UNEQUAL_WIDTH ** 2)
+    peak = log_terms.max(-1)
+    return 1.0 + UNEQUAL_DESIGN_ALPHA * (peak + np.log(np.exp(log_terms - peak[..., None]).sum(-1)))
+
+
+class UnequalModesBandit(DoubleWellBandit):
+    """One step; 1-D action; three modes of unequal weight (0.5, 0.3, 0.2 at alpha 0.2) and unequal spacing."""
+
+    def reward(self, action: np.ndarray) -> np.ndarray:
+        return unequal_modes_reward(action)
+
+    def modes(self) -> np.ndarray:
+        return UNEQUAL_MODES
+
+
 class RingBandit(DoubleWellBandit):
     """One step; 2-D action; M equal modes on a ring of radius 0.6."""
 
@@ -115,14 +148,14 @@ class TurnLeftOrRight(gym.Env):
         return self._observation(), float(self.reward(action)), self.t >= self.episode_length, False, {}
 
 
-MULTIMODAL_ENV_IDS = ["DoubleWellBandit-v0", "RingBandit-v0", "TurnLeftOrRight-v0"]
+MULTIMODAL_ENV_IDS = ["DoubleWellBandit-v0", "RingBandit-v0", "TurnLeftOrRight-v0", "UnequalModesBandit-v0"]
 
 
 def register() -> None:
-    """Register the three ids with gymnasium (idempotent)."""
+    """Register the benchmark ids with gymnasium (idempotent)."""
     # No time limit: every episode terminates by itself (after 1 step, or 8), never by truncation.
     for env_id, entry_point in [("DoubleWellBandit-v0", DoubleWellBandit), ("RingBandit-v0", RingBandit),
-                                ("TurnLeftOrRight-v0", TurnLeftOrRight)]:
+                                ("TurnLeftOrRight-v0", TurnLeftOrRight), ("UnequalModesBandit-v0", UnequalModesBandit)]:
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=f"{__name__}:{entry_point.__name__}")
 
@@ -168,10 +201,23 @@ def mode_shares(actions: np.ndarray, modes: np.ndarray) -> np.ndarray:
     return np.bincount(distances.argmin(1), minlength=len(modes)) / len(actions)
 
 
-def covers_every_mode(shares: np.ndarray) -> bool:
-    """Each of the M modes holds between 0.5/M and 1.5/M of the samples."""
-    num_modes = len(shares)
-    return bool(np.all((shares >= 0.5 / num_modes) & (shares <= 1.5 / num_modes)))
+def covers_every_mode(shares: np.ndarray, target_shares: np.ndarray | None = None) -> bool:
+    """Each mode holds between 0.5 and 1.5 times pi*'s share of the samples (1/M each for equal modes)."""
+    target = np.full(len(shares), 1.0 / len(shares)) if target_shares is None else np.asarray(target_shares)
+    return bool(np.all((shares >= 0.5 * target) & (shares <= 1.5 * target)))
+
+
+def target_mode_shares(reward_fn, modes: np.ndarray, alpha: float, points: int = 4000) -> np.ndarray:
+    """pi*'s share of each mode's cell (the actions nearest to it, as mode_shares counts them), midpoint rule."""
+    grid, density = target_density_on_grid(reward_fn, modes.shape[1], alpha, points if modes.shape[1] == 1 else 400)
+    grid, density = grid.reshape(-1, modes.shape[1]), density.ravel() / density.sum()
+    nearest = np.linalg.norm(grid[:, None, :] - modes[None, :, :], axis=-1).argmin(1)
+    return np.bincount(nearest, weights=density, minlength=len(modes))
+
+
+def weights_match(shares: np.ndarray, target_shares: np.ndarray, tolerance: float = 0.05) -> bool:
+    """Every mode's share within `tolerance` of pi*'s share (the mode-weight bar)."""
+    return bool(np.all(np.abs(np.asarray(shares) - np.asarray(target_shares)) <= tolerance))
 
 
 def mode_radius(modes: np.ndarray) -> float:
@@ -201,10 +247,11 @@ def target_mass_near_modes(reward_fn, modes: np.ndarray, alpha: float, radius: f
     return density @ near
 
 
-def covers_every_mode_strictly(shares: np.ndarray, mass_near: np.ndarray, target_mass_near: np.ndarray) -> bool:
+def covers_every_mode_strictly(shares: np.ndarray, mass_near: np.ndarray, target_mass_near: np.ndarray,
+                               target_shares: np.ndarray | None = None) -> bool:
     """The share rule, and every mode holds at least half of pi*'s mass within the radius around it.
 
     The share rule alone passes a broad unimodal bump centred between symmetric modes (it splits the
     samples evenly while putting them in the valley); the second condition does not.
     """
-    return covers_every_mode(shares) and bool(np.all(mass_near >= 0.5 * target_mass_near))
+    return covers_every_mode(shares, target_shares) and bool(np.all(mass_near >= 0.5 * target_mass_near))

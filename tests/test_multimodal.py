@@ -10,9 +10,11 @@ from conftest import run_script
 from gymnasium.utils.env_checker import check_env
 
 import common.envs  # noqa: F401  (registers the ids)
-from common.multimodal_envs import (DOUBLE_WELL_MODES, MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly,
-                                    double_well_reward, histogram, mass_near_modes, mode_radius, mode_shares, ring_modes,
-                                    ring_reward, target_mass_near_modes, target_probabilities, total_variation)
+from common.multimodal_envs import (DOUBLE_WELL_MODES, MULTIMODAL_ENV_IDS, UNEQUAL_MODES, UNEQUAL_WEIGHTS, UNEQUAL_WIDTH,
+                                    covers_every_mode, covers_every_mode_strictly, double_well_reward, histogram,
+                                    mass_near_modes, mode_radius, mode_shares, ring_modes, ring_reward, target_mass_near_modes,
+                                    target_mode_shares, target_probabilities, total_variation, unequal_modes_reward,
+                                    weights_match)
 
 
 @pytest.mark.parametrize("env_id", MULTIMODAL_ENV_IDS)
@@ -23,10 +25,16 @@ def test_environments_pass_gymnasiums_checker_and_their_modes_are_the_reward_max
     centres = np.linspace(-1, 1, 201)
     grid = np.stack(np.meshgrid(*[centres] * dim, indexing="ij"), -1).reshape(-1, dim)
     best = env.unwrapped.reward(grid).max()
-    assert np.allclose(env.unwrapped.reward(modes), 1.0) and best <= 1.0 + 1e-12
-    # Away from the modes the reward is lower: the maxima are the modes, all equal.
+    at_modes = env.unwrapped.reward(modes)
+    assert at_modes.max() == pytest.approx(1.0) and best <= 1.0 + 1e-12
+    if env_id != "UnequalModesBandit-v0":
+        assert np.allclose(at_modes, 1.0)  # equal modes
+    # Every mode is a local maximum, and away from the modes the reward is lower than at any mode.
+    for mode, value in zip(modes, at_modes):
+        near = (np.linalg.norm(grid - mode, axis=-1) < 0.1) & (np.linalg.norm(grid - mode, axis=-1) > 1e-9)
+        assert env.unwrapped.reward(grid[near]).max() < value
     far = np.min(np.linalg.norm(grid[:, None] - modes[None], axis=-1), axis=1) > 0.25
-    assert env.unwrapped.reward(grid[far]).max() < 0.5
+    assert env.unwrapped.reward(grid[far]).max() < min(0.5, at_modes.min() - 0.3)
 
 
 def test_double_well_and_ring_rewards_by_hand():
@@ -35,6 +43,38 @@ def test_double_well_and_ring_rewards_by_hand():
     assert ring_reward(np.array([[0.8, 0.0]])) == pytest.approx([0.0])  # one width off the ring
     assert ring_modes(3) == pytest.approx(np.array([[0.6, 0], [-0.3, 0.3 * math.sqrt(3)], [-0.3, -0.3 * math.sqrt(3)]]))
     assert len(gym.make("RingBandit-v0", num_modes=6).unwrapped.modes()) == 6
+
+
+def test_unequal_modes_target_weights_match_the_gaussian_mixture_in_closed_form():
+    """At alpha = 0.2, exp(r / alpha) is proportional to sum_j w_j N(a; m_j, s^2) by construction. pi*'s mass in each
+    mode's cell (nearest mode; edges at the midpoints between modes) in closed form: sum_j w_j (Phi((u - m_j)/s) -
+    Phi((l - m_j)/s)), normalised by the mixture's mass in [-1, 1]. At alpha = 0.4 the target is the mixture to the
+    power 1/2, whose cell masses are integrated here with a plain Riemann sum on a grid unlike the function's."""
+    phi = np.vectorize(lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2))))
+    means, width = UNEQUAL_MODES[:, 0], UNEQUAL_WIDTH
+    edges = np.concatenate([[-1.0], (means[1:] + means[:-1]) / 2, [1.0]])
+
+    def mass(low, high):
+        return float(np.sum(UNEQUAL_WEIGHTS * (phi((high - means) / width) - phi((low - means) / width))))
+
+    exact = np.array([mass(edges[j], edges[j + 1]) for j in range(3)]) / mass(-1.0, 1.0)
+    assert target_mode_shares(unequal_modes_reward, UNEQUAL_MODES, 0.2) == pytest.approx(exact, abs=1e-4)
+    assert exact == pytest.approx([0.5, 0.3, 0.2], abs=1e-4)
+    grid = np.linspace(-1, 1, 100001)[:, None]
+    density = np.exp(unequal_modes_reward(grid) / 0.4)
+    cells = np.digitize(grid[:, 0], edges[1:-1])
+    by_sum = np.bincount(cells, weights=density) / density.sum()
+    assert target_mode_shares(unequal_modes_reward, UNEQUAL_MODES, 0.4) == pytest.approx(by_sum, abs=1e-3)
+    assert by_sum[0] < 0.5 and by_sum[2] > 0.2  # a higher temperature evens the weights out
+
+
+def test_share_rule_and_weight_bar_against_unequal_targets():
+    target = np.array([0.5, 0.3, 0.2])
+    assert covers_every_mode(np.array([0.6, 0.2, 0.2]), target)  # 0.2 >= 0.5 * 0.3
+    assert not covers_every_mode(np.array([0.69, 0.1, 0.21]), target)  # 0.1 < 0.15: the middle mode starved
+    assert not covers_every_mode(np.array([0.3, 0.3, 0.4]), target)  # 0.4 > 1.5 * 0.2
+    assert covers_every_mode(np.array([0.3, 0.3, 0.4]))  # ... which the equal-mode default (1/3 each) accepts
+    assert weights_match(np.array([0.54, 0.27, 0.19]), target) and not weights_match(np.array([0.56, 0.25, 0.19]), target)
 
 
 def test_bandits_are_one_step_and_turn_task_is_eight_steps_of_the_same_reward():
@@ -90,11 +130,13 @@ def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_ro
     row = (tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short.md").read_text().splitlines()[2]
     assert row.startswith("| DoubleWellBandit-v0 | diffsac-short | 1 | ")
     cells = row.split("|")
-    shares = [float(share) for share in cells[4].split(",")]
+    assert cells[4].strip().endswith("(pi*: 0.50, 0.50)")
+    shares = [float(share) for share in cells[4].split("(")[0].split(",")]
     assert len(shares) == 2 and sum(shares) == pytest.approx(1.0, abs=0.011)
     assert cells[5].strip() in ("yes", "no") and cells[6].strip().endswith("(pi*: 0.42 each)")
-    assert cells[7].strip() in ("yes", "no") and 0 <= float(cells[8]) <= 1
+    assert cells[7].strip() in ("yes", "no") and cells[8].strip() in ("yes", "no") and 0 <= float(cells[9]) <= 1
     assert os.path.getsize(tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short.png") > 10000
+    assert os.path.getsize(tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short__chain.png") > 10000
     # The same command again analyses the finished run without training it; other flags under the same name are refused.
     again = run_script(command, cwd=repo_root)
     assert again.returncode == 0 and "[done] DoubleWellBandit-v0__diffsac-short__1" in again.stdout and "[run]" not in again.stdout
