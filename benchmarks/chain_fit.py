@@ -68,6 +68,14 @@ class Args:
     """weight of log pi* at the first update; it rises linearly to 1"""
     anneal_fraction: float = 0.5
     """share of the updates over which beta rises to 1 (0: beta = 1 throughout)"""
+    std: str = "learned"
+    """sigma_k: "learned" (the scripts' choice), "beta" (fixed at its initial sqrt(beta_k)) or "posterior" (fixed at the
+    forward posterior's sqrt(beta_k (1 - abar_{k-1}) / (1 - abar_k)), floored at --min-std)"""
+    loss: str = "reverse-kl"
+    """"reverse-kl": the pathwise surrogate above (what DiffSAC does); "log-variance": the variance over the batch of
+    L - beta log pi* on paths drawn without gradient (from the chain with its noise scaled by --behaviour-noise-scale)"""
+    behaviour_noise_scale: float = 1.0
+    """for --loss log-variance: the kernels' noise is multiplied by this when drawing the training paths (1: on-policy)"""
     eval_samples: int = 20000
     """samples drawn from the trained chain for the shares and the bound"""
     out: str = ""
@@ -86,6 +94,12 @@ def validate(args: Args) -> None:
     for flag, value in [("--alpha", args.alpha), ("--learning-rate", args.learning_rate), ("--min-std", args.min_std)]:
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{flag} must be a positive number (got {value}).")
+    if args.loss not in ("reverse-kl", "log-variance"):
+        raise ConfigError(f"--loss {args.loss!r}: allowed: reverse-kl, log-variance.")
+    if not (math.isfinite(args.behaviour_noise_scale) and args.behaviour_noise_scale > 0):
+        raise ConfigError(f"--behaviour-noise-scale must be a positive number (got {args.behaviour_noise_scale}).")
+    if args.std not in ("learned", "beta", "posterior"):
+        raise ConfigError(f"--std {args.std!r}: allowed: learned, beta, posterior.")
     if not 0 <= args.beta_start <= 1 or not 0 <= args.anneal_fraction <= 1:
         raise ConfigError("--beta-start and --anneal-fraction must be in [0, 1].")
 
@@ -103,7 +117,18 @@ def fit(args: Args, seed: int, env) -> dict:
     action_dim = env.action_space.shape[0]
     agent = Agent(1, action_dim, [-1.0] * action_dim, [1.0] * action_dim, args.num_diffusion_steps,
                   args.hidden_dim, args.min_std)
-    optimizer = torch.optim.Adam(agent.actor.parameters(), lr=args.learning_rate)
+    if args.std != "learned":
+        betas = agent.actor.betas.double()
+        variance = betas
+        if args.std == "posterior":
+            alpha_bar = torch.cumprod(1 - betas, 0)
+            alpha_bar_previous = torch.cat([torch.ones(1, dtype=betas.dtype), alpha_bar[:-1]])
+            variance = betas * (1 - alpha_bar_previous) / (1 - alpha_bar)
+        log_std = (0.5 * variance.clamp(min=args.min_std ** 2).log()).float()[:, None].expand_as(agent.actor.log_std)
+        with torch.no_grad():
+            agent.actor.log_std.copy_(log_std)
+        agent.actor.log_std.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in agent.actor.parameters() if p.requires_grad], lr=args.learning_rate)
     log_z = log_normaliser(env.reward, action_dim, args.alpha)
 
     def log_target(actions: torch.Tensor) -> torch.Tensor:
@@ -120,13 +145,36 @@ def fit(args: Args, seed: int, env) -> dict:
             gradient[:, i] = (env.reward(base + step) - env.reward(base - step)) / (2 * eps) / args.alpha
         return (actions * torch.as_tensor(gradient, dtype=torch.float32)).sum(-1)
 
+    def log_variance_loss(beta: float) -> torch.Tensor:
+        """Var over the batch of L(x_{0:K}) - beta log pi*(a) for paths drawn without gradient (the log-variance
+        divergence; on-policy its gradient is the score-function gradient of the reverse KL with the batch mean as baseline)."""
+        actor, K = agent.actor, args.num_diffusion_steps
+        with torch.no_grad():
+            x, chain = torch.randn(args.batch_size, action_dim), []
+            chain.append(x)
+            for k in range(K, 0, -1):
+                mean, std = actor.kernel(obs, x, torch.full((args.batch_size,), k))
+                x = mean + args.behaviour_noise_scale * std * torch.randn_like(x)
+                chain.append(x)
+            chain = torch.stack(chain, 1)
+        step_k = actor.step_k.repeat(args.batch_size)
+        x_k, x_previous = chain[:, :-1].reshape(-1, action_dim), chain[:, 1:].reshape(-1, action_dim)
+        step_log_q = actor.log_prob(obs.repeat_interleave(K, 0), x_k, step_k, x_previous).view(args.batch_size, K)
+        step_log_ratio, log_prior, squash_log_det = actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
+        path_log_ratio = log_prior + step_log_ratio.sum(1) - squash_log_det
+        w = path_log_ratio - beta * log_target(agent.squash(chain[:, -1]))
+        return ((w - w.mean()) ** 2).mean()
+
     obs = torch.zeros(args.batch_size, 1)
     anneal_updates = args.anneal_fraction * args.updates
     started = time.time()
     for update in range(args.updates):
         beta = 1.0 if anneal_updates == 0 else min(1.0, args.beta_start + (1 - args.beta_start) * update / anneal_updates)
-        actions, path_log_ratio, _ = agent.sample(obs)
-        loss = (path_log_ratio - beta * reward_gradient_loss(actions)).mean()
+        if args.loss == "log-variance":
+            loss = log_variance_loss(beta)
+        else:
+            actions, path_log_ratio, _ = agent.sample(obs)
+            loss = (path_log_ratio - beta * reward_gradient_loss(actions)).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -143,8 +191,9 @@ def fit(args: Args, seed: int, env) -> dict:
     nearest = np.linalg.norm(actions[:, None, :] - modes[None], axis=-1).argmin(1)
     slack = np.array([gap[nearest == j].mean() - math.log(shares[j] / weights[j]) if shares[j] > 0 else np.nan
                       for j in range(len(modes))])
+    sigma = agent.actor.log_std.clamp(agent.actor.log_std_min, 0.0).exp().mean(-1).flip(0)  # k = K..1
     return {"shares": shares, "weights": weights, "bound": float(gap.mean()), "slack": slack,
-            "seconds": time.time() - started}
+            "seconds": time.time() - started, "sigma": sigma.tolist()}
 
 
 def main() -> None:
@@ -154,7 +203,8 @@ def main() -> None:
     env = gym.make(args.env_id).unwrapped
     defaults = Args()
     label = args.label or ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in vars(args).items()
-                                    if name not in ("seeds", "out", "label", "env_id", "alpha") and value != getattr(defaults, name)) or "defaults"
+                                    if name not in ("seeds", "out", "label", "env_id", "alpha", "eval_samples")
+                                    and value != getattr(defaults, name)) or "defaults"
     rows = []
     for seed in args.seeds:
         result = fit(args, seed, env)
@@ -165,6 +215,7 @@ def main() -> None:
         rows.append(f"| {args.env_id} | {label} | {seed} | {shares} | {weights} | {worst:.2f} | {result['bound']:.3f} "
                     f"| {slack} | {result['seconds']:.0f} |")
         print(rows[-1], flush=True)
+        print("  sigma_k, k = K..1: " + " ".join(f"{value:.3f}" for value in result["sigma"]), flush=True)
     header = ("| target | variant | seed | share per mode | pi*'s share | largest share error | bound E[L - log pi*] "
               "| slack per mode (nats) | seconds |\n|---|---|---|---|---|---|---|---|---|\n")
     if args.out:
