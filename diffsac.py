@@ -103,6 +103,10 @@ class Args:
     """entropy regularization coefficient (initial value if --autotune)"""
     autotune: bool = True
     """automatic tuning of the entropy coefficient"""
+    alpha_start: float | None = None
+    """with --no-autotune: start hotter, at this alpha, and cool to --alpha (the weight 1/alpha on Q rises linearly)"""
+    alpha_anneal_fraction: float = 0.5
+    """share of the gradient updates over which --alpha-start cools to --alpha"""
     target_entropy_scale: float = 1.0
     """target entropy = -target_entropy_scale * action_dim, applied to H_est = -E[L]"""
 
@@ -139,6 +143,13 @@ def validate_args(args: Args) -> None:
         raise ConfigError(f"--total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
     if args.alpha < 0 or (args.autotune and args.alpha <= 0):
         raise ConfigError(f"--alpha must be >= 0, and > 0 with --autotune (got {args.alpha}).")
+    if args.alpha_start is not None:
+        if args.autotune:
+            raise ConfigError("--alpha-start anneals a fixed temperature; add --no-autotune (or drop --alpha-start).")
+        if not (math.isfinite(args.alpha_start) and args.alpha_start > args.alpha > 0):
+            raise ConfigError(f"--alpha-start must be a number above --alpha > 0 (got {args.alpha_start} and {args.alpha}).")
+    if not 0 < args.alpha_anneal_fraction <= 1:
+        raise ConfigError(f"--alpha-anneal-fraction must be in (0, 1] (got {args.alpha_anneal_fraction}).")
     if not 0 < args.gamma <= 1:
         raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
     if not 0 < args.tau <= 1:
@@ -376,6 +387,12 @@ def actor_loss_and_entropy(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, o
     return (alpha * path_log_ratio - min_q).mean(), -path_log_ratio.detach().mean()
 
 
+def annealed_alpha(alpha: float, alpha_start: float, progress: float) -> float:
+    """Temperature at `progress` in [0, 1] of the annealing: 1/alpha_t rises linearly from 1/alpha_start to 1/alpha."""
+    weight = alpha / alpha_start + (1.0 - alpha / alpha_start) * min(max(progress, 0.0), 1.0)
+    return alpha / weight
+
+
 def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """alpha (H_est - target): descending it lowers alpha when the entropy estimate is above target, raises it below."""
     return log_alpha.exp() * (entropy_estimate - target_entropy)
@@ -467,6 +484,10 @@ def main() -> None:
             if updates == 0:
                 update_start_time = time.time()
             updates += 1
+            if args.alpha_start is not None:
+                # Progress counted from the run's own --learning-starts, so a resumed run continues the schedule.
+                anneal_steps = args.alpha_anneal_fraction * (args.total_timesteps - args.learning_starts)
+                alpha = annealed_alpha(args.alpha, args.alpha_start, (global_step - args.learning_starts) / anneal_steps)
             b_obs, b_actions, b_rewards, b_next_obs, b_terminations = replay_buffer.sample(args.batch_size)
             with torch.no_grad():
                 next_actions, next_path_log_ratio, _ = agent.sample(b_next_obs)

@@ -151,7 +151,7 @@ def plot_chain(chains: list[tuple[str, np.ndarray]], modes: np.ndarray, title: s
     num_steps = chains[0][1].shape[1]  # K + 1
     edges = np.linspace(-extent, extent, 81)
     if chains[0][1].shape[2] == 1:
-        figure, axes = plt.subplots(1, len(chains), figsize=(3.6 * len(chains), 3.4), squeeze=False)
+        figure, axes = plt.subplots(1, len(chains), figsize=(max(3.6 * len(chains), 7.0), 3.4), squeeze=False)
         for axis, (label, chain) in zip(axes[0], chains):
             density = np.stack([np.histogram(chain[:, j, 0], bins=edges, density=True)[0] for j in range(num_steps)])
             axis.imshow(density, aspect="auto", cmap="magma", extent=(-extent, extent, -0.5, num_steps - 0.5),
@@ -279,7 +279,7 @@ def main() -> None:
     written = f"{stem}.png and {stem}.md"
     if chains:
         modes = gym.make(args.env_id).unwrapped.modes()
-        plot_chain(chains, modes, f"{exp_name} on {args.env_id}: marginal of x_k from the prior (top) to x_0", stem + "__chain.png")
+        plot_chain(chains, modes, f"{exp_name} on {args.env_id}: marginal of x_k from the prior x_K to x_0 (pre-tanh)", stem + "__chain.png")
         written = f"{stem}.png, {stem}__chain.png and {stem}.md"
     print(table, end="")
     print(f"wrote {written}")

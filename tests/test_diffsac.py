@@ -4,6 +4,7 @@ soft Bellman targets and time-limit handling."""
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import diffsac
@@ -113,3 +114,14 @@ def test_termination_stores_final_observation_and_stops_bootstrap():
     np.testing.assert_array_equal(buffer.obs[:4, 0].numpy(), [0, 1, 0, 1])
     np.testing.assert_array_equal(buffer.next_obs[:4, 0].numpy(), [1, 2, 1, 2])
     np.testing.assert_array_equal(buffer.terminations[:4].numpy(), [0, 1, 0, 1])
+
+
+def test_annealed_alpha_raises_the_weight_on_q_linearly_from_alpha_start_to_alpha():
+    """alpha_t = alpha / (alpha/alpha_start + (1 - alpha/alpha_start) p): alpha_start at p = 0, alpha at p >= 1,
+    and 1/alpha_t (the weight on Q in the surrogate alpha L - Q, divided by alpha_t) linear in p in between."""
+    assert diffsac.annealed_alpha(0.2, 4.0, 0.0) == pytest.approx(4.0)
+    assert diffsac.annealed_alpha(0.2, 4.0, 1.0) == pytest.approx(0.2)
+    assert diffsac.annealed_alpha(0.2, 4.0, 3.0) == pytest.approx(0.2) and diffsac.annealed_alpha(0.2, 4.0, -1.0) == pytest.approx(4.0)
+    inverse = [1 / diffsac.annealed_alpha(0.2, 4.0, p) for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert np.diff(inverse) == pytest.approx([np.diff(inverse)[0]] * 4)
+    assert inverse[-1] - inverse[0] == pytest.approx(1 / 0.2 - 1 / 4.0)

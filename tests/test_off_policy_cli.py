@@ -71,3 +71,15 @@ def test_divergence_is_detected_and_reported(tmp_path, repo_root, script):
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(rf"{script}: training diverged: (critic|actor) loss is (nan|inf) at step \d+", result.stderr), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--alpha-start", "1.0"], "--alpha-start anneals a fixed temperature; add --no-autotune"),
+    (["--no-autotune", "--alpha-start", "0.1"], "--alpha-start must be a number above --alpha > 0"),
+    (["--no-autotune", "--alpha-start", "nan"], "--alpha-start must be a number above --alpha > 0"),
+    (["--alpha-anneal-fraction", "0"], "--alpha-anneal-fraction must be in (0, 1]"),
+])
+def test_diffsac_alpha_annealing_flags_are_checked(tmp_path, repo_root, flags, expected):
+    result = run_script([os.path.join(repo_root, "diffsac.py"), *flags], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert expected in result.stderr, result.stderr
