@@ -115,6 +115,7 @@ def sample_actions(checkpoint: str, env_id: str, samples: int, seed: int = 0) ->
     diffusion policy its chains [samples, K+1, d] in time order, chain[:, 0] = x_K, chain[:, K] = x_0; else None)."""
     agent, obs_normalizer, _ = load_agent(checkpoint)
     env = gym.make(env_id)
+    torch.manual_seed(seed)  # the visited states too, so that re-measuring a checkpoint gives the same numbers
     states, episode = [], 0
     while len(states) < max(1, samples // 10):
         obs, _ = env.reset(seed=seed + episode)
@@ -167,7 +168,8 @@ def plot_chain(chains: list[tuple[str, np.ndarray]], modes: np.ndarray, title: s
         for row, (label, chain) in enumerate(chains):
             for j in range(num_steps):
                 axis = axes[row, j]
-                counts, _, _ = np.histogram2d(chain[:, j, 0], chain[:, j, 1], bins=[edges, edges])
+                coarse = edges[::2]  # 40 x 40 bins: a readable picture in a small file
+                counts, _, _ = np.histogram2d(chain[:, j, 0], chain[:, j, 1], bins=[coarse, coarse])
                 axis.imshow(counts.T, origin="lower", extent=(-extent, extent, -extent, extent), cmap="magma")
                 axis.plot(latent_modes[:, 0], latent_modes[:, 1], "c+", markersize=5)
                 axis.set_xticks([])
