@@ -48,6 +48,24 @@ def test_an_exact_chain_has_zero_bound_and_zero_slack_on_every_mode():
     assert result["slack"] == pytest.approx([0.0, 0.0], abs=0.05)
 
 
+class TiltedChainTarget(UntrainedChainTarget):
+    """The untrained chain's marginal tilted by 2 on a > 0: pi* = pi * (1 on a < 0, 2 on a > 0) / 1.5, so pi*'s
+    cells weigh 1/3 and 2/3 while the chain's shares stay 1/2 and 1/2."""
+
+    def reward(self, action):
+        return super().reward(action) + np.where(action[..., 0] > 0, math.log(2.0), 0.0)
+
+
+def test_misplaced_weight_is_not_counted_as_slack():
+    """The chain is exact for its own marginal (G = 0) but pi != pi*: within each cell log pi - log pi* is the
+    constant log(share / weight), so E[L - log pi* | cell] = log(share / weight) and the slack is 0 on both modes,
+    while the bound is KL(pi || pi*) = 0.5 log(0.5 / (1/3)) + 0.5 log(0.5 / (2/3)) = 0.5 log 1.125."""
+    result = fit(Args(alpha=1.0, updates=0, num_diffusion_steps=4, eval_samples=20000), seed=0, env=TiltedChainTarget())
+    assert result["weights"] == pytest.approx([1 / 3, 2 / 3], abs=1e-3)
+    assert result["bound"] == pytest.approx(0.5 * math.log(1.125), abs=0.01)
+    assert result["slack"] == pytest.approx([0.0, 0.0], abs=0.05)
+
+
 def test_training_lowers_the_bound_on_the_double_well():
     """A short pathwise fit moves the chain toward pi*: the bound E[L - log pi*] = KL(pi || pi*) + E[G] falls
     well below that of the untrained chain (about 1.9 nats here) and stays non-negative."""
