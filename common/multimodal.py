@@ -151,6 +151,7 @@ def plot_chain(chains: list[tuple[str, np.ndarray]], modes: np.ndarray, title: s
     latent_modes = np.arctanh(np.clip(modes, -0.999, 0.999))
     num_steps = chains[0][1].shape[1]  # K + 1
     edges = np.linspace(-extent, extent, 81)
+    coarse = edges[::2]  # 40 x 40 bins for the 2-D panels: a readable picture in a small file
     if chains[0][1].shape[2] == 1:
         figure, axes = plt.subplots(1, len(chains), figsize=(max(3.6 * len(chains), 7.0), 3.4), squeeze=False)
         for axis, (label, chain) in zip(axes[0], chains):
@@ -168,7 +169,6 @@ def plot_chain(chains: list[tuple[str, np.ndarray]], modes: np.ndarray, title: s
         for row, (label, chain) in enumerate(chains):
             for j in range(num_steps):
                 axis = axes[row, j]
-                coarse = edges[::2]  # 40 x 40 bins: a readable picture in a small file
                 counts, _, _ = np.histogram2d(chain[:, j, 0], chain[:, j, 1], bins=[coarse, coarse])
                 axis.imshow(counts.T, origin="lower", extent=(-extent, extent, -extent, extent), cmap="magma")
                 axis.plot(latent_modes[:, 0], latent_modes[:, 1], "c+", markersize=5)
@@ -195,7 +195,7 @@ def analyse(actions: np.ndarray, env_id: str, alpha: float, bins: int, rng: np.r
     shares, target_shares = mode_shares(actions, modes), target_mode_shares(env.reward, modes, alpha)
     radius = mode_radius(modes)
     mass_near, target_mass_near = mass_near_modes(actions, modes, radius), target_mass_near_modes(env.reward, modes, alpha, radius)
-    return {"shares": shares, "target_shares": target_shares, "covers": covers_every_mode(shares, target_shares),
+    return {"modes": modes, "shares": shares, "target_shares": target_shares, "covers": covers_every_mode(shares, target_shares),
             "mass_near": mass_near, "target_mass_near": target_mass_near, "radius": radius,
             "covers_strictly": covers_every_mode_strictly(shares, mass_near, target_mass_near, target_shares),
             "weights_match": weights_match(shares, target_shares),
@@ -280,8 +280,7 @@ def main() -> None:
     plot(results, args.env_id, title, args.bins, stem + ".png")
     written = f"{stem}.png and {stem}.md"
     if chains:
-        modes = gym.make(args.env_id).unwrapped.modes()
-        plot_chain(chains, modes, f"{exp_name} on {args.env_id}: marginal of x_k from the prior x_K to x_0 (pre-tanh)", stem + "__chain.png")
+        plot_chain(chains, results[0][2]["modes"], f"{exp_name} on {args.env_id}: marginal of x_k from the prior x_K to x_0 (pre-tanh)", stem + "__chain.png")
         written = f"{stem}.png, {stem}__chain.png and {stem}.md"
     print(table, end="")
     print(f"wrote {written}")

@@ -207,9 +207,11 @@ def covers_every_mode(shares: np.ndarray, target_shares: np.ndarray | None = Non
     return bool(np.all((shares >= 0.5 * target) & (shares <= 1.5 * target)))
 
 
-def target_mode_shares(reward_fn, modes: np.ndarray, alpha: float, points: int = 4000) -> np.ndarray:
-    """pi*'s share of each mode's cell (the actions nearest to it, as mode_shares counts them), midpoint rule."""
-    grid, density = target_density_on_grid(reward_fn, modes.shape[1], alpha, points if modes.shape[1] == 1 else 400)
+def target_mode_shares(reward_fn, modes: np.ndarray, alpha: float, points: int | None = None) -> np.ndarray:
+    """pi*'s share of each mode's cell (the actions nearest to it, as mode_shares counts them), midpoint rule
+    with `points` per axis (default 4000 in 1-D, 400 per axis in 2-D)."""
+    points = points or (4000 if modes.shape[1] == 1 else 400)
+    grid, density = target_density_on_grid(reward_fn, modes.shape[1], alpha, points)
     grid, density = grid.reshape(-1, modes.shape[1]), density.ravel() / density.sum()
     nearest = np.linalg.norm(grid[:, None, :] - modes[None, :, :], axis=-1).argmin(1)
     return np.bincount(nearest, weights=density, minlength=len(modes))
