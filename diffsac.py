@@ -119,6 +119,12 @@ class Args:
     """width of the two hidden layers of the Q networks"""
     actor_hidden_dim: int = 128
     """width of the two hidden layers of the actor's mean network (run K times per action)"""
+    actor_loss: str = "reverse-kl"
+    """"reverse-kl": E[alpha L - min Q], pathwise (the paper's); "log-variance": mass-covering variant (method.md §2)"""
+    chains_per_state: int = 8
+    """with --actor-loss log-variance: chains drawn at each replayed state (the variance is taken over them)"""
+    behaviour_noise_scale: float = 1.5
+    """with --actor-loss log-variance: kernel noise x this when drawing its training paths (1: the chain's own paths)"""
 
 
 def validate_args(args: Args) -> None:
@@ -141,8 +147,8 @@ def validate_args(args: Args) -> None:
                           "allowed: --learning-starts >= --batch-size (the first batch must exist).")
     if args.total_timesteps <= args.learning_starts:
         raise ConfigError(f"--total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
-    if args.alpha < 0 or (args.autotune and args.alpha <= 0):
-        raise ConfigError(f"--alpha must be >= 0, and > 0 with --autotune (got {args.alpha}).")
+    if args.alpha < 0 or ((args.autotune or args.actor_loss == "log-variance") and args.alpha <= 0):
+        raise ConfigError(f"--alpha must be >= 0, and > 0 with --autotune or --actor-loss log-variance (got {args.alpha}).")
     if args.alpha_start is not None:
         if args.autotune:
             raise ConfigError("--alpha-start anneals a fixed temperature; add --no-autotune (or drop --alpha-start).")
@@ -159,6 +165,12 @@ def validate_args(args: Args) -> None:
             raise ConfigError(f"{flag} must be positive (got {value}).")
     if args.min_std >= 1:
         raise ConfigError(f"--min-std must be below 1, the largest sigma_k (got {args.min_std}).")
+    if args.actor_loss not in ("reverse-kl", "log-variance"):
+        raise ConfigError(f"--actor-loss {args.actor_loss!r}: allowed: reverse-kl, log-variance.")
+    if args.chains_per_state < 2:
+        raise ConfigError(f"--chains-per-state must be at least 2, a variance needs two chains (got {args.chains_per_state}).")
+    if not (math.isfinite(args.behaviour_noise_scale) and args.behaviour_noise_scale > 0):
+        raise ConfigError(f"--behaviour-noise-scale must be a positive number (got {args.behaviour_noise_scale}).")
 
 
 class TrainingDiverged(RuntimeError):
@@ -241,10 +253,12 @@ class DiffusionActor(nn.Module):
         """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
         return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
 
-    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False,
+                     noise_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order).
 
         deterministic: x_K = 0 and every step takes the kernel mean (no noise).
+        noise_scale: x_{k-1} = mean + noise_scale * sigma_k * eps (widened paths; log q stays the kernels').
         The mean network's first layer is split so that its observation part is computed
         once per chain rather than once per step (same numbers as ``kernel``, faster).
         """
@@ -261,11 +275,11 @@ class DiffusionActor(nn.Module):
         x, chain = noise[0], [noise[0]]
         for j, k in enumerate(range(K, 0, -1), start=1):
             hidden = obs_part + time_part[k] + nn.functional.linear(x, x_weight)
-            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + std[k - 1] * noise[j]
+            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + noise_scale * std[k - 1] * noise[j]
             chain.append(x)
-        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise: only the noise enters the quadratic term.
+        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise enters the quadratic term.
         step_log_std = log_std.flip(0).sum(-1)  # [K], time order
-        step_log_q = (-0.5 * noise[1:] ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
+        step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
         return torch.stack(chain, dim=1), step_log_q
 
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
@@ -387,6 +401,31 @@ def actor_loss_and_entropy(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, o
     return (alpha * path_log_ratio - min_q).mean(), -path_log_ratio.detach().mean()
 
 
+def log_variance_actor_loss(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, obs: torch.Tensor, alpha: float,
+                            chains_per_state: int, noise_scale: float):
+    """(Var_m[alpha L - min_i Q_i(s, a)] / (2 alpha), H_est): the log-variance divergence (method.md §2).
+
+    M = chains_per_state paths are drawn at each state without gradient, from the chain with its noise
+    multiplied by noise_scale; L of those fixed paths is then re-evaluated with gradient, and the variance
+    is taken over the M paths of one state (log Z(s) differs between states). On the chain's own paths
+    (noise_scale 1) the gradient equals the score-function gradient of E[alpha L - Q] with the per-state
+    mean as baseline; on wider paths the objective covers pi*'s mass instead of seeking one mode.
+    """
+    actor, K, action_dim = agent.actor, agent.actor.num_diffusion_steps, agent.actor.action_dim
+    obs = obs.repeat_interleave(chains_per_state, 0)
+    with torch.no_grad():
+        chain, _ = actor.sample_chain(obs, noise_scale=noise_scale)
+        actions = agent.squash(chain[:, -1])
+        min_q = torch.min(qf1(obs, actions), qf2(obs, actions))
+        _, own_path_log_ratio, _ = agent.sample(obs[::chains_per_state])  # H_est on the chain's own paths
+    step_log_q = actor.log_prob(obs.repeat_interleave(K, 0), chain[:, :-1].reshape(-1, action_dim),
+                                actor.step_k.repeat(len(obs)), chain[:, 1:].reshape(-1, action_dim)).view(-1, K)
+    step_log_ratio, log_prior, squash_log_det = actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
+    path_log_ratio = log_prior + step_log_ratio.sum(1) - squash_log_det
+    objective = (alpha * path_log_ratio - min_q).view(-1, chains_per_state)
+    return objective.var(dim=1, unbiased=False).mean() / (2 * alpha), -own_path_log_ratio.mean()
+
+
 def annealed_alpha(alpha: float, alpha_start: float, progress: float) -> float:
     """Temperature at `progress` in [0, 1] of the annealing: 1/alpha_t rises linearly from 1/alpha_start to 1/alpha."""
     weight = alpha / alpha_start + (1.0 - alpha / alpha_start) * min(max(progress, 0.0), 1.0)
@@ -505,7 +544,11 @@ def main() -> None:
 
             if updates % args.policy_frequency == 0:  # TD3-style delayed update, compensated by repeating it
                 for _ in range(args.policy_frequency):
-                    actor_loss, entropy_estimate = actor_loss_and_entropy(agent, qf1, qf2, b_obs, alpha)
+                    if args.actor_loss == "log-variance":
+                        actor_loss, entropy_estimate = log_variance_actor_loss(
+                            agent, qf1, qf2, b_obs, alpha, args.chains_per_state, args.behaviour_noise_scale)
+                    else:
+                        actor_loss, entropy_estimate = actor_loss_and_entropy(agent, qf1, qf2, b_obs, alpha)
                     if not torch.isfinite(actor_loss):
                         raise TrainingDiverged(f"actor loss is {actor_loss.item()} at step {global_step}.")
                     actor_optimizer.zero_grad()

@@ -125,3 +125,60 @@ def test_annealed_alpha_raises_the_weight_on_q_linearly_from_alpha_start_to_alph
     inverse = [1 / diffsac.annealed_alpha(0.2, 4.0, p) for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert np.diff(inverse) == pytest.approx([np.diff(inverse)[0]] * 4)
     assert inverse[-1] - inverse[0] == pytest.approx(1 / 0.2 - 1 / 4.0)
+
+
+def exact_agent(obs_dim=3, action_dim=2, num_diffusion_steps=4):
+    """The untrained chain with its mean network's output zeroed: exactly the reverse process of
+    x_0 ~ N(0, I), so L = log pi(a) on every path (method.md §2), pi the law of a = c + h tanh(x_0)."""
+    agent = diffsac.Agent(obs_dim, action_dim, [-1.0] * action_dim, [2.0] * action_dim, num_diffusion_steps,
+                          hidden_dim=16).double()
+    with torch.no_grad():
+        agent.actor.mean_net[-1].weight.zero_()
+        agent.actor.mean_net[-1].bias.zero_()
+    return agent
+
+
+def exact_log_pi(agent, actions):
+    """log pi(a) of the exact chain, independently: x_0 = atanh((a - c) / h) ~ N(0, I), minus log|da/dx_0|."""
+    x_0 = torch.atanh((actions - agent.action_center) / agent.action_half_width)
+    log_normal = torch.distributions.Normal(torch.zeros_like(x_0), 1.0).log_prob(x_0).sum(-1)
+    return log_normal - torch.log(agent.action_half_width * (1 - torch.tanh(x_0) ** 2)).sum(-1)
+
+
+@pytest.mark.parametrize("noise_scale", [1.0, 1.5])
+def test_log_variance_loss_is_zero_when_alpha_l_minus_q_is_constant_at_each_state(noise_scale):
+    """With an exact chain and Q(s, a) = alpha log pi(a) + c(s), alpha L - Q = -c(s) on every path, also on
+    widened paths (L of a path is evaluated with the kernels' own densities). The loss, a variance over the
+    chains of one state, is then zero and has zero gradient, though c(s) differs between states: a variance
+    over the whole batch, or L evaluated with the widened densities, would not be zero."""
+    torch.manual_seed(0)
+    agent, alpha = exact_agent(), 0.3
+    obs = torch.randn(16, 3, dtype=torch.float64)
+
+    def critic(observations, actions):
+        return alpha * exact_log_pi(agent, actions) + 5.0 * observations.sum(-1)
+
+    loss, entropy_estimate = diffsac.log_variance_actor_loss(agent, critic, critic, obs, alpha, 8, noise_scale)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-9)
+    for name, parameter in agent.actor.named_parameters():
+        assert parameter.grad is None or parameter.grad.abs().max() < 1e-6, name
+    batch_variance = (5.0 * obs.sum(-1)).var()
+    assert batch_variance > 1.0  # so a variance over the batch would be far from zero
+    assert torch.isfinite(entropy_estimate)
+
+
+def test_widened_chain_reports_the_kernels_log_density():
+    """sample_chain(noise_scale=c) draws x_{k-1} = mean + c sigma_k eps, and its log q of each step is the
+    density of the kernel N(mean, sigma_k^2) itself at that point, recomputed with torch.distributions."""
+    torch.manual_seed(1)
+    agent, _, _ = make_agent_and_critics(num_diffusion_steps=3)
+    obs = torch.randn(32, 4)
+    with torch.no_grad():
+        chain, step_log_q = agent.actor.sample_chain(obs, noise_scale=1.7)
+        for j, k in enumerate(range(3, 0, -1)):
+            mean, std = agent.actor.kernel(obs, chain[:, j], torch.full((32,), k))
+            expected = torch.distributions.Normal(mean, std).log_prob(chain[:, j + 1]).sum(-1)
+            torch.testing.assert_close(step_log_q[:, j], expected, atol=1e-4, rtol=1e-5)
+            spread = ((chain[:, j + 1] - mean) / std).std()
+            assert 1.4 < spread < 2.0  # the noise really is widened by 1.7

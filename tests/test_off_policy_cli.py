@@ -1,6 +1,7 @@
 """diffsac.py and diffwpo.py from the command line: smoke trainings, logging tags, checkpoint,
 evaluation and resume, bad input."""
 
+import math
 import os
 import re
 
@@ -83,3 +84,28 @@ def test_diffsac_alpha_annealing_flags_are_checked(tmp_path, repo_root, flags, e
     result = run_script([os.path.join(repo_root, "diffsac.py"), *flags], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert expected in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--actor-loss", "forward-kl"], "--actor-loss 'forward-kl': allowed: reverse-kl, log-variance"),
+    (["--actor-loss", "log-variance", "--chains-per-state", "1"], "--chains-per-state must be at least 2"),
+    (["--actor-loss", "log-variance", "--behaviour-noise-scale", "0"], "--behaviour-noise-scale must be a positive number"),
+    (["--actor-loss", "log-variance", "--behaviour-noise-scale", "nan"], "--behaviour-noise-scale must be a positive number"),
+    (["--actor-loss", "log-variance", "--no-autotune", "--alpha", "0"], "> 0 with --autotune or --actor-loss log-variance"),
+])
+def test_diffsac_log_variance_flags_are_checked(tmp_path, repo_root, flags, expected):
+    result = run_script([os.path.join(repo_root, "diffsac.py"), *flags], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+def test_diffsac_log_variance_smoke_training_logs_every_tag(tmp_path, repo_root):
+    result = run_script([os.path.join(repo_root, "diffsac.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "800",
+                         "--num-diffusion-steps", "4", "--actor-loss", "log-variance", "--chains-per-state", "4",
+                         *SMALL], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "step       800/800" in result.stdout
+    run_dir = single_run_dir(tmp_path)
+    for tag in TAGS:
+        _, values = read_scalars(run_dir, tag)
+        assert len(values) > 0 and all(map(math.isfinite, values)), f"{tag} missing or not finite in {run_dir}"
