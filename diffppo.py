@@ -127,6 +127,8 @@ class Args:
     """learning rate of log(alpha) when --autotune"""
     min_std: float = 0.01
     """floor of every reverse-kernel standard deviation sigma_k"""
+    behaviour_noise_scale: float = 1.0
+    """rollout kernels' noise x this; ratios and soft rewards keep the kernels' densities (>1: mass-covering, method.md §4.1)"""
     hidden_dim: int = 64
     """width of the two hidden layers of the mean and value networks"""
 
@@ -165,6 +167,8 @@ def validate_args(args: Args) -> None:
             raise ConfigError(f"{flag} must be positive (got {value}).")
     if args.min_std >= 1:
         raise ConfigError(f"--min-std must be below 1, the largest sigma_k (got {args.min_std}).")
+    if not (math.isfinite(args.behaviour_noise_scale) and args.behaviour_noise_scale > 0):
+        raise ConfigError(f"--behaviour-noise-scale must be a positive number (got {args.behaviour_noise_scale}).")
 
 
 class TrainingDiverged(RuntimeError):
@@ -247,10 +251,12 @@ class DiffusionActor(nn.Module):
         """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
         return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
 
-    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False,
+                     noise_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order).
 
         deterministic: x_K = 0 and every step takes the kernel mean (no noise).
+        noise_scale: x_{k-1} = mean + noise_scale * sigma_k * eps (widened paths; log q stays the kernels').
         The mean network's first layer is split so that its observation part is computed
         once per chain rather than once per step (same numbers as ``kernel``, faster).
         """
@@ -267,11 +273,11 @@ class DiffusionActor(nn.Module):
         x, chain = noise[0], [noise[0]]
         for j, k in enumerate(range(K, 0, -1), start=1):
             hidden = obs_part + time_part[k] + nn.functional.linear(x, x_weight)
-            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + std[k - 1] * noise[j]
+            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + noise_scale * std[k - 1] * noise[j]
             chain.append(x)
-        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise: only the noise enters the quadratic term.
+        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise enters the quadratic term.
         step_log_std = log_std.flip(0).sum(-1)  # [K], time order
-        step_log_q = (-0.5 * noise[1:] ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
+        step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
         return torch.stack(chain, dim=1), step_log_q
 
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
@@ -474,7 +480,7 @@ def main() -> None:
             global_step += args.num_envs
             obs_buffer[step] = next_obs
             with torch.inference_mode():
-                chain, step_log_q = agent.actor.sample_chain(next_obs)
+                chain, step_log_q = agent.actor.sample_chain(next_obs, noise_scale=args.behaviour_noise_scale)
                 step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
                     chain, step_log_q, agent.action_half_width)
                 # V(s, x_k, k) of all K augmented states in one forward pass.

@@ -58,6 +58,7 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     (["--num-steps", "10", "--num-diffusion-steps", "1", "--num-minibatches", "7"],
      "--num-minibatches 7 does not divide the augmented batch"),
     (["--alpha", "-1"], "--alpha must be >= 0"),
+    (["--behaviour-noise-scale", "-1"], "--behaviour-noise-scale must be a positive number (got -1.0)"),
     (["--resume", "no/such/file"], "--resume 'no/such/file': no such checkpoint file"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):

@@ -95,6 +95,21 @@ def test_sampled_step_log_q_equals_kernel_log_prob(script):
         torch.testing.assert_close(deterministic_chain[:, j + 1], mean)
 
 
+@pytest.mark.parametrize("script_name", ["diffppo", "diffsac"])
+def test_widened_chain_reports_the_kernels_own_log_density(script_name):
+    """sample_chain(noise_scale=c) draws x_{k-1} = mean + c sigma_k eps (the widened paths of DiffSAC's
+    log-variance loss and DiffPPO's widened rollouts), and its log q of each step is the density of the
+    kernel N(mean, sigma_k^2) itself at that point, recomputed with torch.distributions."""
+    actor = random_actor(importlib.import_module(script_name), num_diffusion_steps=4)
+    obs = torch.randn(400, 3)
+    chain, step_log_q = actor.sample_chain(obs, noise_scale=1.7)
+    for j in range(4):
+        mean, std = actor.kernel(obs, chain[:, j], torch.full((400,), 4 - j))
+        expected = torch.distributions.Normal(mean, std).log_prob(chain[:, j + 1]).sum(-1)
+        torch.testing.assert_close(step_log_q[:, j], expected)
+        assert 1.55 < ((chain[:, j + 1] - mean) / std).std() < 1.85  # the noise really is widened by 1.7
+
+
 def test_stable_log_one_minus_tanh_squared_matches_direct_formula(script):
     x = torch.linspace(-8, 8, 1001)
     torch.testing.assert_close(script.log_one_minus_tanh_squared(x), torch.log(1 - torch.tanh(x) ** 2))
