@@ -24,6 +24,9 @@ Choices the design leaves open, made here:
   normaliser so that common.evaluation treats every script alike.
 - Episodes cut by a time limit store their true final observation and are bootstrapped;
   only terminations stop the bootstrap.
+- --actor-loss log-variance (not the paper's): a mass-covering actor loss, the variance over
+  several chains per state of alpha * L - min Q on widened paths (method.md §2). It gives the modes
+  of a multimodal pi* their weights where the surrogate starves one (docs/multimodal.md).
 - The replay buffer is not saved in checkpoints (Humanoid's would be gigabytes): a resumed
   run collects --learning-starts steps with the loaded policy before updating again.
 """
