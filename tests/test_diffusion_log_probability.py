@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-SCRIPTS = ["diffppo", "diffsac", "diffwpo"]
+SCRIPTS = ["diffppo", "diffsac", "diffwpo", "diffreppo"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,670 @@
+"""DiffREPPO: REPPO on the diffusion-augmented MDP (DA-MDP: REPPO), pathwise through one step.
+
+Sanokowski, Patil, Knoll, "Diffusion-Augmented MDPs" (arXiv 2512.02019, later version);
+REPPO: Voelcker et al., arXiv 2507.11019. The maths is written out in docs/method.md;
+"method.md §n" below names its sections.
+
+    python diffreppo.py --env-id Hopper-v4 --num-diffusion-steps 8
+
+On-policy, like DiffPPO: --num-envs environments run --num-steps environment steps, each
+stored with its whole chain x_K..x_0, i.e. K augmented transitions (s, x_k, k) -> x_{k-1}
+(method.md §3); the data are used for --update-epochs epochs and discarded. Unlike PPO, the
+actor is trained by the pathwise gradient of a learned soft Q, one reparameterised diffusion
+step at a time (method.md §4.5):
+- Critic Q~(s, x_k, k, x_{k-1}): the soft value of choosing x_{k-1} in the augmented state
+  (s, x_k, k), excluding the step's own entropy term (as SAC's Q). Distributional: a
+  categorical over --num-bins bins on [--v-min, --v-max] trained by cross-entropy against an
+  HL-Gauss histogram of the target; an auxiliary head predicts the next augmented state's
+  embedding and the augmented reward.
+- Targets: lambda-returns backwards over the augmented sequence,
+    G_t = r~_t + g_t [ (1 - term_t) (lambda G_{t+1} + (1 - lambda) V_{t+1}) ],
+  with G_{t+1} replaced by V_{t+1} at a time-limit truncation and at the rollout's end;
+  V_{t+1} = Q~ at the next augmented state with a fresh step of the policy, and
+  r~_t = r_t [at k = 1] - g_t (1 - term_t) alpha lt'_{t+1} with lt' that fresh step's
+  log-ratio term (lt_k = l_k plus the prior at k = K and the squash term at k = 1).
+  g_t = 1 inside the chain and --gamma at the environment step (--augmented-gamma: one
+  discount for every augmented step, the official choice).
+- Actor: x_{k-1} = mu_theta(s, x_k, k) + sigma_k eps at augmented states of the batch;
+  loss alpha lt_k(x_{k-1}) - Q~(s, x_k, k, x_{k-1}) with the critic frozen, replaced by
+  beta KL on samples whose KL(old kernel || new kernel) (closed form, both are diagonal
+  Gaussians) exceeds --kl-bound; the multiplier beta rises while the mean KL is above the
+  bound. alpha is tuned so that H_est = -K E[lt_k] tracks -target_entropy_scale * action_dim.
+  No target networks; AdamW and gradient clipping.
+
+Choices the official code leaves to us, made here:
+- CPU-sized defaults (8 envs x 128 steps, minibatches of 1024 augmented samples, 4 epochs;
+  critic 256 units with LayerNorm, actor as diffsac.py's); the official 1024 envs and 151
+  bins are flags. Rewards are normalised by a running std of the discounted return (as
+  DiffPPO), so [--v-min, --v-max] = [-10, 10] fits every task; with --no-norm-reward set the
+  range to the raw return's.
+- The KL is computed in closed form instead of from 16 samples; the terminal soft bonus is
+  dropped at terminations (the official code keeps -alpha log pi of the reset state's action).
+- The critic sees tanh(x_k) and tanh(x_{k-1}), as the environment sees tanh(x_0) (see diffwpo.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
+from common.evaluation import evaluate
+from common.normalization import ObservationNormalizer, RewardNormalizer
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    torch_threads: int = 1
+    """CPU threads for torch"""
+    capture_video: bool = False
+    """whether to capture videos of the agent (see the `videos` folder)"""
+    save_model: bool = False
+    """save a checkpoint every --checkpoint-frequency iterations and at the end, then evaluate it"""
+    checkpoint_frequency: int = 50
+    """iterations between checkpoints when --save-model is set"""
+    resume: str | None = None
+    """path of a checkpoint to resume training from (its run folder is reused)"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation of the saved model at the end"""
+
+    # Algorithm specific arguments
+    env_id: str = "Hopper-v4"
+    """the id of the environment (any gymnasium id with a bounded Box action space)"""
+    total_timesteps: int = 1000000
+    """total environment steps of the experiment"""
+    num_envs: int = 8
+    """the number of parallel environments (the official code uses 1024 on a GPU)"""
+    num_steps: int = 128
+    """environment steps per env per rollout (each is K augmented transitions)"""
+    minibatch_size: int = 1024
+    """augmented transitions per gradient update (the cost of an update does not depend on K)"""
+    update_epochs: int = 4
+    """passes over each rollout's augmented transitions"""
+    learning_rate: float = 3e-4
+    """AdamW learning rate of the actor and the critic"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    gamma: float = 0.99
+    """the discount factor, applied once per environment step"""
+    augmented_gamma: float | None = None
+    """if set, this discount at every augmented step instead (the official DA-MDP: REPPO uses 0.999)"""
+    gae_lambda: float = 0.95
+    """lambda of the lambda-returns over the augmented sequence"""
+    norm_reward: bool = True
+    """scale env rewards by a running std of the discounted return (--no-norm-reward: raw rewards)"""
+
+    # Critic
+    num_bins: int = 101
+    """bins of the categorical critic (the official code uses 151)"""
+    v_min: float = -10.0
+    """lowest value the critic represents (in normalised-reward units unless --no-norm-reward)"""
+    v_max: float = 10.0
+    """highest value the critic represents"""
+    hidden_dim: int = 256
+    """width of the critic's layers"""
+    aux_loss_coef: float = 1.0
+    """weight of the auxiliary loss (next embedding and reward prediction)"""
+
+    # Actor, temperature and trust region
+    num_diffusion_steps: int = 8
+    """K, the number of diffusion (denoising) steps per action"""
+    min_std: float = 0.01
+    """floor of every reverse-kernel standard deviation sigma_k"""
+    actor_hidden_dim: int = 128
+    """width of the two hidden layers of the actor's mean network (run K times per action)"""
+    alpha: float = 0.01
+    """entropy temperature (initial value if --autotune)"""
+    autotune: bool = True
+    """tune alpha so that H_est tracks the target entropy"""
+    target_entropy_scale: float = 0.5
+    """target entropy = -target_entropy_scale * action_dim (official: 0.5)"""
+    kl_bound: float = 0.1
+    """bound on KL(old kernel || new kernel) per augmented sample"""
+    beta: float = 0.01
+    """initial value of the KL multiplier beta"""
+
+
+def validate_args(args: Args) -> None:
+    """One clear ConfigError per impossible flag, before any environment or network is built."""
+    for flag, value in [("--num-diffusion-steps", args.num_diffusion_steps), ("--num-envs", args.num_envs),
+                        ("--num-steps", args.num_steps), ("--minibatch-size", args.minibatch_size),
+                        ("--update-epochs", args.update_epochs), ("--hidden-dim", args.hidden_dim),
+                        ("--actor-hidden-dim", args.actor_hidden_dim), ("--checkpoint-frequency", args.checkpoint_frequency),
+                        ("--torch-threads", args.torch_threads), ("--eval-episodes", args.eval_episodes)]:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
+    if args.num_bins < 2:
+        raise ConfigError(f"--num-bins must be at least 2 (got {args.num_bins}).")
+    augmented_batch = args.num_envs * args.num_steps * args.num_diffusion_steps
+    if args.minibatch_size > augmented_batch:
+        raise ConfigError(f"--minibatch-size {args.minibatch_size} exceeds the rollout's {augmented_batch} augmented "
+                          "transitions (--num-envs x --num-steps x --num-diffusion-steps); allowed: at most that.")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        raise ConfigError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
+                          f"(--num-envs x --num-steps = {args.num_envs * args.num_steps}).")
+    finite = [("--learning-rate", args.learning_rate), ("--max-grad-norm", args.max_grad_norm), ("--alpha", args.alpha),
+              ("--kl-bound", args.kl_bound), ("--beta", args.beta), ("--min-std", args.min_std),
+              ("--v-min", args.v_min), ("--v-max", args.v_max), ("--gamma", args.gamma), ("--gae-lambda", args.gae_lambda),
+              ("--aux-loss-coef", args.aux_loss_coef), ("--target-entropy-scale", args.target_entropy_scale)]
+    for flag, value in finite:
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number (got {value}).")
+    for flag, value in [("--learning-rate", args.learning_rate), ("--max-grad-norm", args.max_grad_norm),
+                        ("--alpha", args.alpha), ("--kl-bound", args.kl_bound), ("--beta", args.beta), ("--min-std", args.min_std)]:
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive (got {value}).")
+    if args.min_std >= 1:
+        raise ConfigError(f"--min-std must be below 1, the largest sigma_k (got {args.min_std}).")
+    if args.v_min >= args.v_max:
+        raise ConfigError(f"--v-min {args.v_min} must be below --v-max {args.v_max}.")
+    if not 0 < args.gamma <= 1:
+        raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
+    if args.augmented_gamma is not None and not 0 < args.augmented_gamma <= 1:
+        raise ConfigError(f"--augmented-gamma must be in (0, 1] (got {args.augmented_gamma}).")
+    if not 0 <= args.gae_lambda <= 1:
+        raise ConfigError(f"--gae-lambda must be in [0, 1] (got {args.gae_lambda}).")
+    if args.aux_loss_coef < 0:
+        raise ConfigError(f"--aux-loss-coef must be >= 0 (got {args.aux_loss_coef}).")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Diffusion policy maths (method.md §1, §2)
+# ----------------------------------------------------------------------------------------------
+LOG_2PI = math.log(2 * math.pi)
+
+
+def cosine_beta_schedule(num_diffusion_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """beta_k, k = 1..K (index k-1), from alpha_bar(t) = cos^2(((t/K + s)/(1 + s)) pi/2) (Nichol & Dhariwal 2021)."""
+    t = torch.arange(num_diffusion_steps + 1, dtype=torch.float64) / num_diffusion_steps
+    alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta).float()
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(std^2)) summed over the last axis."""
+    return (-0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI).sum(-1)
+
+
+def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
+    return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class DiffusionActor(nn.Module):
+    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (method.md §1).
+
+    Chains are stored in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K and
+    chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
+                 min_std: float = 0.01, time_embedding_dim: int = 16, activation: str = "tanh"):
+        super().__init__()
+        self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
+        Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+        betas = cosine_beta_schedule(num_diffusion_steps)
+        self.register_buffer("betas", betas)  # beta_k at index k-1
+        self.register_buffer("sqrt_alphas", torch.sqrt(1 - betas))
+        self.register_buffer("step_k", torch.arange(num_diffusion_steps, 0, -1))  # k of step j = K - j
+        self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
+        self.mean_net = nn.Sequential(
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), Activation(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
+            layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
+        )
+        # sigma_k^2 = beta_k at initialisation: the exact reverse process of x_0 ~ N(0, I).
+        self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))
+        self.log_std_min = math.log(min_std)
+
+    def clamp_log_std_(self) -> None:
+        """Keep sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)."""
+        with torch.no_grad():
+            self.log_std.clamp_(self.log_std_min, 0.0)
+
+    def kernel(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of q(x_{k-1} | x_k, s, k); k is a LongTensor of diffusion indices in 1..K."""
+        features = torch.cat([obs, x_k, self.time_embedding(k)], dim=-1)
+        mean = self.sqrt_alphas[k - 1, None] * x_k + self.mean_net(features)
+        std = self.log_std[k - 1].clamp(self.log_std_min, 0.0).exp()
+        return mean, std
+
+    def log_prob(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor) -> torch.Tensor:
+        """log q(x_{k-1} | x_k, s, k) for a batch of augmented samples (any mix of k)."""
+        mean, std = self.kernel(obs, x_k, k)
+        return gaussian_log_prob(x_previous, mean, std)
+
+    def forward_log_prob(self, x_k: torch.Tensor, x_previous: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
+        return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
+
+    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False,
+                     noise_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order).
+
+        deterministic: x_K = 0 and every step takes the kernel mean (no noise).
+        noise_scale: x_{k-1} = mean + noise_scale * sigma_k * eps (widened paths; log q stays the kernels').
+        The mean network's first layer is split so that its observation part is computed
+        once per chain rather than once per step (same numbers as ``kernel``, faster).
+        """
+        batch, K = obs.shape[0], self.num_diffusion_steps
+        first, rest = self.mean_net[0], self.mean_net[1:]
+        obs_dim = obs.shape[1]
+        obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
+        x_weight, time_weight = first.weight[:, obs_dim:obs_dim + self.action_dim], first.weight[:, obs_dim + self.action_dim:]
+        time_part = self.time_embedding.weight @ time_weight.T  # [K+1, H], row k
+        log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
+        std = log_std.exp()
+        noise_shape = (K + 1, batch, self.action_dim)
+        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
+        x, chain = noise[0], [noise[0]]
+        for j, k in enumerate(range(K, 0, -1), start=1):
+            hidden = obs_part + time_part[k] + nn.functional.linear(x, x_weight)
+            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + noise_scale * std[k - 1] * noise[j]
+            chain.append(x)
+        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise enters the quadratic term.
+        step_log_std = log_std.flip(0).sum(-1)  # [K], time order
+        step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
+        return torch.stack(chain, dim=1), step_log_q
+
+    def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
+        """The three parts of L(s, x_{0:K}) (method.md §2), per sample:
+
+        step_log_ratio [B, K] (time order): l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1});
+        log_prior [B]: log N(x_K; 0, I);
+        squash_log_det [B]: sum_i log h_i + log(1 - tanh(x_{0,i})^2), the log-Jacobian of a = c + h tanh(x_0).
+        L = log_prior + step_log_ratio.sum(1) - squash_log_det.
+        """
+        step_k = self.step_k.expand(chain.shape[0], -1)
+        step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], step_k)
+        log_prior = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0]))
+        squash_log_det = (torch.log(action_half_width) + log_one_minus_tanh_squared(chain[:, -1])).sum(-1)
+        return step_log_ratio, log_prior, squash_log_det
+
+
+
+
+def step_log_ratio_term(actor: DiffusionActor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor,
+                        log_q: torch.Tensor, action_half_width: torch.Tensor) -> torch.Tensor:
+    """lt_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}), plus log N(x_K; 0, I) at k = K and minus the
+    squash log-Jacobian sum_i log h_i + log(1 - tanh(x_0i)^2) at k = 1, so that sum_k lt_k = L (method.md §2, §3)."""
+    K = actor.num_diffusion_steps
+    term = log_q - actor.forward_log_prob(x_k, x_previous, k)
+    prior = gaussian_log_prob(x_k, torch.zeros_like(x_k), torch.ones_like(x_k))
+    squash = (torch.log(action_half_width) + log_one_minus_tanh_squared(x_previous)).sum(-1)
+    return term + torch.where(k == K, prior, 0.0) - torch.where(k == 1, squash, 0.0)
+
+
+class Agent(nn.Module):
+    """The diffusion actor and the squashing a = c + h tanh(x_0)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
+                 num_diffusion_steps: int, hidden_dim: int = 128, min_std: float = 0.01):
+        super().__init__()
+        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation="relu")
+        low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_half_width", (high - low) / 2)
+
+    def squash(self, x_0: torch.Tensor) -> torch.Tensor:
+        """a = c + h * tanh(x_0)."""
+        return self.action_center + self.action_half_width * torch.tanh(x_0)
+
+    def one_step(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor):
+        """(x_{k-1} = mean + sigma_k eps reparameterised, lt_k(x_{k-1}), mean, std): one augmented action."""
+        mean, std = self.actor.kernel(obs, x_k, k)
+        x_previous = mean + std * torch.randn_like(mean)
+        log_q = gaussian_log_prob(x_previous, mean, std)
+        return x_previous, step_log_ratio_term(self.actor, x_k, k, x_previous, log_q, self.action_half_width), mean, std
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        chain, _ = self.actor.sample_chain(obs, deterministic)
+        return self.squash(chain[:, -1])
+
+
+# ----------------------------------------------------------------------------------------------
+# The distributional critic (HL-Gauss), the trust region and the lambda-returns (method.md §4.5)
+# ----------------------------------------------------------------------------------------------
+def hl_gauss_histogram(values: torch.Tensor, v_min: float, v_max: float, num_bins: int,
+                       sigma_ratio: float = 0.75) -> torch.Tensor:
+    """The HL-Gauss target: N(clip(y), (sigma_ratio * bin width)^2) integrated over each bin, renormalised
+    to the mass inside [v_min, v_max]. [B] -> [B, num_bins], rows sum to one."""
+    edges = torch.linspace(v_min, v_max, num_bins + 1, device=values.device, dtype=values.dtype)
+    sigma = sigma_ratio * (v_max - v_min) / num_bins
+    y = values.clamp(v_min, v_max)[:, None]
+    cdf = torch.special.ndtr((edges[None] - y) / sigma)
+    mass = cdf[:, 1:] - cdf[:, :-1]
+    return mass / (cdf[:, -1:] - cdf[:, :1])
+
+
+class DistributionalCritic(nn.Module):
+    """Q~(s, x_k, k, x_{k-1}) as a categorical over bins on [v_min, v_max], with an auxiliary head that
+    predicts the next augmented state's embedding and the augmented reward from this one's embedding."""
+
+    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 256,
+                 num_bins: int = 101, v_min: float = -10.0, v_max: float = 10.0, time_embedding_dim: int = 16):
+        super().__init__()
+        self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
+
+        def block(inputs: int) -> list[nn.Module]:
+            return [nn.Linear(inputs, hidden_dim), nn.LayerNorm(hidden_dim), nn.SiLU()]
+
+        self.encoder = nn.Sequential(*block(obs_dim + 2 * action_dim + time_embedding_dim), *block(hidden_dim))
+        self.value_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, num_bins))
+        self.prediction_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, hidden_dim + 1))
+        self.register_buffer("bin_centres", torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2)
+        self.v_min, self.v_max, self.num_bins = v_min, v_max, num_bins
+
+    def forward(self, obs, x_k, k, x_previous) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, bins], embedding [B, hidden])."""
+        features = torch.cat([obs, torch.tanh(x_k), self.time_embedding(k), torch.tanh(x_previous)], dim=-1)
+        embedding = self.encoder(features)
+        return self.value_head(embedding), embedding
+
+    def value(self, logits: torch.Tensor) -> torch.Tensor:
+        """The categorical's mean: sum_i softmax(logits)_i * centre_i."""
+        return (logits.softmax(-1) * self.bin_centres).sum(-1)
+
+
+def gaussian_kl(mean_old: torch.Tensor, std_old: torch.Tensor, mean_new: torch.Tensor, std_new: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_old, diag std_old^2) || N(mean_new, diag std_new^2)), summed over the last axis (closed form)."""
+    return (torch.log(std_new / std_old) + (std_old ** 2 + (mean_old - mean_new) ** 2) / (2 * std_new ** 2) - 0.5).sum(-1)
+
+
+def augmented_lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, terminations: torch.Tensor,
+                             truncations: torch.Tensor, gamma: float, gae_lambda: float,
+                             augmented_gamma: float | None = None) -> torch.Tensor:
+    """Lambda-returns backwards over the augmented sequence (method.md §4.5).
+
+    rewards, next_values: [T, N, K], augmented step j of env step t (j = 0 is k = K; the env step is j = K-1);
+    next_values[t, :, j] is V of the augmented state after step j. terminations, truncations: [T, N], at the
+    env step t. G = r~ + g [(1 - term) (lambda G_next + (1 - lambda) V_next)], with G_next replaced by V_next
+    after a truncation and after the rollout's last step; g = 1 inside the chain and gamma at the env step
+    (augmented_gamma at every step if given).
+    """
+    num_steps, _, K = rewards.shape
+    returns = torch.zeros_like(rewards)
+    next_return = next_values[-1, :, -1]  # so the rollout's last step bootstraps with V alone: lambda V + (1 - lambda) V
+    for t in reversed(range(num_steps)):
+        for j in reversed(range(K)):
+            v = next_values[t, :, j]
+            if j == K - 1:
+                g = gamma if augmented_gamma is None else augmented_gamma
+                bootstrap = torch.where(truncations[t].bool(), v, gae_lambda * next_return + (1 - gae_lambda) * v)
+                bootstrap = (1.0 - terminations[t]) * bootstrap
+            else:
+                g = 1.0 if augmented_gamma is None else augmented_gamma
+                bootstrap = gae_lambda * next_return + (1 - gae_lambda) * v
+            next_return = rewards[t, :, j] + g * bootstrap
+            returns[t, :, j] = next_return
+    return returns
+
+
+def actor_losses(agent: Agent, old_actor: DiffusionActor, critic: DistributionalCritic, obs, x_k, k,
+                 alpha: float, beta: float, kl_bound: float):
+    """(actor loss, lt_k of the new steps [B], KL [B]) for one reparameterised step per augmented state.
+
+    Per sample: alpha lt_k(x_{k-1}) - Q~(s, x_k, k, x_{k-1}) where KL(old || new) < kl_bound, else beta KL
+    (REPPO's clipped trust region); the critic is frozen, so gradients reach only the actor.
+    """
+    x_previous, log_ratio_term, mean, std = agent.one_step(obs, x_k, k)
+    critic.requires_grad_(False)
+    logits, _ = critic(obs, x_k, k, x_previous)
+    critic.requires_grad_(True)
+    with torch.no_grad():
+        mean_old, std_old = old_actor.kernel(obs, x_k, k)
+    kl = gaussian_kl(mean_old, std_old, mean, std)
+    objective = alpha * log_ratio_term - critic.value(logits)
+    loss = torch.where(kl < kl_bound, objective, beta * kl).mean()
+    return loss, log_ratio_term, kl
+
+
+def check_finite(name: str, loss: torch.Tensor, global_step: int, iteration: int, epoch: int, model_path: str | None):
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"{name} loss is {loss.item()} at step {global_step} (iteration {iteration}, epoch {epoch}). "
+                               + (f"Last checkpoint: {model_path}" if model_path else "Use --save-model to keep checkpoints."))
+
+
+def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tensor):
+    """Flatten a rollout into augmented samples (s, x_k, k) -> x_{k-1}, in the order of the [T, N, K] buffers."""
+    num_steps, num_envs, K = chain.shape[0], chain.shape[1], chain.shape[2] - 1
+    flat_obs = obs[:, :, None].expand(-1, -1, K, -1).reshape(-1, obs.shape[-1])
+    return (flat_obs, chain[:, :, :-1].reshape(-1, chain.shape[-1]), step_k.repeat(num_steps * num_envs),
+            chain[:, :, 1:].reshape(-1, chain.shape[-1]))
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    validate_args(args)
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    K = args.num_diffusion_steps
+    batch_size = args.num_envs * args.num_steps
+    augmented_batch_size = batch_size * K
+    num_iterations = args.total_timesteps // batch_size
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
+                        action_high=envs.single_action_space.high.tolist(), num_diffusion_steps=K,
+                        hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
+    critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, num_diffusion_steps=K, hidden_dim=args.hidden_dim,
+                         num_bins=args.num_bins, v_min=args.v_min, v_max=args.v_max)
+    agent = Agent(**agent_kwargs).to(device)
+    critic = DistributionalCritic(**critic_kwargs).to(device)
+    old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
+    actor_optimizer = torch.optim.AdamW(agent.parameters(), lr=args.learning_rate)
+    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)
+    log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
+    log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)
+    multiplier_optimizer = torch.optim.Adam([log_alpha, log_beta] if args.autotune else [log_beta], lr=args.learning_rate)
+    target_entropy = -args.target_entropy_scale * action_dim
+    obs_normalizer = ObservationNormalizer((obs_dim,))
+    reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
+    modules = {"agent": agent, "critic": critic, "actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer,
+               "multiplier_optimizer": multiplier_optimizer, "obs_normalizer": obs_normalizer,
+               "reward_normalizer": reward_normalizer}
+    global_step, start_iteration = 0, 1
+    if checkpoint:
+        if checkpoint.get("script") != "diffreppo" or checkpoint["agent_kwargs"] != agent_kwargs \
+                or checkpoint["critic_kwargs"] != critic_kwargs:
+            raise ConfigError(f"--resume {args.resume}: the checkpoint is not a diffreppo.py run with these networks; "
+                              "allowed: a diffreppo.py checkpoint with the same --env-id, --num-diffusion-steps, "
+                              "--actor-hidden-dim, --min-std, --hidden-dim, --num-bins, --v-min, --v-max.")
+        for name, module in modules.items():
+            module.load_state_dict(checkpoint[name])
+        with torch.no_grad():
+            log_alpha.fill_(checkpoint["log_alpha"])
+            log_beta.fill_(checkpoint["log_beta"])
+        global_step, start_iteration = checkpoint["global_step"], checkpoint["iteration"] + 1
+        print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
+    alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+
+    def checkpoint_state(iteration: int) -> dict:
+        return {"script": "diffreppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "critic_kwargs": critic_kwargs,
+                "run_name": run_name, **{name: module.state_dict() for name, module in modules.items()},
+                "log_alpha": log_alpha.item(), "log_beta": log_beta.item(), "global_step": global_step, "iteration": iteration}
+
+    # Rollout storage; augmented step j of env step t is diffusion step k = K - j.
+    obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
+    chain_buffer = torch.zeros((args.num_steps, args.num_envs, K + 1, action_dim), device=device)
+    reward_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
+    next_value_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
+    next_embedding_buffer = torch.zeros((args.num_steps, args.num_envs, K, args.hidden_dim), device=device)
+    termination_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    truncation_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    path_log_ratio_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    step_k = agent.actor.step_k  # [K]: k of augmented step j
+    next_k = torch.cat([step_k[1:], step_k.new_full((1,), K)])  # k of the augmented state after step j
+    discounts = torch.ones(K, device=device)  # g of augmented step j
+    discounts[-1] = args.gamma
+    if args.augmented_gamma is not None:
+        discounts.fill_(args.augmented_gamma)
+
+    start_time, start_step = time.time(), global_step
+    recent_returns = deque(maxlen=10)
+    next_obs_raw, _ = envs.reset(seed=args.seed)
+    obs_normalizer.update(next_obs_raw)
+    next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
+    nan = torch.tensor(float("nan"))
+    critic_loss = cross_entropy = aux_loss = actor_loss = entropy_estimate = kl = nan
+
+    for iteration in range(start_iteration, num_iterations + 1):
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            obs_buffer[step] = next_obs
+            with torch.no_grad():
+                chain, step_log_q = agent.actor.sample_chain(next_obs)
+                step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
+                    chain, step_log_q, agent.action_half_width)
+            next_obs_raw, reward, terminated, truncated, infos = envs.step(agent.squash(chain[:, -1]).cpu().numpy())
+            normalised_reward = torch.as_tensor(reward_normalizer(reward, np.logical_or(terminated, truncated)),
+                                                dtype=torch.float32, device=device)
+            final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=device)
+            with torch.no_grad():
+                # The augmented state after each step j: (s_t, x_{k-1}, k-1) inside the chain, (s_{t+1}, x_K ~ N(0, I), K)
+                # after the env step; V there = Q~ with a fresh step of the policy, whose lt' enters the soft reward.
+                state_obs = torch.cat([next_obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1).reshape(-1, obs_dim)
+                state_x = torch.cat([chain[:, 1:K], torch.randn_like(chain[:, :1])], 1).reshape(-1, action_dim)
+                state_k = next_k.repeat(args.num_envs)
+                fresh_x, fresh_log_ratio_term, _, _ = agent.one_step(state_obs, state_x, state_k)
+                logits, embedding = critic(state_obs, state_x, state_k, fresh_x)
+            not_terminated = torch.ones((args.num_envs, K), device=device)
+            not_terminated[:, -1] = 1.0 - torch.as_tensor(terminated, dtype=torch.float32, device=device)
+            rewards = -alpha * discounts * not_terminated * fresh_log_ratio_term.view(args.num_envs, K)
+            rewards[:, -1] += normalised_reward
+            chain_buffer[step], reward_buffer[step] = chain, rewards
+            next_value_buffer[step] = critic.value(logits).view(args.num_envs, K)
+            next_embedding_buffer[step] = embedding.view(args.num_envs, K, -1)
+            termination_buffer[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+            truncation_buffer[step] = torch.as_tensor(np.logical_and(truncated, np.logical_not(terminated)),
+                                                      dtype=torch.float32, device=device)
+            path_log_ratio_buffer[step] = log_prior + step_log_ratio.sum(1) - squash_log_det
+            obs_normalizer.update(next_obs_raw)
+            next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
+            for episode_return, episode_length in finished_episodes(infos):
+                recent_returns.append(episode_return)
+                writer.add_scalar("charts/episodic_return", episode_return, global_step)
+                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+
+        returns = augmented_lambda_returns(reward_buffer, next_value_buffer, termination_buffer, truncation_buffer,
+                                           args.gamma, args.gae_lambda, args.augmented_gamma)
+        b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
+        b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
+        b_next_embeddings = next_embedding_buffer.reshape(augmented_batch_size, -1)
+        old_actor.load_state_dict(agent.actor.state_dict())
+        kl_over_bound = []
+        for epoch in range(args.update_epochs):
+            permutation = torch.randperm(augmented_batch_size, device=device)
+            for start in range(0, augmented_batch_size - args.minibatch_size + 1, args.minibatch_size):
+                mb = permutation[start:start + args.minibatch_size]
+                # Critic: HL-Gauss cross-entropy to the lambda-return, plus the auxiliary predictions.
+                logits, embedding = critic(b_obs[mb], b_x_k[mb], b_k[mb], b_x_previous[mb])
+                target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)
+                cross_entropy = -(target * logits.log_softmax(-1)).sum(-1).mean()
+                prediction = critic.prediction_head(embedding)
+                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(prediction[:, -1], b_rewards[mb])
+                critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
+                check_finite("critic", critic_loss, global_step, iteration, epoch, model_path if args.save_model else None)
+                critic_optimizer.zero_grad()
+                critic_loss.backward()
+                nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+                critic_optimizer.step()
+                # Actor: one reparameterised step per augmented state, through the updated critic (frozen).
+                actor_loss, log_ratio_term, kl = actor_losses(agent, old_actor, critic, b_obs[mb], b_x_k[mb], b_k[mb],
+                                                              alpha, beta, args.kl_bound)
+                check_finite("actor", actor_loss, global_step, iteration, epoch, model_path if args.save_model else None)
+                actor_optimizer.zero_grad()
+                actor_loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                actor_optimizer.step()
+                agent.actor.clamp_log_std_()
+                # Multipliers: beta rises while the mean KL exceeds the bound; alpha falls while H_est is above target.
+                entropy_estimate = -K * log_ratio_term.detach().mean()  # H_est = -E[L], L = sum_k lt_k
+                multiplier_loss = -log_beta.exp() * (kl.detach().mean() - args.kl_bound)
+                if args.autotune:
+                    multiplier_loss = multiplier_loss + log_alpha.exp() * (entropy_estimate - target_entropy)
+                multiplier_optimizer.zero_grad()
+                multiplier_loss.backward()
+                multiplier_optimizer.step()
+                alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+                kl_over_bound.append((kl >= args.kl_bound).float().mean().item())
+
+        rollout_entropy = -path_log_ratio_buffer.mean().item()
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("charts/entropy_estimate", rollout_entropy, global_step)
+        writer.add_scalar("charts/alpha", alpha, global_step)
+        writer.add_scalar("charts/beta", beta, global_step)
+        writer.add_scalar("losses/critic_loss", critic_loss.item(), global_step)
+        writer.add_scalar("losses/critic_cross_entropy", cross_entropy.item(), global_step)
+        writer.add_scalar("losses/aux_loss", aux_loss.item(), global_step)
+        writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+        writer.add_scalar("losses/kl", kl.mean().item(), global_step)
+        writer.add_scalar("losses/kl_over_bound", float(np.mean(kl_over_bound)), global_step)
+        writer.add_scalar("losses/returns_mean", b_returns.mean().item(), global_step)
+        recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
+        print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
+              f"| entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | SPS {sps}", flush=True)
+        if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
+            save_checkpoint(model_path, checkpoint_state(iteration))
+
+    envs.close()
+    if args.save_model:
+        print(f"model saved to {model_path}")
+        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
+        for index, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, index)
+        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
+    writer.close()
+
+
+if __name__ == "__main__":
+    try:
+        run_cli(main, "diffreppo.py")
+    except TrainingDiverged as error:
+        print(f"diffreppo.py: training diverged: {error}", file=sys.stderr)
+        sys.exit(1)
