@@ -78,8 +78,15 @@ class Args:
 
 
 def fixed_temperature_flags(script: str) -> list[str]:
-    """Flags that keep alpha at --alpha and make it act on the raw reward."""
-    return ["--no-norm-reward"] if os.path.basename(script).endswith("ppo.py") else ["--no-autotune"]
+    """Flags that keep alpha at --alpha and make it act on the raw reward.
+
+    The REPPO scripts also tune alpha and learn a categorical critic: they get --no-autotune and a value
+    range for the raw returns of these tasks (down to -20: r(a) is very negative only far from every mode).
+    """
+    name = os.path.basename(script)
+    if "reppo" in name:
+        return ["--no-norm-reward", "--no-autotune", "--v-min", "-20", "--v-max", "10", "--num-bins", "301"]
+    return ["--no-norm-reward"] if name.endswith("ppo.py") else ["--no-autotune"]
 
 
 def train(args: Args, seed: int) -> str:

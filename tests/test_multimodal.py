@@ -183,3 +183,11 @@ def test_strict_coverage_rejects_a_broad_bump_that_the_share_rule_accepts():
     # One well only fails both.
     one_well = exact[exact[:, 0] > 0]
     assert not covers_every_mode_strictly(mode_shares(one_well, modes), mass_near_modes(one_well, modes, radius), target_near)
+
+
+def test_every_script_gets_flags_that_fix_the_temperature_on_the_raw_reward():
+    from common.multimodal import fixed_temperature_flags
+    assert fixed_temperature_flags("diffsac.py") == ["--no-autotune"]
+    assert fixed_temperature_flags("baselines/ppo.py") == ["--no-norm-reward"]
+    reppo = fixed_temperature_flags("diffreppo.py")
+    assert "--no-norm-reward" in reppo and "--no-autotune" in reppo and "--v-min" in reppo
