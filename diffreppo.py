@@ -6,8 +6,10 @@ REPPO: Voelcker et al., arXiv 2507.11019. The maths is written out in docs/metho
 
     python diffreppo.py --env-id Hopper-v4 --num-diffusion-steps 8
 
-Status: work in progress (the learning checks, the Gaussian twin baselines/reppo.py and the
-multimodal rows are still to come); every piece below is tested against an independent computation.
+Status: work in progress. Every piece below is tested against an independent computation; it
+learns InvertedPendulum-v4 (900 reached on 3 of 3 seeds within 102k steps) and Hopper-v4 (607 on
+average at 102k, DiffPPO 681) (docs/benchmarks.md); the Gaussian twin baselines/reppo.py, longer
+runs and the multimodal rows are still to come.
 
 On-policy, like DiffPPO: --num-envs environments run --num-steps environment steps, each
 stored with its whole chain x_K..x_0, i.e. K augmented transitions (s, x_k, k) -> x_{k-1}
