@@ -1,0 +1,485 @@
+"""REPPO with a tanh-Gaussian policy: the Gaussian twin of diffreppo.py.
+
+    python baselines/reppo.py --env-id Hopper-v4
+
+REPPO (Voelcker et al., arXiv 2507.11019) as diffreppo.py runs it, with the K-step diffusion actor
+replaced by CleanRL's tanh-Gaussian actor (state-dependent log-std in [-5, 2]) and nothing else
+changed (flags, defaults, critic, targets, trust region, temperature, logging, checkpoints): a
+comparison differs only in the policy class (method.md §4.4, §4.5). With K = 1 the augmented
+sequence is the environment's own:
+- Critic Q(s, x) of the pre-tanh action x (seen through tanh and scaled, as diffreppo.py's),
+  categorical with the HL-Gauss cross-entropy, plus the auxiliary next-embedding and reward head.
+- Targets G_t = r~_t + gamma (1 - term_t) [lambda G_{t+1} + (1 - lambda) V_{t+1}], with V alone
+  after a truncation and at the rollout's end; V_{t+1} = Q(s_{t+1}, x') for a fresh x' ~ pi, and
+  r~_t = r_t - gamma (1 - term_t) alpha log pi(x'|s_{t+1}).
+- Actor: x = mean + std eps, loss alpha log pi(x|s) - Q(s, x) where KL(old || new) < --kl-bound,
+  beta KL otherwise (closed form); alpha tuned so that -E[log pi] tracks -target_entropy_scale * dim(A).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+if __name__ == "__main__" and not __package__:  # run as a file (python baselines/reppo.py): make common/ importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common.checkpoint import load_checkpoint, save_checkpoint  # noqa: I001 (after the path fix above)
+from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
+from common.evaluation import evaluate
+from common.normalization import ObservationNormalizer, RewardNormalizer
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    torch_threads: int = 1
+    """CPU threads for torch"""
+    capture_video: bool = False
+    """whether to capture videos of the agent (see the `videos` folder)"""
+    save_model: bool = False
+    """save a checkpoint every --checkpoint-frequency iterations and at the end, then evaluate it"""
+    checkpoint_frequency: int = 50
+    """iterations between checkpoints when --save-model is set"""
+    resume: str | None = None
+    """path of a checkpoint to resume training from (its run folder is reused)"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation of the saved model at the end"""
+
+    # Algorithm specific arguments
+    env_id: str = "Hopper-v4"
+    """the id of the environment (any gymnasium id with a bounded Box action space)"""
+    total_timesteps: int = 1000000
+    """total environment steps of the experiment"""
+    num_envs: int = 8
+    """the number of parallel environments (the official code uses 1024 on a GPU)"""
+    num_steps: int = 128
+    """environment steps per env per rollout"""
+    minibatch_size: int = 1024
+    """transitions per gradient update"""
+    update_epochs: int = 4
+    """passes over each rollout's augmented transitions"""
+    learning_rate: float = 3e-4
+    """AdamW learning rate of the actor and the critic"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    gamma: float = 0.99
+    """the discount factor, applied once per environment step"""
+    gae_lambda: float = 0.95
+    """lambda of the lambda-returns over the augmented sequence"""
+    norm_reward: bool = True
+    """scale env rewards by a running std of the discounted return (--no-norm-reward: raw rewards)"""
+
+    # Critic
+    num_bins: int = 101
+    """bins of the categorical critic (the official code uses 151)"""
+    v_min: float = -10.0
+    """lowest value the critic represents (in normalised-reward units unless --no-norm-reward)"""
+    v_max: float = 10.0
+    """highest value the critic represents"""
+    hidden_dim: int = 256
+    """width of the critic's layers"""
+    aux_loss_coef: float = 1.0
+    """weight of the auxiliary loss (next embedding and reward prediction)"""
+
+    # Actor, temperature and trust region
+    actor_hidden_dim: int = 128
+    """width of the actor's two hidden layers (as diffreppo.py's mean network)"""
+    alpha: float = 0.01
+    """entropy temperature (initial value if --autotune)"""
+    autotune: bool = True
+    """tune alpha so that H_est tracks the target entropy"""
+    target_entropy_scale: float = 0.5
+    """target entropy = -target_entropy_scale * action_dim (official: 0.5)"""
+    kl_bound: float = 0.1
+    """bound on KL(old kernel || new kernel) per augmented sample"""
+    beta: float = 0.01
+    """initial value of the KL multiplier beta"""
+    multiplier_lr: float = 3e-3
+    """Adam learning rate of log(alpha) and log(beta) (official: 3e-4 with 16x more updates per env step)"""
+
+
+def validate_args(args: Args) -> None:
+    """One clear ConfigError per impossible flag, before any environment or network is built."""
+    for flag, value in [("--num-envs", args.num_envs),
+                        ("--num-steps", args.num_steps), ("--minibatch-size", args.minibatch_size),
+                        ("--update-epochs", args.update_epochs), ("--hidden-dim", args.hidden_dim),
+                        ("--actor-hidden-dim", args.actor_hidden_dim), ("--checkpoint-frequency", args.checkpoint_frequency),
+                        ("--torch-threads", args.torch_threads), ("--eval-episodes", args.eval_episodes)]:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
+    if args.num_bins < 2:
+        raise ConfigError(f"--num-bins must be at least 2 (got {args.num_bins}).")
+    if args.minibatch_size > args.num_envs * args.num_steps:
+        raise ConfigError(f"--minibatch-size {args.minibatch_size} exceeds the rollout's {args.num_envs * args.num_steps} "
+                          "transitions (--num-envs x --num-steps); allowed: at most that.")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        raise ConfigError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
+                          f"(--num-envs x --num-steps = {args.num_envs * args.num_steps}).")
+    finite = [("--learning-rate", args.learning_rate), ("--multiplier-lr", args.multiplier_lr),
+              ("--max-grad-norm", args.max_grad_norm), ("--alpha", args.alpha), ("--kl-bound", args.kl_bound),
+              ("--beta", args.beta),
+              ("--v-min", args.v_min), ("--v-max", args.v_max), ("--gamma", args.gamma), ("--gae-lambda", args.gae_lambda),
+              ("--aux-loss-coef", args.aux_loss_coef), ("--target-entropy-scale", args.target_entropy_scale)]
+    for flag, value in finite:
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number (got {value}).")
+    for flag, value in [("--learning-rate", args.learning_rate), ("--max-grad-norm", args.max_grad_norm),
+                        ("--multiplier-lr", args.multiplier_lr),
+                        ("--alpha", args.alpha), ("--kl-bound", args.kl_bound), ("--beta", args.beta)]:
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive (got {value}).")
+    if args.v_min >= args.v_max:
+        raise ConfigError(f"--v-min {args.v_min} must be below --v-max {args.v_max}.")
+    if not 0 < args.gamma <= 1:
+        raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
+    if not 0 <= args.gae_lambda <= 1:
+        raise ConfigError(f"--gae-lambda must be in [0, 1] (got {args.gae_lambda}).")
+    if args.aux_loss_coef < 0:
+        raise ConfigError(f"--aux-loss-coef must be >= 0 (got {args.aux_loss_coef}).")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The tanh-Gaussian policy (CleanRL's SAC actor), the critic, the trust region and the lambda-returns
+# ----------------------------------------------------------------------------------------------
+LOG_2PI = math.log(2 * math.pi)
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(std^2)) summed over the last axis."""
+    return (-0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI).sum(-1)
+
+
+def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
+    return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
+
+
+class GaussianActor(nn.Module):
+    """CleanRL's SAC actor without the squashing: obs -> (mean, std) of the pre-tanh Gaussian."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 128):
+        super().__init__()
+        self.fc1 = nn.Linear(obs_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
+        self.fc_mean = nn.Linear(hidden_dim, action_dim)
+        self.fc_logstd = nn.Linear(hidden_dim, action_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(self.fc_logstd(x)) + 1)
+        return self.fc_mean(x), log_std.exp()
+
+
+class Agent(nn.Module):
+    """The Gaussian actor and the squashing a = c + h tanh(x)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
+                 hidden_dim: int = 128):
+        super().__init__()
+        self.actor = GaussianActor(obs_dim, action_dim, hidden_dim)
+        low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_half_width", (high - low) / 2)
+
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        """a = c + h * tanh(x)."""
+        return self.action_center + self.action_half_width * torch.tanh(x)
+
+    def one_step(self, obs: torch.Tensor):
+        """(x = mean + std eps reparameterised, log pi(a|s), mean, std), with
+        log pi(a|s) = log N(x; mean, std) - sum_i [log h_i + log(1 - tanh(x_i)^2)]."""
+        mean, std = self.actor(obs)
+        x = mean + std * torch.randn_like(mean)
+        squash_log_det = (torch.log(self.action_half_width) + log_one_minus_tanh_squared(x)).sum(-1)
+        return x, gaussian_log_prob(x, mean, std) - squash_log_det, mean, std
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """An action per observation; deterministic: c + h tanh(mean)."""
+        return self.squash(self.actor(obs)[0]) if deterministic else self.squash(self.one_step(obs)[0])
+
+
+def hl_gauss_histogram(values: torch.Tensor, v_min: float, v_max: float, num_bins: int,
+                       sigma_ratio: float = 0.75) -> torch.Tensor:
+    """The HL-Gauss target: N(clip(y), (sigma_ratio * bin width)^2) integrated over each bin, renormalised
+    to the mass inside [v_min, v_max]. [B] -> [B, num_bins], rows sum to one."""
+    edges = torch.linspace(v_min, v_max, num_bins + 1, device=values.device, dtype=values.dtype)
+    sigma = sigma_ratio * (v_max - v_min) / num_bins
+    y = values.clamp(v_min, v_max)[:, None]
+    cdf = torch.special.ndtr((edges[None] - y) / sigma)
+    mass = cdf[:, 1:] - cdf[:, :-1]
+    return mass / (cdf[:, -1:] - cdf[:, :1])
+
+
+class DistributionalCritic(nn.Module):
+    """Q(s, x) as a categorical over bins on [v_min, v_max], with an auxiliary head that predicts the next
+    state's embedding and the reward from this one's embedding (diffreppo.py's critic with K = 1)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_bins: int = 101,
+                 v_min: float = -10.0, v_max: float = 10.0):
+        super().__init__()
+
+        def block(inputs: int) -> list[nn.Module]:
+            return [nn.Linear(inputs, hidden_dim), nn.LayerNorm(hidden_dim), nn.SiLU()]
+
+        self.encoder = nn.Sequential(*block(obs_dim + 2 * action_dim), *block(hidden_dim))
+        self.value_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, num_bins))
+        self.prediction_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, hidden_dim + 1))
+        self.register_buffer("bin_centres", torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2)
+
+    def forward(self, obs, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, bins], embedding [B, hidden]); the action enters through tanh and scaled, as in diffreppo.py."""
+        embedding = self.encoder(torch.cat([obs, torch.tanh(x), x / 3], dim=-1))
+        return self.value_head(embedding), embedding
+
+    def value(self, logits: torch.Tensor) -> torch.Tensor:
+        """The categorical's mean: sum_i softmax(logits)_i * centre_i."""
+        return (logits.softmax(-1) * self.bin_centres).sum(-1)
+
+
+def gaussian_kl(mean_old: torch.Tensor, std_old: torch.Tensor, mean_new: torch.Tensor, std_new: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_old, diag std_old^2) || N(mean_new, diag std_new^2)), summed over the last axis (closed form)."""
+    return (torch.log(std_new / std_old) + (std_old ** 2 + (mean_old - mean_new) ** 2) / (2 * std_new ** 2) - 0.5).sum(-1)
+
+
+def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, terminations: torch.Tensor,
+                   truncations: torch.Tensor, gamma: float, gae_lambda: float) -> torch.Tensor:
+    """G_t = r~_t + gamma (1 - term_t) [lambda G_{t+1} + (1 - lambda) V_{t+1}] backwards over [T, N], with
+    G_{t+1} replaced by V_{t+1} after a truncation and after the rollout's last step."""
+    returns = torch.zeros_like(rewards)
+    next_return = next_values[-1]  # so the last step bootstraps with V alone: lambda V + (1 - lambda) V
+    for t in reversed(range(rewards.shape[0])):
+        v = next_values[t]
+        bootstrap = torch.where(truncations[t].bool(), v, gae_lambda * next_return + (1 - gae_lambda) * v)
+        next_return = rewards[t] + gamma * (1.0 - terminations[t]) * bootstrap
+        returns[t] = next_return
+    return returns
+
+
+def actor_losses(agent: Agent, old_actor: GaussianActor, critic: DistributionalCritic, obs, alpha: float, beta: float,
+                 kl_bound: float):
+    """(actor loss, log pi of the new samples [B], KL [B]): alpha log pi - Q(s, x) where KL(old || new) < kl_bound,
+    else beta KL (REPPO's clipped trust region); the critic is frozen."""
+    x, log_pi, mean, std = agent.one_step(obs)
+    critic.requires_grad_(False)
+    logits, _ = critic(obs, x)
+    critic.requires_grad_(True)
+    with torch.no_grad():
+        mean_old, std_old = old_actor(obs)
+    kl = gaussian_kl(mean_old, std_old, mean, std)
+    loss = torch.where(kl < kl_bound, alpha * log_pi - critic.value(logits), beta * kl).mean()
+    return loss, log_pi, kl
+
+
+def check_finite(name: str, loss: torch.Tensor, global_step: int, iteration: int, epoch: int, model_path: str | None):
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"{name} loss is {loss.item()} at step {global_step} (iteration {iteration}, epoch {epoch}). "
+                               + (f"Last checkpoint: {model_path}" if model_path else "Use --save-model to keep checkpoints."))
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    validate_args(args)
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    batch_size = args.num_envs * args.num_steps
+    num_iterations = args.total_timesteps // batch_size
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
+                        action_high=envs.single_action_space.high.tolist(), hidden_dim=args.actor_hidden_dim)
+    critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=args.hidden_dim,
+                         num_bins=args.num_bins, v_min=args.v_min, v_max=args.v_max)
+    agent = Agent(**agent_kwargs).to(device)
+    critic = DistributionalCritic(**critic_kwargs).to(device)
+    old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
+    actor_optimizer = torch.optim.AdamW(agent.parameters(), lr=args.learning_rate)
+    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)
+    log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
+    log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)
+    multiplier_optimizer = torch.optim.Adam([log_alpha, log_beta] if args.autotune else [log_beta], lr=args.multiplier_lr)
+    target_entropy = -args.target_entropy_scale * action_dim
+    obs_normalizer = ObservationNormalizer((obs_dim,))
+    reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
+    modules = {"agent": agent, "critic": critic, "actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer,
+               "multiplier_optimizer": multiplier_optimizer, "obs_normalizer": obs_normalizer,
+               "reward_normalizer": reward_normalizer}
+    global_step, start_iteration = 0, 1
+    if checkpoint:
+        if checkpoint.get("script") != "baselines.reppo" or checkpoint["agent_kwargs"] != agent_kwargs \
+                or checkpoint["critic_kwargs"] != critic_kwargs:
+            raise ConfigError(f"--resume {args.resume}: the checkpoint is not a baselines/reppo.py run with these networks; "
+                              "allowed: a baselines/reppo.py checkpoint with the same --env-id, --actor-hidden-dim, "
+                              "--hidden-dim, --num-bins, --v-min, --v-max.")
+        for name, module in modules.items():
+            module.load_state_dict(checkpoint[name])
+        with torch.no_grad():
+            log_alpha.fill_(checkpoint["log_alpha"])
+            log_beta.fill_(checkpoint["log_beta"])
+        global_step, start_iteration = checkpoint["global_step"], checkpoint["iteration"] + 1
+        print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
+    alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+
+    def checkpoint_state(iteration: int) -> dict:
+        return {"script": "baselines.reppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "critic_kwargs": critic_kwargs,
+                "run_name": run_name, **{name: module.state_dict() for name, module in modules.items()},
+                "log_alpha": log_alpha.item(), "log_beta": log_beta.item(), "global_step": global_step, "iteration": iteration}
+
+    obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
+    x_buffer = torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
+    reward_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    next_value_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    next_embedding_buffer = torch.zeros((args.num_steps, args.num_envs, args.hidden_dim), device=device)
+    termination_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    truncation_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    log_pi_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    saturated_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+
+    start_time, start_step = time.time(), global_step
+    recent_returns = deque(maxlen=10)
+    next_obs_raw, _ = envs.reset(seed=args.seed)
+    obs_normalizer.update(next_obs_raw)
+    next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
+    nan = torch.tensor(float("nan"))
+    critic_loss = cross_entropy = aux_loss = actor_loss = kl = nan
+
+    for iteration in range(start_iteration, num_iterations + 1):
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            obs_buffer[step] = next_obs
+            with torch.no_grad():
+                x, log_pi, _, _ = agent.one_step(next_obs)
+            next_obs_raw, reward, terminated, truncated, infos = envs.step(agent.squash(x).cpu().numpy())
+            normalised_reward = torch.as_tensor(reward_normalizer(reward, np.logical_or(terminated, truncated)),
+                                                dtype=torch.float32, device=device)
+            final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=device)
+            with torch.no_grad():  # V(s') = Q(s', x') with a fresh x' ~ pi(.|s'), whose log pi enters the soft reward
+                fresh_x, fresh_log_pi, _, _ = agent.one_step(final_obs)
+                logits, embedding = critic(final_obs, fresh_x)
+            terminated_t = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+            reward_buffer[step] = normalised_reward - args.gamma * (1.0 - terminated_t) * alpha * fresh_log_pi
+            x_buffer[step], log_pi_buffer[step] = x, log_pi
+            next_value_buffer[step], next_embedding_buffer[step] = critic.value(logits), embedding
+            termination_buffer[step] = terminated_t
+            truncation_buffer[step] = torch.as_tensor(np.logical_and(truncated, np.logical_not(terminated)),
+                                                      dtype=torch.float32, device=device)
+            saturated_buffer[step] = (x.abs() > 3.0).float().mean(-1)  # |tanh(x)| > 0.995
+            obs_normalizer.update(next_obs_raw)
+            next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
+            for episode_return, episode_length in finished_episodes(infos):
+                recent_returns.append(episode_return)
+                writer.add_scalar("charts/episodic_return", episode_return, global_step)
+                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+
+        returns = lambda_returns(reward_buffer, next_value_buffer, termination_buffer, truncation_buffer,
+                                 args.gamma, args.gae_lambda)
+        b_obs, b_x = obs_buffer.reshape(batch_size, -1), x_buffer.reshape(batch_size, -1)
+        b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
+        b_next_embeddings = next_embedding_buffer.reshape(batch_size, -1)
+        old_actor.load_state_dict(agent.actor.state_dict())
+        kl_over_bound = []
+        for epoch in range(args.update_epochs):
+            permutation = torch.randperm(batch_size, device=device)
+            for start in range(0, batch_size - args.minibatch_size + 1, args.minibatch_size):
+                mb = permutation[start:start + args.minibatch_size]
+                logits, embedding = critic(b_obs[mb], b_x[mb])
+                target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)
+                cross_entropy = -(target * logits.log_softmax(-1)).sum(-1).mean()
+                prediction = critic.prediction_head(embedding)
+                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(prediction[:, -1], b_rewards[mb])
+                critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
+                check_finite("critic", critic_loss, global_step, iteration, epoch, model_path if args.save_model else None)
+                critic_optimizer.zero_grad()
+                critic_loss.backward()
+                nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+                critic_optimizer.step()
+                actor_loss, log_pi, kl = actor_losses(agent, old_actor, critic, b_obs[mb], alpha, beta, args.kl_bound)
+                check_finite("actor", actor_loss, global_step, iteration, epoch, model_path if args.save_model else None)
+                actor_optimizer.zero_grad()
+                actor_loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                actor_optimizer.step()
+                entropy_estimate = -log_pi.detach().mean()
+                multiplier_loss = -log_beta.exp() * (kl.detach().mean() - args.kl_bound)
+                if args.autotune:
+                    multiplier_loss = multiplier_loss + log_alpha.exp() * (entropy_estimate - target_entropy)
+                multiplier_optimizer.zero_grad()
+                multiplier_loss.backward()
+                multiplier_optimizer.step()
+                alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+                kl_over_bound.append((kl >= args.kl_bound).float().mean().item())
+
+        rollout_entropy = -log_pi_buffer.mean().item()
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("charts/entropy_estimate", rollout_entropy, global_step)
+        writer.add_scalar("charts/alpha", alpha, global_step)
+        writer.add_scalar("charts/beta", beta, global_step)
+        writer.add_scalar("charts/saturated_action_fraction", saturated_buffer.mean().item(), global_step)
+        writer.add_scalar("losses/critic_loss", critic_loss.item(), global_step)
+        writer.add_scalar("losses/critic_cross_entropy", cross_entropy.item(), global_step)
+        writer.add_scalar("losses/aux_loss", aux_loss.item(), global_step)
+        writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+        writer.add_scalar("losses/kl", kl.mean().item(), global_step)
+        writer.add_scalar("losses/kl_over_bound", float(np.mean(kl_over_bound)), global_step)
+        writer.add_scalar("losses/returns_mean", b_returns.mean().item(), global_step)
+        recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
+        print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
+              f"| entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | SPS {sps}", flush=True)
+        if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
+            save_checkpoint(model_path, checkpoint_state(iteration))
+
+    envs.close()
+    if args.save_model:
+        print(f"model saved to {model_path}")
+        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
+        for index, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, index)
+        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
+    writer.close()
+
+
+if __name__ == "__main__":
+    try:
+        run_cli(main, "baselines/reppo.py")
+    except TrainingDiverged as error:
+        print(f"baselines/reppo.py: training diverged: {error}", file=sys.stderr)
+        sys.exit(1)
