@@ -8,8 +8,9 @@ REPPO: Voelcker et al., arXiv 2507.11019. The maths is written out in docs/metho
 
 Status: work in progress. Every piece below is tested against an independent computation; it
 learns InvertedPendulum-v4 (900 reached on 3 of 3 seeds within 102k steps) and Hopper-v4 (607 on
-average at 102k, DiffPPO 681) (docs/benchmarks.md); its Gaussian twin is baselines/reppo.py. Longer
-runs, Pendulum and the multimodal rows are still to come.
+average at 102k, DiffPPO 681), but one of two 300k Hopper runs collapsed after 260k steps (saturated
+actions, see below), and its Gaussian twin baselines/reppo.py is ahead at 102k steps
+(docs/benchmarks.md). Pendulum, more seeds and the multimodal rows are still to come.
 
 On-policy, like DiffPPO: --num-envs environments run --num-steps environment steps, each
 stored with its whole chain x_K..x_0, i.e. K augmented transitions (s, x_k, k) -> x_{k-1}
