@@ -267,13 +267,13 @@ class DiffusionActor(nn.Module):
         x_weight, time_weight = first.weight[:, obs_dim:obs_dim + self.action_dim], first.weight[:, obs_dim + self.action_dim:]
         time_part = self.time_embedding.weight @ time_weight.T  # [K+1, H], row k
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
-        std = log_std.exp()
+        std = noise_scale * log_std.exp()  # the widened paths' step size; log q below keeps the kernels' own sigma
         noise_shape = (K + 1, batch, self.action_dim)
         noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
         x, chain = noise[0], [noise[0]]
         for j, k in enumerate(range(K, 0, -1), start=1):
             hidden = obs_part + time_part[k] + nn.functional.linear(x, x_weight)
-            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + noise_scale * std[k - 1] * noise[j]
+            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + std[k - 1] * noise[j]
             chain.append(x)
         # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise enters the quadratic term.
         step_log_std = log_std.flip(0).sum(-1)  # [K], time order

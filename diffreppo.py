@@ -400,7 +400,6 @@ class DistributionalCritic(nn.Module):
         self.value_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, num_bins))
         self.prediction_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, hidden_dim + 1))
         self.register_buffer("bin_centres", torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2)
-        self.v_min, self.v_max, self.num_bins = v_min, v_max, num_bins
 
     def forward(self, obs, x_k, k, x_previous) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, bins], embedding [B, hidden])."""
