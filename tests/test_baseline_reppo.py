@@ -96,3 +96,16 @@ def test_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
     result = run_script([os.path.join(repo_root, "baselines", "reppo.py"), *flags], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert expected in result.stderr, result.stderr
+
+
+def test_twin_hl_gauss_histogram_and_critic_value_match_diffreppos_tested_ones():
+    """The twin carries its own copy of the HL-Gauss target (scripts are self-contained); it must equal
+    diffreppo.py's, which tests/test_diffreppo.py checks against bin-by-bin integrals, also outside the support."""
+    import diffreppo
+    values = torch.linspace(-14.0, 14.0, 57, dtype=torch.float64)
+    torch.testing.assert_close(reppo.hl_gauss_histogram(values, -10.0, 10.0, 41),
+                               diffreppo.hl_gauss_histogram(values, -10.0, 10.0, 41))
+    critic = reppo.DistributionalCritic(3, 1, hidden_dim=8, num_bins=11, v_min=-2.0, v_max=3.0)
+    logits = torch.randn(4, 11)
+    centres = torch.linspace(-2.0, 3.0, 12)[:-1] + 5.0 / 22
+    torch.testing.assert_close(critic.value(logits), (torch.softmax(logits, -1) * centres).sum(-1))
