@@ -2,55 +2,44 @@
 
 Sanokowski, Patil, Knoll, "Diffusion-Augmented MDPs" (arXiv 2512.02019, later version);
 REPPO: Voelcker et al., arXiv 2507.11019. The maths is written out in docs/method.md;
-"method.md §n" below names its sections.
+"method.md §n" below names its sections; results and their commands in docs/benchmarks.md.
 
     python diffreppo.py --env-id Hopper-v4 --num-diffusion-steps 8
 
-Status: work in progress. Every piece below is tested against an independent computation; it
-learns InvertedPendulum-v4 (900 reached on 3 of 3 seeds within 102k steps) and Hopper-v4 (607 on
-average at 102k, DiffPPO 681), but one of two 300k Hopper runs collapsed after 260k steps (saturated
-actions, see below), and its Gaussian twin baselines/reppo.py is ahead at 102k steps
-(docs/benchmarks.md). Pendulum, more seeds and the multimodal rows are still to come.
-
 On-policy, like DiffPPO: --num-envs environments run --num-steps environment steps, each
 stored with its whole chain x_K..x_0, i.e. K augmented transitions (s, x_k, k) -> x_{k-1}
-(method.md §3); the data are used for --update-epochs epochs and discarded. Unlike PPO, the
-actor is trained by the pathwise gradient of a learned soft Q, one reparameterised diffusion
-step at a time (method.md §4.5):
-- Critic Q~(s, x_k, k, x_{k-1}): the soft value of choosing x_{k-1} in the augmented state
-  (s, x_k, k), excluding the step's own entropy term (as SAC's Q). Distributional: a
-  categorical over --num-bins bins on [--v-min, --v-max] trained by cross-entropy against an
-  HL-Gauss histogram of the target; an auxiliary head predicts the next augmented state's
-  embedding and the augmented reward.
+(method.md §3), used for --update-epochs epochs and discarded. Unlike PPO, the actor follows
+the pathwise gradient of a learned soft Q, one reparameterised diffusion step at a time (§4.5):
+- Critic Q~(s, x_k, k, x_{k-1}), the soft value of choosing x_{k-1} in (s, x_k, k) without the
+  step's own entropy term: a categorical over --num-bins bins on [--v-min, --v-max], trained by
+  cross-entropy against an HL-Gauss histogram of the target, plus an auxiliary head predicting
+  the next augmented state's embedding and the augmented reward.
 - Targets: lambda-returns backwards over the augmented sequence,
     G_t = r~_t + g_t [ (1 - term_t) (lambda G_{t+1} + (1 - lambda) V_{t+1}) ],
   with G_{t+1} replaced by V_{t+1} at a time-limit truncation and at the rollout's end;
-  V_{t+1} = Q~ at the next augmented state with a fresh step of the policy, and
-  r~_t = r_t [at k = 1] - g_t (1 - term_t) alpha lt'_{t+1} with lt' that fresh step's
-  log-ratio term (lt_k = l_k plus the prior at k = K and the squash term at k = 1).
-  g_t = 1 inside the chain and --gamma at the environment step (--augmented-gamma: one
-  discount for every augmented step, the official choice).
-- Actor: x_{k-1} = mu_theta(s, x_k, k) + sigma_k eps at augmented states of the batch;
-  loss alpha lt_k(x_{k-1}) - Q~(s, x_k, k, x_{k-1}) with the critic frozen, replaced by
-  beta KL on samples whose KL(old kernel || new kernel) (closed form, both are diagonal
-  Gaussians) exceeds --kl-bound; the multiplier beta rises while the mean KL is above the
-  bound. alpha is tuned so that H_est = -K E[lt_k] tracks -target_entropy_scale * action_dim.
+  V_{t+1} = Q~ at the next augmented state with a fresh policy step, r~_t = r_t [at k = 1]
+  - g_t (1 - term_t) alpha lt'_{t+1}, lt' that fresh step's log-ratio term (lt_k = l_k plus the
+  prior at k = K and the squash term at k = 1); g_t = 1 inside the chain, --gamma at the env
+  step (--augmented-gamma: one discount for every augmented step, the official choice).
+- Actor: x_{k-1} = mu_theta(s, x_k, k) + sigma_k eps at the batch's augmented states; loss
+  alpha lt_k(x_{k-1}) - Q~(s, x_k, k, x_{k-1}) (critic frozen), replaced by beta KL on samples
+  whose closed-form KL(old kernel || new kernel) exceeds --kl-bound; beta rises while the mean
+  KL is above the bound; alpha is tuned so that H_est = -K E[lt_k] tracks the target entropy.
   No target networks; AdamW and gradient clipping.
 
-Choices the official code leaves to us, made here:
-- CPU-sized defaults (8 envs x 128 steps, minibatches of 1024 augmented samples, 4 epochs;
-  critic 256 units with LayerNorm, actor as diffsac.py's); the official 1024 envs and 151
-  bins are flags. Rewards are normalised by a running std of the discounted return (as
-  DiffPPO), so [--v-min, --v-max] = [-10, 10] covers the returns of the tasks measured here;
-  with --no-norm-reward set the range to the raw return's. alpha and beta learn at --multiplier-lr
-  3e-3 (official 3e-4, with about 16x more updates per environment step).
-- The KL is computed in closed form instead of from 16 samples; the terminal soft bonus is
-  dropped at terminations (the official code keeps -alpha log pi of the reset state's action).
-- The critic sees each latent through tanh (as the environment sees x_0) and scaled (x / 3). With
-  tanh alone (diffwpo.py's choice) the critic cannot see how far out a latent has drifted, while the
-  soft penalty downstream keeps growing with it: on InvertedPendulum-v4 the chain's intermediate
-  latents then drifted to |x| ~ 30, 80% of the actions saturated the tanh and the return collapsed
-  from ~300 to 3 by 25k steps (seed 1); with both inputs the same run reached ~900 by 47k steps.
+Choices the official code leaves to us, made here (measurements in docs/benchmarks.md):
+- CPU-sized defaults: 8 envs x 128 steps, minibatches of 1024 augmented samples, 4 epochs,
+  critic 256 units with LayerNorm, actor as diffsac.py's; the official 1024 envs and 151 bins
+  are flags. Rewards are normalised by a running std of the discounted return (as DiffPPO), so
+  [-10, 10] covers the returns; with --no-norm-reward set the range to the raw return's.
+- The KL in closed form instead of from 16 samples; the terminal soft bonus is dropped at
+  terminations (the official code keeps -alpha log pi of the reset state's action).
+- The critic sees each latent through tanh and scaled (x / 3). With tanh alone it cannot see
+  how far out a latent has drifted: the per-step entropy term pulls each x_{k-1} outward
+  (toward x_k / sqrt(alpha_k)), only the critic carries the squash penalty back up the chain,
+  and on InvertedPendulum-v4 the latents drifted to |x| ~ 30 and the return collapsed.
+- alpha and beta learn at the official 3e-4. At 3e-3, one Hopper run collapsed after 260k steps:
+  alpha rose 100-fold in 20k steps, the soft returns left [v_min, v_max] and the actions saturated.
 """
 
 from __future__ import annotations
@@ -155,8 +144,8 @@ class Args:
     """bound on KL(old kernel || new kernel) per augmented sample"""
     beta: float = 0.01
     """initial value of the KL multiplier beta"""
-    multiplier_lr: float = 3e-3
-    """Adam learning rate of log(alpha) and log(beta) (official: 3e-4 with 16x more updates per env step)"""
+    multiplier_lr: float = 3e-4
+    """Adam learning rate of log(alpha) and log(beta) (the official value)"""
 
 
 def validate_args(args: Args) -> None:
@@ -177,17 +166,14 @@ def validate_args(args: Args) -> None:
     if args.total_timesteps < args.num_envs * args.num_steps:
         raise ConfigError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
                           f"(--num-envs x --num-steps = {args.num_envs * args.num_steps}).")
-    finite = [("--learning-rate", args.learning_rate), ("--multiplier-lr", args.multiplier_lr),
-              ("--max-grad-norm", args.max_grad_norm), ("--alpha", args.alpha), ("--kl-bound", args.kl_bound),
-              ("--beta", args.beta), ("--min-std", args.min_std),
-              ("--v-min", args.v_min), ("--v-max", args.v_max), ("--gamma", args.gamma), ("--gae-lambda", args.gae_lambda),
-              ("--aux-loss-coef", args.aux_loss_coef), ("--target-entropy-scale", args.target_entropy_scale)]
-    for flag, value in finite:
+    positive = [("--learning-rate", args.learning_rate), ("--multiplier-lr", args.multiplier_lr), ("--alpha", args.alpha),
+                ("--max-grad-norm", args.max_grad_norm), ("--kl-bound", args.kl_bound), ("--beta", args.beta), ("--min-std", args.min_std)]
+    for flag, value in positive + [("--v-min", args.v_min), ("--v-max", args.v_max), ("--gamma", args.gamma),
+                                   ("--gae-lambda", args.gae_lambda), ("--aux-loss-coef", args.aux_loss_coef),
+                                   ("--target-entropy-scale", args.target_entropy_scale)]:
         if not math.isfinite(value):
             raise ConfigError(f"{flag} must be a finite number (got {value}).")
-    for flag, value in [("--learning-rate", args.learning_rate), ("--max-grad-norm", args.max_grad_norm),
-                        ("--multiplier-lr", args.multiplier_lr),
-                        ("--alpha", args.alpha), ("--kl-bound", args.kl_bound), ("--beta", args.beta), ("--min-std", args.min_std)]:
+    for flag, value in positive:
         if value <= 0:
             raise ConfigError(f"{flag} must be positive (got {value}).")
     if args.min_std >= 1:
@@ -654,19 +640,14 @@ def main() -> None:
 
         rollout_entropy = -path_log_ratio_buffer.mean().item()
         sps = int((global_step - start_step) / (time.time() - start_time))
-        writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("charts/entropy_estimate", rollout_entropy, global_step)
-        writer.add_scalar("charts/alpha", alpha, global_step)
-        writer.add_scalar("charts/beta", beta, global_step)
-        writer.add_scalar("charts/saturated_action_fraction", saturated_buffer.mean().item(), global_step)
-        writer.add_scalar("charts/latent_abs_max", chain_buffer.abs().amax().item(), global_step)
-        writer.add_scalar("losses/critic_loss", critic_loss.item(), global_step)
-        writer.add_scalar("losses/critic_cross_entropy", cross_entropy.item(), global_step)
-        writer.add_scalar("losses/aux_loss", aux_loss.item(), global_step)
-        writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
-        writer.add_scalar("losses/kl", kl.mean().item(), global_step)
-        writer.add_scalar("losses/kl_over_bound", float(np.mean(kl_over_bound)), global_step)
-        writer.add_scalar("losses/returns_mean", b_returns.mean().item(), global_step)
+        scalars = {"charts/SPS": sps, "charts/entropy_estimate": rollout_entropy, "charts/alpha": alpha, "charts/beta": beta,
+                   "charts/saturated_action_fraction": saturated_buffer.mean().item(),
+                   "charts/latent_abs_max": chain_buffer.abs().amax().item(), "losses/critic_loss": critic_loss.item(),
+                   "losses/critic_cross_entropy": cross_entropy.item(), "losses/aux_loss": aux_loss.item(),
+                   "losses/actor_loss": actor_loss.item(), "losses/kl": kl.mean().item(),
+                   "losses/kl_over_bound": float(np.mean(kl_over_bound)), "losses/returns_mean": b_returns.mean().item()}
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, global_step)
         recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
         print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
               f"| entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | SPS {sps}", flush=True)

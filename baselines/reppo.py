@@ -119,8 +119,8 @@ class Args:
     """bound on KL(old kernel || new kernel) per augmented sample"""
     beta: float = 0.01
     """initial value of the KL multiplier beta"""
-    multiplier_lr: float = 3e-3
-    """Adam learning rate of log(alpha) and log(beta) (official: 3e-4 with 16x more updates per env step)"""
+    multiplier_lr: float = 3e-4
+    """Adam learning rate of log(alpha) and log(beta) (the official value)"""
 
 
 def validate_args(args: Args) -> None:
