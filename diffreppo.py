@@ -549,6 +549,7 @@ def main() -> None:
         discounts.fill_(args.augmented_gamma)
 
     start_time, start_step = time.time(), global_step
+    update_seconds, num_updates = 0.0, 0  # the update phase alone: its cost per minibatch
     recent_returns = deque(maxlen=10)
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
@@ -601,7 +602,7 @@ def main() -> None:
         b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
         b_next_embeddings = next_embedding_buffer.reshape(augmented_batch_size, -1)
         old_actor.load_state_dict(agent.actor.state_dict())
-        kl_over_bound = []
+        kl_over_bound, update_start = [], time.time()
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(augmented_batch_size, device=device)
             for start in range(0, augmented_batch_size - args.minibatch_size + 1, args.minibatch_size):
@@ -637,6 +638,7 @@ def main() -> None:
                 multiplier_optimizer.step()
                 alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
                 kl_over_bound.append((kl >= args.kl_bound).float().mean().item())
+        update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)
 
         rollout_entropy = -path_log_ratio_buffer.mean().item()
         sps = int((global_step - start_step) / (time.time() - start_time))
@@ -650,7 +652,8 @@ def main() -> None:
             writer.add_scalar(tag, value, global_step)
         recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
         print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-              f"| entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | SPS {sps}", flush=True)
+              f"| entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | SPS {sps} "
+              f"| updates/s {num_updates / update_seconds:.1f}", flush=True)
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             save_checkpoint(model_path, checkpoint_state(iteration))
 
