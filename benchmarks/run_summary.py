@@ -9,7 +9,8 @@ every multiple of --every environment steps (the last value at or before that st
 window mean, the first step where it reaches each --thresholds value, episodes, wall-clock
 (first to last event) and the package versions of this machine. ``table`` prints a markdown
 table from such files: one row per run, the window mean at --steps, grouped by environment and
-experiment, with the mean over seeds. The summaries are committed; the event files are not.
+experiment (or the summary's "label", where one was added by hand), with the mean over seeds.
+The summaries are committed; the event files are not.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def table(paths: list[str], show_steps: list[int]) -> str:
     for path in paths:
         with open(path) as file:
             summary = json.load(file)
-        groups[(summary["env_id"], summary["exp_name"])].append(summary)
+        groups[(summary["env_id"], summary.get("label", summary["exp_name"]))].append(summary)
     header = "| environment | experiment | seed | " + " | ".join(f"{s:,}" for s in show_steps) + " | final | wall-clock |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (env_id, exp_name), runs in sorted(groups.items()):
