@@ -6,7 +6,8 @@
 ``write`` reads each run folder's TensorBoard files and writes results/summaries/RUN.json:
 the run's flags (as logged), the --window-episode running mean of charts/episodic_return at
 every multiple of --every environment steps (the last value at or before that step), the final
-window mean, the first step where it reaches each --thresholds value, episodes, wall-clock
+window mean, the first step where it reaches each --thresholds value, the mean of the
+deterministic evaluation episodes (runs made with --save-model), episodes, wall-clock
 (first to last event) and the package versions of this machine. ``table`` prints a markdown
 table from such files: one row per run, the window mean at --steps, grouped by environment and
 experiment (or the summary's "label", where one was added by hand), with the mean over seeds.
@@ -81,6 +82,7 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
     for step in range(every, int(steps[-1]) + every if len(steps) else every, every):
         index = np.searchsorted(steps, step, side="right") - 1
         at[str(step)] = round(float(means[index]), 1) if index >= 0 else None
+    _, evaluation = read_scalars(run_dir, "eval/episodic_return")  # written by --save-model runs
     first = {}
     for threshold in thresholds:
         reached = np.flatnonzero(means >= threshold)
@@ -88,7 +90,8 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
     return {"run": os.path.basename(os.path.normpath(run_dir)), "env_id": env_id, "exp_name": exp_name, "seed": int(seed),
             "script": script, "flags": logged_flags(run_dir), "window": window, "running_mean_at": at,
             "final_running_mean": round(float(means[-1]), 1) if len(means) else None, "first_step_reaching": first,
-            "episodes": int(len(returns)), "last_step": int(steps[-1]) if len(steps) else 0,
+            "deterministic_eval_mean": round(float(np.mean(evaluation)), 1) if len(evaluation) else None,
+            "deterministic_eval_episodes": int(len(evaluation)), "episodes": int(len(returns)), "last_step": int(steps[-1]) if len(steps) else 0,
             "wall_clock_s": round(wall_clock_seconds(run_dir), 1),
             "versions": {name: version(name) for name in ("torch", "gymnasium", "mujoco")}}
 
@@ -99,12 +102,13 @@ def table(paths: list[str], show_steps: list[int]) -> str:
         with open(path) as file:
             summary = json.load(file)
         groups[(summary["env_id"], summary.get("label", summary["exp_name"]))].append(summary)
-    header = "| environment | experiment | seed | " + " | ".join(f"{s:,}" for s in show_steps) + " | final | wall-clock |"
+    header = "| environment | experiment | seed | " + " | ".join(f"{s:,}" for s in show_steps) + " | final | deterministic eval | wall-clock |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (env_id, exp_name), runs in sorted(groups.items()):
         columns = defaultdict(list)
         for run in sorted(runs, key=lambda r: r["seed"]):
-            values = [run["running_mean_at"].get(str(s)) for s in show_steps] + [run["final_running_mean"]]
+            values = [run["running_mean_at"].get(str(s)) for s in show_steps] + [run["final_running_mean"],
+                                                                                run.get("deterministic_eval_mean")]
             for index, value in enumerate(values):
                 columns[index].append(value)
             cells = " | ".join("–" if v is None else f"{v:.1f}" for v in values)

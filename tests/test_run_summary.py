@@ -24,6 +24,8 @@ def fake_run(tmp_path):
     returns = np.arange(1, 31, dtype=float) * 10.0  # episode i (1..30) ends at step 10,000 i with return 10 i
     for index, value in enumerate(returns, start=1):
         writer.add_scalar("charts/episodic_return", value, 10_000 * index)
+    for index, value in enumerate([990.0, 1000.0]):
+        writer.add_scalar("eval/episodic_return", value, index)
     writer.close()
     return str(run_dir), returns
 
@@ -40,6 +42,7 @@ def test_running_means_at_steps_and_first_crossing_match_a_direct_computation(fa
     assert (summary["env_id"], summary["exp_name"], summary["seed"]) == ("Hopper-v4", "algo_check", 3)
     assert summary["flags"] == {"seed": "3", "learning_rate": "0.0003"}
     assert summary["episodes"] == 30 and summary["last_step"] == 300_000
+    assert summary["deterministic_eval_mean"] == 995.0 and summary["deterministic_eval_episodes"] == 2
 
 
 def test_table_shows_each_seed_and_the_mean_over_seeds(fake_run, tmp_path):
@@ -57,3 +60,4 @@ def test_table_shows_each_seed_and_the_mean_over_seeds(fake_run, tmp_path):
     assert [row.split("|")[3].strip() for row in rows] == ["1", "2", "mean"]
     assert rows[0].split("|")[4].strip() == "55.0" and rows[1].split("|")[4].strip() == "65.0"
     assert rows[2].split("|")[4].strip() == "**60.0**"
+    assert rows[0].split("|")[6].strip() == "995.0"  # the deterministic evaluation column
