@@ -198,6 +198,11 @@ def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
     return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
 
 
+def squash_log_det(x_0: torch.Tensor, action_half_width: torch.Tensor) -> torch.Tensor:
+    """sum_i log h_i + log(1 - tanh(x_0i)^2): the log-Jacobian of a = c + h tanh(x_0), per sample."""
+    return (torch.log(action_half_width) + log_one_minus_tanh_squared(x_0)).sum(-1)
+
+
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -216,6 +221,7 @@ class DiffusionActor(nn.Module):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
         Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+        self.activation = {"tanh": torch.tanh, "relu": torch.relu}[activation]  # the same, as a function
         betas = cosine_beta_schedule(num_diffusion_steps)
         self.register_buffer("betas", betas)  # beta_k at index k-1
         self.register_buffer("sqrt_alphas", torch.sqrt(1 - betas))
@@ -261,7 +267,7 @@ class DiffusionActor(nn.Module):
         once per chain rather than once per step (same numbers as ``kernel``, faster).
         """
         batch, K = obs.shape[0], self.num_diffusion_steps
-        first, rest = self.mean_net[0], self.mean_net[1:]
+        first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
         obs_dim = obs.shape[1]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
         x_weight, time_weight = first.weight[:, obs_dim:obs_dim + self.action_dim], first.weight[:, obs_dim + self.action_dim:]
@@ -270,10 +276,16 @@ class DiffusionActor(nn.Module):
         std = noise_scale * log_std.exp()  # the widened paths' step size; log q below keeps the kernels' own sigma
         noise_shape = (K + 1, batch, self.action_dim)
         noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
+        # What does not depend on x is computed for every step at once, outside the loop, and the layers are
+        # called as functions: the same numbers as ``kernel`` with far fewer tensor operations per step.
+        step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
+        step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
+        activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
         x, chain = noise[0], [noise[0]]
         for j, k in enumerate(range(K, 0, -1), start=1):
-            hidden = obs_part + time_part[k] + nn.functional.linear(x, x_weight)
-            x = self.sqrt_alphas[k - 1] * x + rest(hidden) + std[k - 1] * noise[j]
+            hidden = activation(step_bias[k] + nn.functional.linear(x, x_weight))
+            hidden = activation(nn.functional.linear(hidden, second.weight, second.bias))
+            x = sqrt_alphas[k - 1] * x + nn.functional.linear(hidden, last.weight, last.bias) + step_noise[j - 1]
             chain.append(x)
         # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise enters the quadratic term.
         step_log_std = log_std.flip(0).sum(-1)  # [K], time order
@@ -291,8 +303,7 @@ class DiffusionActor(nn.Module):
         step_k = self.step_k.expand(chain.shape[0], -1)
         step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], step_k)
         log_prior = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0]))
-        squash_log_det = (torch.log(action_half_width) + log_one_minus_tanh_squared(chain[:, -1])).sum(-1)
-        return step_log_ratio, log_prior, squash_log_det
+        return step_log_ratio, log_prior, squash_log_det(chain[:, -1], action_half_width)
 
 
 class ValueNetwork(nn.Module):
@@ -372,19 +383,19 @@ def augmented_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, ne
     return advantages, advantages + values
 
 
-def step_with_bootstrap(envs, agent: Agent, chain: torch.Tensor, soft_rewards: np.ndarray,
-                        obs_normalizer: ObservationNormalizer, reward_normalizer: RewardNormalizer, gamma: float):
-    """Execute a = c + h tanh(x_0); return (next raw obs, augmented rewards [N, K], done, infos).
+def step_with_bootstrap(envs, agent: Agent, chain: torch.Tensor, obs_normalizer: ObservationNormalizer,
+                        reward_normalizer: RewardNormalizer, gamma: float):
+    """Execute a = c + h tanh(x_0); return (next raw obs, normalised env reward [N], bootstrap [N], done, infos).
 
-    The last augmented step gets the normalised environment reward; where an episode was cut by a
-    time limit (truncated, not terminated) it also gets gamma * V(final obs, x_K, K), so the cut
-    is bootstrapped from the state actually reached rather than treated as a termination.
+    Where an episode was cut by a time limit (truncated, not terminated) the bootstrap is
+    gamma * V(final obs, x_K, K), so that the cut is valued from the state actually reached rather
+    than treated as a termination; elsewhere it is 0. Both go to the last augmented step.
     """
     action = agent.squash(chain[:, -1]).cpu().numpy()
     next_obs_raw, reward, terminated, truncated, infos = envs.step(action)
     done = np.logical_or(terminated, truncated)
-    augmented_rewards = soft_rewards.copy()
-    augmented_rewards[:, -1] += reward_normalizer(reward, done)
+    env_reward = reward_normalizer(reward, done)
+    bootstrap = np.zeros_like(env_reward)
     truncated_only = np.logical_and(truncated, np.logical_not(terminated))
     if truncated_only.any():
         final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=chain.device)
@@ -392,8 +403,17 @@ def step_with_bootstrap(envs, agent: Agent, chain: torch.Tensor, soft_rewards: n
         with torch.no_grad():
             final_values = agent.critic(final_obs, torch.randn_like(chain[:, 0]),
                                         torch.full((num_envs,), num_diffusion_steps, device=chain.device))
-        augmented_rewards[truncated_only, -1] += gamma * final_values.cpu().numpy()[truncated_only]
-    return next_obs_raw, augmented_rewards, done, infos
+        bootstrap[truncated_only] = gamma * final_values.cpu().numpy()[truncated_only]
+    return next_obs_raw, env_reward, bootstrap, done, infos
+
+
+def augmented_rewards(soft_rewards: np.ndarray, env_rewards: np.ndarray, bootstraps: np.ndarray) -> np.ndarray:
+    """Rewards of the augmented steps [T, N, K]: the soft rewards, plus at the last step (the environment
+    step) the environment's reward and then the time-limit bootstrap."""
+    rewards = soft_rewards.copy()
+    rewards[:, :, -1] += env_rewards
+    rewards[:, :, -1] += bootstraps
+    return rewards
 
 
 def main() -> None:
@@ -459,10 +479,10 @@ def main() -> None:
     obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
     chain_buffer = torch.zeros((args.num_steps, args.num_envs, K + 1, action_dim), device=device)
     log_q_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
-    value_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
-    reward_buffer = np.zeros((args.num_steps, args.num_envs, K), dtype=np.float32)
+    env_reward_buffer = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    bootstrap_buffer = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     done_buffer = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    path_log_ratio_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    squash_log_det_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
     step_k = agent.actor.step_k  # [K], diffusion index of each augmented step
     first_k = torch.full((args.num_envs,), K, dtype=torch.long, device=device)
 
@@ -481,21 +501,13 @@ def main() -> None:
             obs_buffer[step] = next_obs
             with torch.inference_mode():
                 chain, step_log_q = agent.actor.sample_chain(next_obs, noise_scale=args.behaviour_noise_scale)
-                step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
-                    chain, step_log_q, agent.action_half_width)
-                # V(s, x_k, k) of all K augmented states in one forward pass.
-                values = agent.critic(next_obs.repeat_interleave(K, 0), chain[:, :-1].reshape(-1, action_dim),
-                                      step_k.repeat(args.num_envs)).view(args.num_envs, K)
-                # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (method.md §3).
-                soft_rewards = -alpha * step_log_ratio
-                soft_rewards[:, 0] -= alpha * log_prior
-                soft_rewards[:, -1] += alpha * squash_log_det
-            chain_buffer[step], log_q_buffer[step], value_buffer[step] = chain, step_log_q, values
-            path_log_ratio_buffer[step] = log_prior + step_log_ratio.sum(1) - squash_log_det
-
-            next_obs_raw, augmented_rewards, done, infos = step_with_bootstrap(
-                envs, agent, chain, soft_rewards.cpu().numpy(), obs_normalizer, reward_normalizer, args.gamma)
-            reward_buffer[step], done_buffer[step] = augmented_rewards, done
+                # The squash term here, at the rollout's batch size: transcendental kernels can round differently
+                # on long tensors (vectorised) than on short ones, and this keeps the numbers of a step-by-step rollout.
+                squash_log_det_buffer[step] = squash_log_det(chain[:, -1], agent.action_half_width)
+            chain_buffer[step], log_q_buffer[step] = chain, step_log_q
+            next_obs_raw, env_reward_buffer[step], bootstrap_buffer[step], done, infos = step_with_bootstrap(
+                envs, agent, chain, obs_normalizer, reward_normalizer, args.gamma)
+            done_buffer[step] = done
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
@@ -503,6 +515,23 @@ def main() -> None:
                 recent_returns.append(episode_return)
                 writer.add_scalar("charts/episodic_return", episode_return, global_step)
                 writer.add_scalar("charts/episodic_length", episode_length, global_step)
+
+        # What the actions did not depend on, for the whole rollout in one pass (the same numbers as step by step):
+        with torch.no_grad():
+            step_log_ratio, log_prior = agent.actor.path_log_ratio_terms(
+                chain_buffer.view(-1, K + 1, action_dim), log_q_buffer.view(-1, K), agent.action_half_width)[:2]
+            squash_terms = squash_log_det_buffer.view(-1)
+            # V(s, x_k, k) of every augmented state of the rollout.
+            value_buffer = agent.critic(obs_buffer.view(-1, obs_dim).repeat_interleave(K, 0),
+                                        chain_buffer[:, :, :-1].reshape(-1, action_dim),
+                                        step_k.repeat(batch_size)).view(args.num_steps, args.num_envs, K)
+            # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (method.md §3).
+            soft_rewards = -alpha * step_log_ratio
+            soft_rewards[:, 0] -= alpha * log_prior
+            soft_rewards[:, -1] += alpha * squash_terms
+        path_log_ratio_buffer = (log_prior + step_log_ratio.sum(1) - squash_terms).view(args.num_steps, args.num_envs)
+        reward_buffer = augmented_rewards(soft_rewards.view(args.num_steps, args.num_envs, K).cpu().numpy(),
+                                          env_reward_buffer, bootstrap_buffer)
 
         # GAE over the augmented sequence, bootstrapped with V(s_T, fresh x_K, K).
         with torch.no_grad():

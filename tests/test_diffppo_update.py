@@ -96,7 +96,7 @@ class UnitRewards:
 def rewards_over_episode(env_id, steps, gamma=0.9):
     from common.envs import make_vector_env
     from common.normalization import ObservationNormalizer
-    from diffppo import step_with_bootstrap
+    from diffppo import augmented_rewards, step_with_bootstrap
 
     agent = Agent(1, 1, [-1.0], [1.0], num_diffusion_steps=2)
     agent.critic = ValueOfObservation()
@@ -105,11 +105,12 @@ def rewards_over_episode(env_id, steps, gamma=0.9):
     last_rewards, dones = [], []
     for _ in range(steps):
         chain = torch.zeros(1, 3, 1)
-        _, augmented, done, _ = step_with_bootstrap(envs, agent, chain, np.zeros((1, 2), np.float32),
-                                                    ObservationNormalizer.identity((1,)), UnitRewards(), gamma)
-        last_rewards.append(augmented[0, -1])
+        _, env_reward, bootstrap, done, _ = step_with_bootstrap(envs, agent, chain, ObservationNormalizer.identity((1,)),
+                                                                UnitRewards(), gamma)
+        augmented = augmented_rewards(np.zeros((1, 1, 2), np.float32), env_reward[None], bootstrap[None])
+        last_rewards.append(augmented[0, 0, -1])
         dones.append(bool(done[0]))
-        assert augmented[0, 0] == 0.0  # only the last augmented step gets the environment's reward
+        assert augmented[0, 0, 0] == 0.0  # only the last augmented step gets the environment's reward
     return last_rewards, dones
 
 
