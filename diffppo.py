@@ -300,10 +300,14 @@ class DiffusionActor(nn.Module):
         squash_log_det [B]: sum_i log h_i + log(1 - tanh(x_{0,i})^2), the log-Jacobian of a = c + h tanh(x_0).
         L = log_prior + step_log_ratio.sum(1) - squash_log_det.
         """
+        return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
+
+    def chain_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(step_log_ratio [B, K], log_prior [B]): the parts of L that do not involve the squash."""
         step_k = self.step_k.expand(chain.shape[0], -1)
         step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], step_k)
         log_prior = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0]))
-        return step_log_ratio, log_prior, squash_log_det(chain[:, -1], action_half_width)
+        return step_log_ratio, log_prior
 
 
 class ValueNetwork(nn.Module):
@@ -518,8 +522,8 @@ def main() -> None:
 
         # What the actions did not depend on, for the whole rollout in one pass (the same numbers as step by step):
         with torch.no_grad():
-            step_log_ratio, log_prior = agent.actor.path_log_ratio_terms(
-                chain_buffer.view(-1, K + 1, action_dim), log_q_buffer.view(-1, K), agent.action_half_width)[:2]
+            step_log_ratio, log_prior = agent.actor.chain_log_ratio_terms(chain_buffer.view(-1, K + 1, action_dim),
+                                                                          log_q_buffer.view(-1, K))
             squash_terms = squash_log_det_buffer.view(-1)
             # V(s, x_k, k) of every augmented state of the rollout.
             value_buffer = agent.critic(obs_buffer.view(-1, obs_dim).repeat_interleave(K, 0),

@@ -82,7 +82,7 @@ class Args:
     minibatch_size: int = 128
     """transitions per gradient update (128: diffreppo.py's number of updates per env step at K = 8)"""
     update_epochs: int = 4
-    """passes over each rollout's augmented transitions"""
+    """passes over each rollout's transitions"""
     learning_rate: float = 3e-4
     """AdamW learning rate of the actor and the critic"""
     max_grad_norm: float = 0.5
