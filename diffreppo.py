@@ -356,7 +356,7 @@ class Agent(nn.Module):
         log_q = gaussian_log_prob(x_previous, mean, std)
         return x_previous, step_log_ratio_term(self.actor, x_k, k, x_previous, log_q, self.action_half_width), mean, std
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         chain, _ = self.actor.sample_chain(obs, deterministic)
         return self.squash(chain[:, -1])

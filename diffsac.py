@@ -345,7 +345,7 @@ class Agent(nn.Module):
         step_log_ratio, log_prior, squash_log_det = self.actor.path_log_ratio_terms(chain, step_log_q, self.action_half_width)
         return self.squash(chain[:, -1]), log_prior + step_log_ratio.sum(1) - squash_log_det, chain
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         chain, _ = self.actor.sample_chain(obs, deterministic)
         return self.squash(chain[:, -1])

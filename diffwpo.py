@@ -332,7 +332,7 @@ class Agent(nn.Module):
         """a = c + h * tanh(x_0)."""
         return self.action_center + self.action_half_width * torch.tanh(x_0)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         chain, _ = self.actor.sample_chain(obs, deterministic)
         return self.squash(chain[:, -1])

@@ -232,7 +232,7 @@ class Agent(nn.Module):
         """sum_i log h_i + log(1 - tanh(x_i)^2), the log-Jacobian of a = c + h tanh(x)."""
         return (torch.log(self.action_half_width) + log_one_minus_tanh_squared(x)).sum(-1)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         return self.squash(self.actor.sample(obs, deterministic)[0])  # deterministic: c + h tanh(mu(s))
 

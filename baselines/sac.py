@@ -216,7 +216,7 @@ class Agent(nn.Module):
         squash_log_det = (torch.log(self.action_half_width) + log_one_minus_tanh_squared(x)).sum(-1)
         return self.squash(x), gaussian_log_prob(x, mean, std) - squash_log_det, x
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """An action per observation; deterministic: c + h tanh(mean)."""
         return self.squash(self.actor(obs)[0]) if deterministic else self.sample(obs)[0]

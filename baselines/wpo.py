@@ -210,7 +210,7 @@ class Agent(nn.Module):
         x = mean + std * torch.randn_like(mean)
         return x, mean, std, self.log_prob(x, mean, std)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         mean, std = self(obs)
         return self.squash(mean if deterministic else mean + std * torch.randn_like(mean))

@@ -1,16 +1,28 @@
-"""Throughput: environment steps per second of a training script for several K, beside the ceiling.
+"""Throughput of a training script for several K, beside its ceilings, in one invocation.
 
-    python benchmarks/throughput.py --script diffppo.py --env-id Hopper-v4 --ks 1 4 8
+    python benchmarks/throughput.py --script diffsac.py --env-id Hopper-v4 --ks 8 16 \
+        --total-timesteps 6000 --extra="--learning-starts 5000"
 
-For each K it runs ``python SCRIPT --env-id ENV --num-diffusion-steps K --total-timesteps N``
-(rollouts and updates, as in training) and reads the SPS the script prints last, and for
-off-policy scripts the gradient updates per second after --learning-starts. The
-ceiling steps the same vector environment (common.envs.make_vector_env) with random
-actions and no learning. Run it on an otherwise idle machine; OMP_NUM_THREADS=1.
+Rows, all measured here, one after the other, one torch thread (OMP_NUM_THREADS=1):
+- random actions: the same vector environment (common.envs.make_vector_env) stepped with random
+  actions and no learning, the rate no script can beat;
+- the script at each K: ``python SCRIPT --env-id ENV --num-diffusion-steps K --total-timesteps N``
+  (rollouts and updates, as in training), the last SPS it prints and, where it prints them
+  (off-policy and REPPO scripts), its gradient updates per second;
+- its Gaussian twin (baselines/), same flags without K: what the diffusion costs.
+
+With --ceiling (the default) each run is repeated once in-process under
+benchmarks/matmul_ceiling.py, which records the shape of every matrix product of the run and
+times the same products alone: the table gives the achieved floating-point rate (the run's
+products over its wall-clock), the rate of the same products run back to back, and the share of
+the run they take. A share near 100% means the run is as fast as its arithmetic allows on this
+machine; a low share means overhead (Python, small tensor operations, the environment). Run it on
+an otherwise idle machine.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,11 +36,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from common.envs import make_vector_env  # noqa: E402
 
+TWIN = {"diffppo.py": "baselines/ppo.py", "diffsac.py": "baselines/sac.py", "diffwpo.py": "baselines/wpo.py",
+        "diffreppo.py": "baselines/reppo.py"}
+THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
 
 @dataclass
 class Args:
     script: str = "diffppo.py"
-    """the training script to measure"""
+    """the training script to measure (diffppo.py, diffsac.py, diffwpo.py, diffreppo.py)"""
     env_id: str = "Hopper-v4"
     """the environment id"""
     ks: list[int] = field(default_factory=lambda: [1, 4, 8])
@@ -40,7 +56,11 @@ class Args:
     random_steps: int = 20000
     """environment steps of the random-action ceiling"""
     extra: str = ""
-    """extra flags for the script"""
+    """extra flags for the script and its twin (e.g. "--learning-starts 5000")"""
+    twin: bool = True
+    """also measure the script's Gaussian twin from baselines/"""
+    ceiling: bool = True
+    """also record every run's matrix products and time them alone (repeats each run in-process, slower)"""
 
 
 def random_action_rate(env_id: str, num_envs: int, steps: int) -> float:
@@ -54,26 +74,60 @@ def random_action_rate(env_id: str, num_envs: int, steps: int) -> float:
     return rate
 
 
-def script_rate(args: Args, num_diffusion_steps: int) -> tuple[float, float | None]:
-    command = [sys.executable, args.script, "--env-id", args.env_id, "--num-diffusion-steps", str(num_diffusion_steps),
-               "--total-timesteps", str(args.total_timesteps), "--num-envs", str(args.num_envs), *args.extra.split()]
-    print("running:", " ".join(command[1:]), flush=True)
-    output = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+def script_flags(args: Args, num_diffusion_steps: int | None) -> list[str]:
+    k_flags = [] if num_diffusion_steps is None else ["--num-diffusion-steps", str(num_diffusion_steps)]
+    return ["--env-id", args.env_id, *k_flags, "--total-timesteps", str(args.total_timesteps),
+            "--num-envs", str(args.num_envs), "--exp-name", "throughput", *args.extra.split()]
+
+
+def script_rate(script: str, flags: list[str]) -> tuple[float, float | None]:
+    """(env steps/s of the whole run, gradient updates/s or None): the last ones the script prints."""
+    print("running:", script, " ".join(flags), flush=True)
+    output = subprocess.run([sys.executable, script, *flags], cwd=REPO_ROOT, capture_output=True, text=True,
+                            check=True, env=THREAD_ENV).stdout
     rates = re.findall(r"SPS (\d+)", output)
-    updates = re.findall(r"updates/s ([\d.]+)", output)  # off-policy scripts: one update per env step
+    updates = re.findall(r"updates/s ([\d.]+)", output)
     return float(rates[-1]), (float(updates[-1]) if updates else None)
+
+
+def matmul_profile(script: str, flags: list[str]) -> dict:
+    """benchmarks/matmul_ceiling.py's JSON for the same run: its products' flops and their time alone."""
+    output = subprocess.run([sys.executable, os.path.join("benchmarks", "matmul_ceiling.py"), script, *flags],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True, env=THREAD_ENV).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def ceiling_columns(profile: dict | None, run_seconds: float) -> str:
+    if profile is None:
+        return "- | - | -"
+    achieved = profile["flops"] / run_seconds / 1e9
+    alone = profile["flops"] / profile["matmul_seconds"] / 1e9
+    return f"{achieved:.1f} | {alone:.1f} | {100 * profile['matmul_seconds'] / run_seconds:.0f}%"
 
 
 def main() -> None:
     args = tyro.cli(Args)
+    if args.script not in TWIN:
+        raise SystemExit(f"--script {args.script}: allowed: {', '.join(TWIN)}")
+    if not args.ks or min(args.ks) < 1:
+        raise SystemExit(f"--ks {args.ks}: give one or more K >= 1")
+    runs = [(f"{args.script} K={k}", args.script, script_flags(args, k)) for k in args.ks]
+    if args.twin:
+        runs.append((f"{TWIN[args.script]} (Gaussian twin)", TWIN[args.script], script_flags(args, None)))
     ceiling = random_action_rate(args.env_id, args.num_envs, args.random_steps)
-    rows = [(f"{args.script} K={k}", script_rate(args, k)) for k in args.ks]
-    print(f"\n{args.env_id}, {args.num_envs} env(s), {args.total_timesteps} steps per run, torch threads 1")
-    print("| what | env steps/s (whole run) | gradient updates/s |\n|---|---|---|")
-    print(f"| random actions (ceiling) | {ceiling:.0f} | - |")
-    for name, (rate, updates) in rows:
-        print(f"| {name} | {rate:.0f} | {updates if updates is not None else '-'} |")
+    rows = []
+    for name, script, flags in runs:
+        rate, updates = script_rate(script, flags)
+        profile = matmul_profile(script, flags) if args.ceiling else None
+        rows.append((name, rate, updates, profile))
+    print(f"\n{args.env_id}, {args.num_envs} env(s), {args.total_timesteps} steps per run, extra flags: "
+          f"{args.extra or '-'}, torch threads 1")
+    print("| run | env steps/s (whole run) | gradient updates/s | achieved GFLOP/s | same products alone, GFLOP/s "
+          "| share of the run in products |\n|---|---|---|---|---|---|")
+    print(f"| random actions (ceiling) | {ceiling:.0f} | - | - | - | - |")
+    for name, rate, updates, profile in rows:
+        print(f"| {name} | {rate:.0f} | {updates if updates is not None else '-'} | "
+              f"{ceiling_columns(profile, args.total_timesteps / rate)} |")
 
 
 if __name__ == "__main__":
