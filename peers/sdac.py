@@ -1,0 +1,524 @@
+"""SDAC: Soft Diffusion Actor-Critic (Ma et al., arXiv 2502.00361), on this project's harness.
+
+    python peers/sdac.py --env-id Hopper-v4
+    python -m peers.sdac --env-id Hopper-v4
+
+A peer, not a DA-MDP method: the policy is a DDPM that predicts the noise, trained without any
+likelihood by denoising score matching reweighted by the critic (docs/method.md §7). Per update:
+- critic: twin Q(s, a) with target networks, y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'),
+  a' drawn like an executed action (below), no entropy term; s_r = --reward-scale;
+- actor (every --policy-frequency updates): a policy action a at s is noised to a random time t,
+  x_t = sqrt(abar_t) a + sqrt(1 - abar_t) eps, eps ~ N(0, I); M reconstructions of the clean action
+  x0_m = clip((x_t - sqrt(1 - abar_t) eps_m) / sqrt(abar_t), -1, 1), eps_m ~ N(0, I), are weighted by
+      w_m = softmax_m( min_i Q_i(s, x0_m) * alpha_0 / alpha )                   (sum_m w_m = 1 per state)
+      L(theta) = E[ sum_m w_m || eps_theta(s, x_t, t) - eps_m ||^2 ] / M,
+  which fits the noise predictor to the score of pi(a|s) ~ exp(Q(s, a) / alpha') noised to time t
+  (reverse sampling of the noised target, Ma et al. §4); alpha_0 = the initial --alpha.
+Acting: N candidate actions from the T-step reverse chain (x_T ~ N(0, 0.25 I), the predicted x_0 clipped to
+[-1, 1] at each step), the one with the highest min_i Q_i(s, a), plus Gaussian noise of std
+--exploration-noise * alpha. alpha is tuned so that that Gaussian's entropy 0.5 d log(2 pi e sigma^2)
+tracks -target_entropy_scale * d (a proxy: the policy's own entropy is never computed).
+
+The reference (github.com/mahaitongdae/diffusion_policy_online_rl, relax/algorithm/sdac.py, run by
+scripts/train_mujoco.py) is followed in everything (networks: 3 x 256 Mish layers and a 16-d sinusoidal
+time embedding; T = 20, linear betas 0.8 * linspace(1e-4, 0.999, T); N = 32; M = 64; 5 envs, one update
+per vector step; alpha_0 = 5, its Adam step every 250 updates; Q and policy learning rate 3e-4, the
+policy's decaying linearly to 3e-5 between its 25,000th and 75,000th step; reward scale 0.2; tau 0.005
+every 2 updates) except:
+- eps_theta(s, x_t, t) is computed once per state: its input is the same for the M reconstructions
+  (the reference evaluates it M times on repeated inputs; the loss is the same).
+- The policy action a is drawn only at the updates that train the policy (the reference draws it at
+  every update and discards it at the others).
+- --learning-starts 5000 random steps (the reference: 30,000), as this project's SAC family.
+- Actions are clipped to [-1, 1] after the exploration noise (the reference leaves that to the simulator),
+  and the replay buffer stores the clipped action that was executed.
+- No EMA copy of the policy (the reference keeps one but acts with the online policy).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+if __name__ == "__main__" and not __package__:  # run as a file (python peers/sdac.py): make common/ importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
+from common.evaluation import evaluate
+from common.normalization import ObservationNormalizer
+
+SCRIPT_NAME = "peers/sdac.py"
+
+
+@dataclass
+class Args:
+    exp_name: str = "sdac"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    torch_threads: int = 1
+    """CPU threads for torch"""
+    capture_video: bool = False
+    """whether to capture videos of the agent (see the `videos` folder)"""
+    save_model: bool = False
+    """save a checkpoint every --checkpoint-frequency steps and at the end, then evaluate it"""
+    checkpoint_frequency: int = 50000
+    """environment steps between checkpoints when --save-model is set"""
+    resume: str | None = None
+    """path of a checkpoint to resume training from (its run folder is reused; the replay buffer starts empty)"""
+    eval_episodes: int = 10
+    """episodes of evaluation of the saved model at the end (best of N, no exploration noise)"""
+
+    env_id: str = "Hopper-v4"
+    """the id of the environment (any gymnasium id with a bounded Box action space)"""
+    total_timesteps: int = 1000000
+    """total environment steps of the experiment"""
+    num_envs: int = 5
+    """the number of parallel game environments (the reference: 5)"""
+    updates_per_iteration: int = 1
+    """gradient updates per vector step (the reference: 1, i.e. one update per 5 environment steps)"""
+    buffer_size: int = 1000000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    batch_size: int = 256
+    """the batch size of sample from the replay memory"""
+    learning_starts: int = 5000
+    """environment steps of random actions before learning starts (the reference: 30000)"""
+    reward_scale: float = 0.2
+    """rewards are multiplied by this in the critic target"""
+    q_lr: float = 3e-4
+    """the learning rate of the Q networks"""
+    policy_lr: float = 3e-4
+    """the initial learning rate of the noise-prediction network"""
+    policy_lr_end: float = 3e-5
+    """the policy learning rate after the linear decay"""
+    policy_lr_decay_start: int = 25000
+    """policy updates before the decay begins"""
+    policy_lr_decay_steps: int = 50000
+    """policy updates over which the learning rate decays linearly to --policy-lr-end"""
+    policy_frequency: int = 2
+    """updates between policy updates (the target networks are updated at the same ones)"""
+    alpha: float = 5.0
+    """initial temperature alpha"""
+    alpha_lr: float = 7e-3
+    """the learning rate of log alpha"""
+    alpha_frequency: int = 250
+    """updates between steps of log alpha"""
+    target_entropy_scale: float = 0.9
+    """target entropy of the exploration noise = -target_entropy_scale * action_dim"""
+    exploration_noise: float = 0.1
+    """std of the Gaussian exploration noise = exploration_noise * alpha (normalised actions)"""
+
+    num_diffusion_steps: int = 20
+    """T, the number of denoising steps per action (the reference: 20)"""
+    beta_schedule_scale: float = 0.8
+    """betas = scale * linspace(1e-4, 0.999, T)"""
+    num_particles: int = 32
+    """N, candidate actions per state; the one with the highest min-Q is taken (the reference: 32)"""
+    hidden_dim: int = 256
+    """width of the hidden layers of the Q networks and of the noise-prediction network"""
+    num_hidden_layers: int = 3
+    """hidden layers of the Q networks and of the noise-prediction network"""
+    num_reconstructions: int = 64
+    """M, reconstructions of the clean action per noised policy action (the reference: 64)"""
+
+
+def validate_args(args: Args) -> None:
+    """One clear ConfigError per impossible flag, before any environment or network is built."""
+    for flag, value in [("--num-envs", args.num_envs), ("--updates-per-iteration", args.updates_per_iteration),
+                        ("--batch-size", args.batch_size), ("--buffer-size", args.buffer_size),
+                        ("--policy-frequency", args.policy_frequency), ("--alpha-frequency", args.alpha_frequency),
+                        ("--num-diffusion-steps", args.num_diffusion_steps), ("--num-particles", args.num_particles),
+                        ("--hidden-dim", args.hidden_dim), ("--num-hidden-layers", args.num_hidden_layers),
+                        ("--checkpoint-frequency", args.checkpoint_frequency), ("--torch-threads", args.torch_threads),
+                        ("--policy-lr-decay-steps", args.policy_lr_decay_steps),
+                        ("--num-reconstructions", args.num_reconstructions)]:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
+    if args.batch_size > args.buffer_size:
+        raise ConfigError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
+                          "allowed: --batch-size <= --buffer-size.")
+    if args.learning_starts < args.batch_size:
+        raise ConfigError(f"--learning-starts {args.learning_starts} is below --batch-size {args.batch_size}; "
+                          "allowed: --learning-starts >= --batch-size (the first batch must exist).")
+    if args.total_timesteps <= args.learning_starts:
+        raise ConfigError(f"--total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
+    for flag, value in [("--alpha", args.alpha), ("--q-lr", args.q_lr), ("--policy-lr", args.policy_lr),
+                        ("--policy-lr-end", args.policy_lr_end), ("--alpha-lr", args.alpha_lr),
+                        ("--exploration-noise", args.exploration_noise), ("--reward-scale", args.reward_scale)]:
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} must be a positive number (got {value}).")
+    if not 0 < args.beta_schedule_scale <= 1:
+        raise ConfigError(f"--beta-schedule-scale must be in (0, 1] (got {args.beta_schedule_scale}).")
+    if args.policy_lr_decay_start < 0:
+        raise ConfigError(f"--policy-lr-decay-start must be >= 0 (got {args.policy_lr_decay_start}).")
+    for flag, value in [("--gamma", args.gamma), ("--tau", args.tau)]:
+        if not 0 < value <= 1:
+            raise ConfigError(f"{flag} must be in (0, 1] (got {value}).")
+    if not math.isfinite(args.target_entropy_scale):
+        raise ConfigError(f"--target-entropy-scale must be a number (got {args.target_entropy_scale}).")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The DDPM policy (epsilon prediction over the normalised action box [-1, 1]; docs/method.md §7)
+# ----------------------------------------------------------------------------------------------
+def mlp(input_dim: int, hidden_dim: int, num_hidden_layers: int, output_dim: int) -> nn.Sequential:
+    layers, width = [], input_dim
+    for _ in range(num_hidden_layers):
+        layers += [nn.Linear(width, hidden_dim), nn.Mish()]
+        width = hidden_dim
+    return nn.Sequential(*layers, nn.Linear(width, output_dim))
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int = 16, theta: float = 10000.0) -> torch.Tensor:
+    """[sin(t w_j), cos(t w_j)] / sqrt(dim) with w_j = theta^(-j / (dim/2)), j = 0..dim/2-1."""
+    frequencies = theta ** -(torch.arange(dim // 2, device=t.device, dtype=torch.float32) / (dim // 2))
+    angles = t.float()[:, None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1) / math.sqrt(dim)
+
+
+class NoisePredictor(nn.Module):
+    """eps_theta(s, x_t, t): an MLP on [s, x_t, embedding(t)], the embedding sinusoidal -> 32 -> Mish -> 16."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, num_hidden_layers: int, time_dim: int = 16):
+        super().__init__()
+        self.time_dim = time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim))
+        self.net = mlp(obs_dim + action_dim + time_dim, hidden_dim, num_hidden_layers, action_dim)
+
+    def forward(self, obs: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, x_t, self.time_mlp(sinusoidal_embedding(t, self.time_dim))], dim=-1))
+
+
+class DiffusionPolicy(nn.Module):
+    """The DDPM: forward marginal q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), t = 0..T-1, and its
+    reverse chain with the posterior q(x_{t-1} | x_t, x0_hat) around the predicted, clipped x0_hat."""
+
+    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, beta_schedule_scale: float,
+                 hidden_dim: int, num_hidden_layers: int):
+        super().__init__()
+        self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
+        self.noise_predictor = NoisePredictor(obs_dim, action_dim, hidden_dim, num_hidden_layers)
+        betas = beta_schedule_scale * torch.linspace(1e-4, 0.999, num_diffusion_steps, dtype=torch.float64)
+        alphas_cumprod = torch.cumprod(1 - betas, 0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
+        for name, value in [("betas", betas), ("alphas_cumprod", alphas_cumprod),
+                            ("posterior_std", posterior_variance.clamp(min=1e-20).sqrt()),
+                            ("posterior_mean_x0", betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod)),
+                            ("posterior_mean_xt", (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod))]:
+            self.register_buffer(name, value.float())
+
+    def q_sample(self, t: torch.Tensor, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, t broadcast over the last axis."""
+        abar = self.alphas_cumprod[t][..., None]
+        return abar.sqrt() * x_0 + (1 - abar).sqrt() * noise
+
+    def predict_x0(self, t: torch.Tensor, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The x_0 that q_sample would have turned into x_t with this noise: (x_t - sqrt(1 - abar_t) noise) / sqrt(abar_t)."""
+        abar = self.alphas_cumprod[t][..., None]
+        return (x_t - (1 - abar).sqrt() * noise) / abar.sqrt()
+
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """One action in [-1, 1] per observation through the T reverse steps (x_T ~ N(0, 0.25 I), as the reference)."""
+        x = 0.5 * torch.randn(obs.shape[0], self.action_dim, device=obs.device)
+        for t in range(self.num_diffusion_steps - 1, -1, -1):
+            steps = torch.full((obs.shape[0],), t, device=obs.device, dtype=torch.long)
+            x0_hat = self.predict_x0(steps, x, self.noise_predictor(obs, x, steps)).clamp(-1.0, 1.0)
+            x = self.posterior_mean_x0[t] * x0_hat + self.posterior_mean_xt[t] * x
+            if t > 0:
+                x = x + self.posterior_std[t] * torch.randn_like(x)
+        return x.clamp(-1.0, 1.0)
+
+
+class QNetwork(nn.Module):
+    """Q(s, a) on normalised actions, Mish layers (the reference's)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, num_hidden_layers: int):
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim, hidden_dim, num_hidden_layers, 1)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+
+
+class Agent(nn.Module):
+    """The policy, the two critics that pick the best of N candidates, and a = c + h x for x in [-1, 1]."""
+
+    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
+                 num_diffusion_steps: int = 20, beta_schedule_scale: float = 0.8, num_particles: int = 32,
+                 hidden_dim: int = 256, num_hidden_layers: int = 3):
+        super().__init__()
+        self.num_particles = num_particles
+        self.policy = DiffusionPolicy(obs_dim, action_dim, num_diffusion_steps, beta_schedule_scale, hidden_dim, num_hidden_layers)
+        self.qf1 = QNetwork(obs_dim, action_dim, hidden_dim, num_hidden_layers)
+        self.qf2 = QNetwork(obs_dim, action_dim, hidden_dim, num_hidden_layers)
+        low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_half_width", (high - low) / 2)
+        self.register_buffer("exploration_std", torch.tensor(0.0))  # --exploration-noise * alpha, set by training
+
+    def min_q(self, obs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.min(self.qf1(obs, x), self.qf2(obs, x))
+
+    def best_of_n(self, obs: torch.Tensor) -> torch.Tensor:
+        """x in [-1, 1]: of N chains per state, the one with the highest min_i Q_i(s, x)."""
+        batch, n = obs.shape[0], self.num_particles
+        repeated_obs = obs.repeat_interleave(n, 0)
+        candidates = self.policy.sample(repeated_obs)
+        best = self.min_q(repeated_obs, candidates).view(batch, n).argmax(1)
+        return candidates.view(batch, n, -1)[torch.arange(batch, device=obs.device), best]
+
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """The executed (normalised) action: best of N plus N(0, exploration_std^2) noise, clipped to [-1, 1]."""
+        x = self.best_of_n(obs)
+        return (x + self.exploration_std * torch.randn_like(x)).clamp(-1.0, 1.0)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        return self.action_center + self.action_half_width * x
+
+    @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """deterministic: best of N without exploration noise (the chains stay random, as in the reference)."""
+        return self.scale(self.best_of_n(obs) if deterministic else self.explore(obs))
+
+
+class ReplayBuffer:
+    """Transitions (s, x, r, s', terminated), x the executed action normalised to [-1, 1]; s' the state reached."""
+
+    def __init__(self, buffer_size: int, obs_dim: int, action_dim: int, device: torch.device):
+        self.obs = torch.zeros((buffer_size, obs_dim), device=device)
+        self.next_obs = torch.zeros((buffer_size, obs_dim), device=device)
+        self.actions = torch.zeros((buffer_size, action_dim), device=device)
+        self.rewards = torch.zeros(buffer_size, device=device)
+        self.terminations = torch.zeros(buffer_size, device=device)
+        self.buffer_size, self.position, self.size, self.device = buffer_size, 0, 0, device
+
+    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
+        rows = (self.position + torch.arange(len(obs), device=self.device)) % self.buffer_size
+        for storage, values in ((self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
+                               (self.rewards, rewards), (self.terminations, terminations)):
+            storage[rows] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+        self.position = (self.position + len(obs)) % self.buffer_size
+        self.size = min(self.size + len(obs), self.buffer_size)
+
+    def sample(self, batch_size: int):
+        index = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminations[index]
+
+
+def sdac_policy_loss(agent: Agent, obs: torch.Tensor, actions: torch.Tensor, alpha: float, alpha_initial: float,
+                     num_reconstructions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E[sum_m w_m ||eps_theta(s, x_t, t) - eps_m||^2] / M, weights [B, M]) for policy actions a at states s."""
+    policy, batch, action_dim = agent.policy, obs.shape[0], actions.shape[1]
+    t = torch.randint(0, policy.num_diffusion_steps, (batch,), device=obs.device)
+    x_t = policy.q_sample(t, actions, torch.randn_like(actions))  # the noised policy action
+    with torch.no_grad():
+        noise = torch.randn(batch, num_reconstructions, action_dim, device=obs.device)  # eps_m
+        reconstructions = policy.predict_x0(t[:, None], x_t[:, None], noise).clamp(-1.0, 1.0)  # x0_m, [B, M, d]
+        min_q = agent.min_q(obs.repeat_interleave(num_reconstructions, 0), reconstructions.reshape(-1, action_dim))
+        weights = torch.softmax(min_q.view(batch, num_reconstructions) * alpha_initial / alpha, dim=1)
+    predicted = policy.noise_predictor(obs, x_t, t)  # the same input for the M reconstructions: computed once
+    return (weights[:, :, None] * (predicted[:, None] - noise) ** 2).mean(), weights
+
+
+def exploration_entropy(alpha: float, exploration_noise: float, action_dim: int) -> float:
+    """Entropy of N(0, sigma^2 I_d), sigma = exploration_noise * alpha: the proxy that alpha's tuning drives to target."""
+    return 0.5 * action_dim * math.log(2 * math.pi * math.e * (exploration_noise * alpha) ** 2)
+
+
+def policy_learning_rate(args: Args, policy_updates: int) -> float:
+    """--policy-lr, then linear to --policy-lr-end over --policy-lr-decay-steps from --policy-lr-decay-start."""
+    progress = min(max(policy_updates - args.policy_lr_decay_start, 0) / args.policy_lr_decay_steps, 1.0)
+    return args.policy_lr + (args.policy_lr_end - args.policy_lr) * progress
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    validate_args(args)
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    if checkpoint and checkpoint.get("script") != "peers.sdac":
+        raise ConfigError(f"--resume {args.resume}: a checkpoint of {checkpoint.get('script')}, not of peers/sdac.py.")
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
+    action_center, action_half_width = (action_high + action_low) / 2, (action_high - action_low) / 2
+    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=action_low.tolist(), action_high=action_high.tolist(),
+                        num_diffusion_steps=args.num_diffusion_steps, beta_schedule_scale=args.beta_schedule_scale,
+                        num_particles=args.num_particles, hidden_dim=args.hidden_dim, num_hidden_layers=args.num_hidden_layers)
+    agent = Agent(**agent_kwargs).to(device)
+    qf1_target, qf2_target = QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device), \
+        QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device)
+    qf1_target.load_state_dict(agent.qf1.state_dict())
+    qf2_target.load_state_dict(agent.qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(agent.qf1.parameters()) + list(agent.qf2.parameters()), lr=args.q_lr)
+    policy_optimizer = torch.optim.Adam(agent.policy.parameters(), lr=args.policy_lr)
+    log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    target_entropy = -args.target_entropy_scale * action_dim
+    obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # no normalisation (the reference's); for common.evaluation
+    global_step, learning_starts, updates, policy_updates = 0, args.learning_starts, 0, 0
+    modules = {"qf1_target": qf1_target, "qf2_target": qf2_target, "q_optimizer": q_optimizer,
+               "policy_optimizer": policy_optimizer, "alpha_optimizer": alpha_optimizer}
+    if checkpoint:
+        if checkpoint["agent_kwargs"] != agent_kwargs:
+            raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint['agent_kwargs']}) differs "
+                              "from the flags given; allowed: the same --env-id, --num-diffusion-steps, --beta-schedule-scale, "
+                              "--num-particles, --hidden-dim, --num-hidden-layers.")
+        agent.load_state_dict(checkpoint["agent"])
+        for name, module in modules.items():
+            module.load_state_dict(checkpoint[name])
+        with torch.no_grad():
+            log_alpha.fill_(checkpoint["log_alpha"])
+        global_step, updates, policy_updates = checkpoint["global_step"], checkpoint["updates"], checkpoint["policy_updates"]
+        learning_starts = global_step + args.learning_starts  # refill the (unsaved) replay buffer first
+        print(f"resumed {run_name} at step {global_step}; updates restart after {args.learning_starts} more steps")
+    alpha = log_alpha.exp().item()
+    agent.exploration_std.fill_(args.exploration_noise * alpha)
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+
+    def checkpoint_state() -> dict:
+        return {"script": "peers.sdac", "args": asdict(args), "agent_kwargs": agent_kwargs, "run_name": run_name,
+                "agent": agent.state_dict(), **{name: module.state_dict() for name, module in modules.items()},
+                "obs_normalizer": obs_normalizer.state_dict(), "log_alpha": log_alpha.item(), "updates": updates, "policy_updates": policy_updates, "global_step": global_step}
+
+    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
+    start_time, start_step, session_updates, last_print = time.time(), global_step, 0, global_step
+    recent_returns = deque(maxlen=10)
+    obs, _ = envs.reset(seed=args.seed)
+    qf1_values = qf1_loss = qf2_loss = actor_loss = weights = torch.tensor(float("nan"))
+    next_checkpoint = global_step + args.checkpoint_frequency
+
+    while global_step < args.total_timesteps:
+        global_step += args.num_envs
+        if global_step <= learning_starts and not checkpoint:
+            x = (envs.action_space.sample() - action_center) / action_half_width  # uniform, normalised
+        else:
+            with torch.inference_mode():
+                x = agent.explore(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        next_obs, rewards, terminations, truncations, infos = envs.step(action_center + action_half_width * x)
+        replay_buffer.add(obs, true_next_observations(next_obs, infos), x, rewards, terminations)
+        for episode_return, episode_length in finished_episodes(infos):
+            recent_returns.append(episode_return)
+            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+        obs = next_obs
+
+        for _ in range(args.updates_per_iteration if global_step > learning_starts else 0):
+            if session_updates == 0:
+                update_start_time = time.time()
+            updates, session_updates = updates + 1, session_updates + 1
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = replay_buffer.sample(args.batch_size)
+            with torch.no_grad():
+                # y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'), a' drawn as an executed action.
+                next_actions = agent.explore(b_next_obs)
+                next_min_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
+                target_q = args.reward_scale * b_rewards + args.gamma * (1.0 - b_terminations) * next_min_q
+            qf1_values, qf2_values = agent.qf1(b_obs, b_actions), agent.qf2(b_obs, b_actions)
+            qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
+            if not torch.isfinite(qf1_loss + qf2_loss):
+                raise TrainingDiverged(f"critic loss is {(qf1_loss + qf2_loss).item()} at step {global_step}. "
+                                       + (f"Last checkpoint: {model_path}" if args.save_model else "Use --save-model to keep checkpoints."))
+            q_optimizer.zero_grad()
+            (qf1_loss + qf2_loss).backward()
+            q_optimizer.step()
+
+            if (updates - 1) % args.policy_frequency == 0:
+                with torch.no_grad():
+                    policy_actions = agent.explore(b_obs)  # a ~ pi at the replayed states, drawn as executed actions
+                actor_loss, weights = sdac_policy_loss(agent, b_obs, policy_actions, alpha, args.alpha, args.num_reconstructions)
+                if not torch.isfinite(actor_loss):
+                    raise TrainingDiverged(f"actor loss is {actor_loss.item()} at step {global_step}.")
+                policy_updates += 1
+                policy_optimizer.param_groups[0]["lr"] = policy_learning_rate(args, policy_updates - 1)
+                policy_optimizer.zero_grad()
+                actor_loss.backward()
+                policy_optimizer.step()
+                for network, target in ((agent.qf1, qf1_target), (agent.qf2, qf2_target)):
+                    for param, target_param in zip(network.parameters(), target.parameters()):
+                        target_param.data.lerp_(param.data, args.tau)
+            if (updates - 1) % args.alpha_frequency == 0:
+                # d/d log(alpha) of -log(alpha) (target - H): alpha falls while the noise's entropy H is above target.
+                loss_alpha = -log_alpha * (target_entropy - exploration_entropy(alpha, args.exploration_noise, action_dim))
+                alpha_optimizer.zero_grad()
+                loss_alpha.backward()
+                alpha_optimizer.step()
+                alpha = log_alpha.exp().item()
+                agent.exploration_std.fill_(args.exploration_noise * alpha)
+
+        if global_step - last_print >= 1000 or global_step >= args.total_timesteps:
+            last_print = global_step
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            updates_per_second = session_updates / (time.time() - update_start_time) if session_updates else 0.0
+            writer.add_scalar("charts/SPS", sps, global_step)
+            recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
+            entropy = exploration_entropy(alpha, args.exploration_noise, action_dim)
+            print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
+                  f"| exploration entropy {entropy:7.2f} | alpha {alpha:.2e} | SPS {sps} "
+                  f"| updates/s {updates_per_second:.1f}", flush=True)
+            if session_updates:
+                for tag, value in [("charts/updates_per_second", updates_per_second), ("charts/alpha", alpha),
+                                   ("charts/exploration_entropy", entropy),
+                                   ("charts/weights_max_per_state", weights.max(dim=-1).values.mean().item()),
+                                   ("losses/qf1_values", qf1_values.mean().item()), ("losses/qf1_loss", qf1_loss.item()),
+                                   ("losses/qf2_loss", qf2_loss.item()), ("losses/qf_loss", (qf1_loss + qf2_loss).item() / 2),
+                                   ("losses/actor_loss", actor_loss.item())]:
+                    writer.add_scalar(tag, value, global_step)
+        if args.save_model and global_step >= next_checkpoint:
+            next_checkpoint += args.checkpoint_frequency
+            save_checkpoint(model_path, checkpoint_state())
+
+    envs.close()
+    if args.save_model:
+        save_checkpoint(model_path, checkpoint_state())
+        print(f"model saved to {model_path}")
+        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
+        for index, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, index)
+        print(f"evaluation ({args.eval_episodes} episodes, best of N without exploration noise): "
+              f"mean return {np.mean(returns):.2f}")
+    writer.close()
+
+
+if __name__ == "__main__":
+    try:
+        run_cli(main, SCRIPT_NAME)
+    except TrainingDiverged as error:
+        print(f"{SCRIPT_NAME}: training diverged: {error}", file=sys.stderr)
+        sys.exit(1)
