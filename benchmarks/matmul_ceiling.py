@@ -10,7 +10,8 @@ times each distinct shape on its own, plain and contiguous, on the same machine 
 - flops: 2 m n k summed over every product of the run (multiply-adds counted as two);
 - matmul_seconds: the time those products take back to back with nothing else;
 - split into "acting" (products run forward, without gradient, on a batch of --num-envs rows:
-  choosing actions during the rollout) and "learning" (everything else: targets, losses, backward).
+  choosing actions during the rollout) and "learning" (everything else: targets, losses, backward;
+  the peers' acting, N candidates per environment, falls here too).
 
 benchmarks/throughput.py divides these by a normal run's wall-clock: flops / seconds is the
 achieved floating-point rate, matmul_seconds / seconds the share of the run that is arithmetic.

@@ -9,7 +9,8 @@ Rows, all measured here, one after the other, one torch thread (OMP_NUM_THREADS=
 - the script at each K: ``python SCRIPT --env-id ENV --num-diffusion-steps K --total-timesteps N``
   (rollouts and updates, as in training), the last SPS it prints and, where it prints them
   (off-policy and REPPO scripts), its gradient updates per second;
-- its Gaussian twin (baselines/), same flags without K: what the diffusion costs.
+- its Gaussian twin (baselines/), same flags without K: what the diffusion costs; for the peers
+  (peers/dpmd.py, peers/sdac.py) DiffSAC at its default K instead, the script they are compared with.
 
 With --ceiling (the default) each run is repeated once in-process under
 benchmarks/matmul_ceiling.py, which records the shape of every matrix product of the run and
@@ -37,7 +38,7 @@ sys.path.insert(0, REPO_ROOT)
 from common.envs import make_vector_env  # noqa: E402
 
 TWIN = {"diffppo.py": "baselines/ppo.py", "diffsac.py": "baselines/sac.py", "diffwpo.py": "baselines/wpo.py",
-        "diffreppo.py": "baselines/reppo.py"}
+        "diffreppo.py": "baselines/reppo.py", "peers/dpmd.py": "diffsac.py", "peers/sdac.py": "diffsac.py"}
 THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -51,14 +52,16 @@ class Args:
     """the numbers of diffusion steps to measure"""
     total_timesteps: int = 10240
     """environment steps of each measured run"""
-    num_envs: int = 1
-    """parallel environments"""
+    num_envs: int | None = None
+    """parallel environments (default: each script's own default, 1 for ours, 5 for the peers)"""
     random_steps: int = 20000
     """environment steps of the random-action ceiling"""
     extra: str = ""
     """extra flags for the script and its twin (e.g. "--learning-starts 5000")"""
     twin: bool = True
-    """also measure the script's Gaussian twin from baselines/"""
+    """also measure the script's Gaussian twin from baselines/ (DiffSAC for the peers)"""
+    twin_extra: str | None = None
+    """extra flags for the twin instead of --extra (e.g. when --extra holds flags only the script has)"""
     ceiling: bool = True
     """also record every run's matrix products and time them alone (repeats each run in-process, slower)"""
 
@@ -74,10 +77,11 @@ def random_action_rate(env_id: str, num_envs: int, steps: int) -> float:
     return rate
 
 
-def script_flags(args: Args, num_diffusion_steps: int | None) -> list[str]:
+def script_flags(args: Args, num_diffusion_steps: int | None, extra: str) -> list[str]:
     k_flags = [] if num_diffusion_steps is None else ["--num-diffusion-steps", str(num_diffusion_steps)]
-    return ["--env-id", args.env_id, *k_flags, "--total-timesteps", str(args.total_timesteps),
-            "--num-envs", str(args.num_envs), "--exp-name", "throughput", *args.extra.split()]
+    env_flags = [] if args.num_envs is None else ["--num-envs", str(args.num_envs)]
+    return ["--env-id", args.env_id, *k_flags, "--total-timesteps", str(args.total_timesteps), *env_flags,
+            "--exp-name", "throughput", *extra.split()]
 
 
 def script_rate(script: str, flags: list[str]) -> tuple[float, float | None]:
@@ -111,16 +115,18 @@ def main() -> None:
         raise SystemExit(f"--script {args.script}: allowed: {', '.join(TWIN)}")
     if not args.ks or min(args.ks) < 1:
         raise SystemExit(f"--ks {args.ks}: give one or more K >= 1")
-    runs = [(f"{args.script} K={k}", args.script, script_flags(args, k)) for k in args.ks]
+    runs = [(f"{args.script} K={k}", args.script, script_flags(args, k, args.extra)) for k in args.ks]
     if args.twin:
-        runs.append((f"{TWIN[args.script]} (Gaussian twin)", TWIN[args.script], script_flags(args, None)))
-    ceiling = random_action_rate(args.env_id, args.num_envs, args.random_steps)
+        label = "(Gaussian twin)" if TWIN[args.script].startswith("baselines/") else "(default K)"
+        twin_extra = args.extra if args.twin_extra is None else args.twin_extra
+        runs.append((f"{TWIN[args.script]} {label}", TWIN[args.script], script_flags(args, None, twin_extra)))
+    ceiling = random_action_rate(args.env_id, args.num_envs or 1, args.random_steps)
     rows = []
     for name, script, flags in runs:
         rate, updates = script_rate(script, flags)
         profile = matmul_profile(script, flags) if args.ceiling else None
         rows.append((name, rate, updates, profile))
-    print(f"\n{args.env_id}, {args.num_envs} env(s), {args.total_timesteps} steps per run, extra flags: "
+    print(f"\n{args.env_id}, {args.num_envs or 'default'} env(s), {args.total_timesteps} steps per run, extra flags: "
           f"{args.extra or '-'}, torch threads 1")
     print("| run | env steps/s (whole run) | gradient updates/s | achieved GFLOP/s | same products alone, GFLOP/s "
           "| share of the run in products |\n|---|---|---|---|---|---|")

@@ -44,7 +44,8 @@ if REPO_ROOT not in sys.path:  # `python common/benchmark.py` as well as `python
 
 from common.envs import ConfigError, check_env_id, run_cli  # noqa: E402
 
-KNOWN_SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "baselines/ppo.py", "baselines/sac.py", "baselines/wpo.py"]
+KNOWN_SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "diffreppo.py", "baselines/ppo.py", "baselines/sac.py",
+                 "baselines/wpo.py", "baselines/reppo.py", "peers/dpmd.py", "peers/sdac.py"]
 
 
 @dataclass

@@ -77,13 +77,20 @@ class Args:
     """checkpoints to analyse without training (their env id must be --env-id)"""
 
 
-def fixed_temperature_flags(script: str) -> list[str]:
+def fixed_temperature_flags(script: str, alpha: float) -> list[str]:
     """Flags that keep alpha at --alpha and make it act on the raw reward.
 
     The REPPO scripts also tune alpha and learn a categorical critic: they get --no-autotune and a value
     range for the raw returns of these tasks (down to -20: r(a) is very negative only far from every mode).
+    The peers (DPMD, SDAC) scale rewards by --reward-scale and divide Q by alpha / alpha_0 with alpha_0 the
+    initial alpha: with alpha fixed at alpha_0 and rewards scaled by 1/alpha, SDAC's softmax weights target
+    pi* ~ exp(r / alpha) on a bandit (Q = scaled r), the target the other scripts are measured against.
+    DPMD standardises Q, so no flag gives it that target (its mirror-descent step sharpens toward the
+    maximisers of Q); it gets the same flags.
     """
     name = os.path.basename(script)
+    if name in ("dpmd.py", "sdac.py"):
+        return ["--no-autotune", "--reward-scale", repr(1.0 / alpha)]
     if "reppo" in name:
         return ["--no-norm-reward", "--no-autotune", "--v-min", "-20", "--v-max", "10", "--num-bins", "301"]
     return ["--no-norm-reward"] if name.endswith("ppo.py") else ["--no-autotune"]
@@ -96,7 +103,7 @@ def train(args: Args, seed: int) -> str:
     workdir = os.path.abspath(args.workdir)
     command = [sys.executable, script, "--env-id", args.env_id, "--seed", str(seed), "--exp-name", exp_name,
                "--total-timesteps", str(args.total_timesteps), "--alpha", str(args.alpha), "--save-model",
-               "--eval-episodes", "1", *fixed_temperature_flags(script), *shlex.split(args.extra)]
+               "--eval-episodes", "1", *fixed_temperature_flags(script, args.alpha), *shlex.split(args.extra)]
     key = f"{args.env_id}__{exp_name}__{seed}"
     log_dir = os.path.join(workdir, "benchmark_logs")
     run = Run(script, args.env_id, seed, exp_name, command, workdir, os.path.join(log_dir, f"{key}.log"),

@@ -4,7 +4,7 @@
     python -m peers.dpmd --env-id Hopper-v4
 
 A peer, not a DA-MDP method: the policy is a DDPM that predicts the noise, trained without any
-likelihood by denoising score matching reweighted by the critic (docs/method.md §7). Per update:
+likelihood by denoising score matching reweighted by the critic (docs/method.md §6). Per update:
 - critic: twin Q(s, a) with target networks, y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'),
   a' drawn like an executed action (below), no entropy term; s_r = --reward-scale;
 - actor (every --policy-frequency updates): for the same (s', a'), with Q = min_i Q_i(s', a') and
@@ -116,6 +116,8 @@ class Args:
     """updates between policy updates (the target networks are updated at the same ones)"""
     alpha: float = 5.0
     """initial temperature alpha"""
+    autotune: bool = True
+    """tune alpha toward the target entropy of the exploration noise (--no-autotune: alpha stays --alpha)"""
     alpha_lr: float = 7e-3
     """the learning rate of log alpha"""
     alpha_frequency: int = 250
@@ -182,7 +184,7 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------
-# The DDPM policy (epsilon prediction over the normalised action box [-1, 1]; docs/method.md §7)
+# The DDPM policy (epsilon prediction over the normalised action box [-1, 1]; docs/method.md §6)
 # ----------------------------------------------------------------------------------------------
 def mlp(input_dim: int, hidden_dim: int, num_hidden_layers: int, output_dim: int) -> nn.Sequential:
     layers, width = [], input_dim
@@ -477,7 +479,7 @@ def main() -> None:
                         target_param.data.lerp_(param.data, args.tau)
             q_mean += args.q_stats_rate * (min_q.mean().item() - q_mean)
             q_std += args.q_stats_rate * (min_q.std().item() - q_std)
-            if (updates - 1) % args.alpha_frequency == 0:
+            if args.autotune and (updates - 1) % args.alpha_frequency == 0:
                 # d/d log(alpha) of -log(alpha) (target - H): alpha falls while the noise's entropy H is above target.
                 loss_alpha = -log_alpha * (target_entropy - exploration_entropy(alpha, args.exploration_noise, action_dim))
                 alpha_optimizer.zero_grad()

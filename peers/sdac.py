@@ -4,7 +4,7 @@
     python -m peers.sdac --env-id Hopper-v4
 
 A peer, not a DA-MDP method: the policy is a DDPM that predicts the noise, trained without any
-likelihood by denoising score matching reweighted by the critic (docs/method.md §7). Per update:
+likelihood by denoising score matching reweighted by the critic (docs/method.md §6). Per update:
 - critic: twin Q(s, a) with target networks, y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'),
   a' drawn like an executed action (below), no entropy term; s_r = --reward-scale;
 - actor (every --policy-frequency updates): a policy action a at s is noised to a random time t,
@@ -120,6 +120,8 @@ class Args:
     """updates between policy updates (the target networks are updated at the same ones)"""
     alpha: float = 5.0
     """initial temperature alpha"""
+    autotune: bool = True
+    """tune alpha toward the target entropy of the exploration noise (--no-autotune: alpha stays --alpha)"""
     alpha_lr: float = 7e-3
     """the learning rate of log alpha"""
     alpha_frequency: int = 250
@@ -184,7 +186,7 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------
-# The DDPM policy (epsilon prediction over the normalised action box [-1, 1]; docs/method.md §7)
+# The DDPM policy (epsilon prediction over the normalised action box [-1, 1]; docs/method.md §6)
 # ----------------------------------------------------------------------------------------------
 def mlp(input_dim: int, hidden_dim: int, num_hidden_layers: int, output_dim: int) -> nn.Sequential:
     layers, width = [], input_dim
@@ -473,7 +475,7 @@ def main() -> None:
                 for network, target in ((agent.qf1, qf1_target), (agent.qf2, qf2_target)):
                     for param, target_param in zip(network.parameters(), target.parameters()):
                         target_param.data.lerp_(param.data, args.tau)
-            if (updates - 1) % args.alpha_frequency == 0:
+            if args.autotune and (updates - 1) % args.alpha_frequency == 0:
                 # d/d log(alpha) of -log(alpha) (target - H): alpha falls while the noise's entropy H is above target.
                 loss_alpha = -log_alpha * (target_entropy - exploration_entropy(alpha, args.exploration_noise, action_dim))
                 alpha_optimizer.zero_grad()

@@ -187,7 +187,11 @@ def test_strict_coverage_rejects_a_broad_bump_that_the_share_rule_accepts():
 
 def test_every_script_gets_flags_that_fix_the_temperature_on_the_raw_reward():
     from common.multimodal import fixed_temperature_flags
-    assert fixed_temperature_flags("diffsac.py") == ["--no-autotune"]
-    assert fixed_temperature_flags("baselines/ppo.py") == ["--no-norm-reward"]
-    reppo = fixed_temperature_flags("diffreppo.py")
+    assert fixed_temperature_flags("diffsac.py", 0.2) == ["--no-autotune"]
+    assert fixed_temperature_flags("baselines/ppo.py", 0.2) == ["--no-norm-reward"]
+    reppo = fixed_temperature_flags("diffreppo.py", 0.2)
     assert "--no-norm-reward" in reppo and "--no-autotune" in reppo and "--v-min" in reppo
+    # the peers: rewards scaled by 1/alpha, so that SDAC's softmax of Q * alpha_0 / alpha (alpha = alpha_0) is exp(r / alpha)
+    for script in ("peers/sdac.py", "peers/dpmd.py"):
+        flags = fixed_temperature_flags(script, 0.25)
+        assert flags[:1] == ["--no-autotune"] and float(flags[flags.index("--reward-scale") + 1]) == 4.0
