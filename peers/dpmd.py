@@ -165,7 +165,7 @@ def validate_args(args: Args) -> None:
     for flag, value in [("--alpha", args.alpha), ("--q-lr", args.q_lr), ("--policy-lr", args.policy_lr),
                         ("--policy-lr-end", args.policy_lr_end), ("--alpha-lr", args.alpha_lr),
                         ("--exploration-noise", args.exploration_noise), ("--reward-scale", args.reward_scale),
-                        ("--q-clip", args.q_clip), ("--q-stats-rate", args.q_stats_rate)]:
+                        ("--q-clip", args.q_clip)]:
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{flag} must be a positive number (got {value}).")
     if not 0 < args.beta_schedule_scale <= 1:

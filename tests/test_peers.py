@@ -34,23 +34,26 @@ def test_forward_marginal_is_the_composition_of_the_noising_kernels(module):
         torch.testing.assert_close(x_t, (coef * x_0 + math.sqrt(var) * noise).float(), rtol=1e-5, atol=1e-6)
 
 
-def test_forward_marginal_samples_have_the_stated_mean_and_variance():
-    policy, t = make_policy(), torch.full((200000,), 7)
+@pytest.mark.parametrize("module", [dpmd, sdac])  # the two scripts carry copies of the DDPM
+def test_forward_marginal_samples_have_the_stated_mean_and_variance(module):
+    policy, t = make_policy(module), torch.full((200000,), 7)
     x_t = policy.q_sample(t, torch.full((200000, 2), 0.5), torch.randn(200000, 2))
     abar = policy.alphas_cumprod[7]
     assert abs(x_t.mean().item() - 0.5 * abar.sqrt().item()) < 0.01
     assert abs(x_t.var().item() - (1 - abar).item()) < 0.01
 
 
-def test_x0_reconstruction_inverts_the_forward_noising():
-    policy = make_policy()
+@pytest.mark.parametrize("module", [dpmd, sdac])  # the two scripts carry copies of the DDPM
+def test_x0_reconstruction_inverts_the_forward_noising(module):
+    policy = make_policy(module)
     t, x_0, noise = torch.arange(20), torch.rand(20, 2) * 2 - 1, torch.randn(20, 2)
     torch.testing.assert_close(policy.predict_x0(t, policy.q_sample(t, x_0, noise), noise), x_0, rtol=1e-4, atol=1e-4)
 
 
-def test_posterior_coefficients_are_bayes_rule_for_the_previous_step():
+@pytest.mark.parametrize("module", [dpmd, sdac])  # the two scripts carry copies of the DDPM
+def test_posterior_coefficients_are_bayes_rule_for_the_previous_step(module):
     """q(x_{t-1} | x_t, x_0) ~ N(x_t; sqrt(1-b_t) x_{t-1}, b_t) N(x_{t-1}; sqrt(abar_{t-1}) x_0, 1 - abar_{t-1})."""
-    policy = make_policy()
+    policy = make_policy(module)
     betas = (0.8 * torch.linspace(1e-4, 0.999, 20, dtype=torch.float64))
     abar = torch.cumprod(1 - betas, 0)
     for t in range(1, 20):
@@ -63,10 +66,11 @@ def test_posterior_coefficients_are_bayes_rule_for_the_previous_step():
     assert policy.posterior_mean_x0[0].item() == pytest.approx(1.0) and policy.posterior_mean_xt[0].item() == 0.0
 
 
-def test_reverse_chain_with_the_oracle_noise_predictor_returns_the_data_point():
+@pytest.mark.parametrize("module", [dpmd, sdac])  # the two scripts carry copies of the DDPM
+def test_reverse_chain_with_the_oracle_noise_predictor_returns_the_data_point(module):
     """For data at one point c the exact predictor is eps(x_t, t) = (x_t - sqrt(abar_t) c) / sqrt(1 - abar_t);
     then every predicted x_0 is c and the last step (t = 0, no noise) lands on c exactly."""
-    policy, c = make_policy(), torch.tensor([0.4, -0.9])
+    policy, c = make_policy(module), torch.tensor([0.4, -0.9])
 
     class Oracle(torch.nn.Module):
         def forward(self, obs, x_t, t):
@@ -77,8 +81,9 @@ def test_reverse_chain_with_the_oracle_noise_predictor_returns_the_data_point():
     torch.testing.assert_close(policy.sample(torch.zeros(64, 3)), c.expand(64, 2), rtol=0, atol=1e-5)
 
 
-def test_sampled_actions_stay_in_the_box():
-    actions = make_policy().sample(torch.randn(500, 3))
+@pytest.mark.parametrize("module", [dpmd, sdac])  # the two scripts carry copies of the DDPM
+def test_sampled_actions_stay_in_the_box(module):
+    actions = make_policy(module).sample(torch.randn(500, 3))
     assert actions.min() >= -1 and actions.max() <= 1 and actions.std() > 0
 
 
