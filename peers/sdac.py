@@ -20,11 +20,20 @@ Acting: N candidate actions from the T-step reverse chain (x_T ~ N(0, 0.25 I), t
 tracks -target_entropy_scale * d (a proxy: the policy's own entropy is never computed).
 
 The reference (github.com/mahaitongdae/diffusion_policy_online_rl, relax/algorithm/sdac.py, run by
-scripts/train_mujoco.py) is followed in everything (networks: 3 x 256 Mish layers and a 16-d sinusoidal
+scripts/train_mujoco.py) uses: networks: 3 x 256 Mish layers and a 16-d sinusoidal
 time embedding; T = 20, linear betas 0.8 * linspace(1e-4, 0.999, T); N = 32; M = 64; 5 envs, one update
 per vector step; alpha_0 = 5, its Adam step every 250 updates; Q and policy learning rate 3e-4, the
 policy's decaying linearly to 3e-5 between its 25,000th and 75,000th step; reward scale 0.2; tau 0.005
-every 2 updates) except:
+every 2 updates.
+The defaults keep its networks, schedules and learning rates and differ where its settings are made for
+1M steps on a GPU and neither learn nor run at the budgets of a CPU (docs/benchmarks.md, "Peers"):
+one environment, so one update per environment step (the reference: 5 envs, one update per 5 steps);
+log alpha stepped every update (the reference: every 250 updates; in 10k steps it took alpha from 5
+only to 4.8); T = 10 and N = 4 (the reference: 20 and 32, 16 times the computation per action and per
+critic target); M = 16 (the reference: 64). The reference's settings are one command line away:
+    python peers/sdac.py --env-id Hopper-v4 --num-envs 5 --alpha-frequency 250 --num-diffusion-steps 20 \
+        --num-particles 32 --num-reconstructions 64 --learning-starts 30000
+Beyond these defaults, the script differs from the reference in:
 - eps_theta(s, x_t, t) is computed once per state: its input is the same for the M reconstructions
   (the reference evaluates it M times on repeated inputs; the loss is the same).
 - The policy action a is drawn only at the updates that train the policy (the reference draws it at
@@ -90,8 +99,8 @@ class Args:
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
     """total environment steps of the experiment"""
-    num_envs: int = 5
-    """the number of parallel game environments (the reference: 5)"""
+    num_envs: int = 1
+    """the number of parallel game environments; one update per vector step (the reference: 5)"""
     updates_per_iteration: int = 1
     """gradient updates per vector step (the reference: 1, i.e. one update per 5 environment steps)"""
     buffer_size: int = 1000000
@@ -124,24 +133,24 @@ class Args:
     """tune alpha toward the target entropy of the exploration noise (--no-autotune: alpha stays --alpha)"""
     alpha_lr: float = 7e-3
     """the learning rate of log alpha"""
-    alpha_frequency: int = 250
-    """updates between steps of log alpha"""
+    alpha_frequency: int = 1
+    """updates between steps of log alpha (the reference: 250)"""
     target_entropy_scale: float = 0.9
     """target entropy of the exploration noise = -target_entropy_scale * action_dim"""
     exploration_noise: float = 0.1
     """std of the Gaussian exploration noise = exploration_noise * alpha (normalised actions)"""
 
-    num_diffusion_steps: int = 20
+    num_diffusion_steps: int = 10
     """T, the number of denoising steps per action (the reference: 20)"""
     beta_schedule_scale: float = 0.8
     """betas = scale * linspace(1e-4, 0.999, T)"""
-    num_particles: int = 32
+    num_particles: int = 4
     """N, candidate actions per state; the one with the highest min-Q is taken (the reference: 32)"""
     hidden_dim: int = 256
     """width of the hidden layers of the Q networks and of the noise-prediction network"""
     num_hidden_layers: int = 3
     """hidden layers of the Q networks and of the noise-prediction network"""
-    num_reconstructions: int = 64
+    num_reconstructions: int = 16
     """M, reconstructions of the clean action per noised policy action (the reference: 64)"""
 
 
