@@ -9,19 +9,22 @@ import numpy as np
 
 
 def read_scalars(run_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of ``tag`` over every event file in ``run_dir``, sorted by step."""
+    """(steps, values) of ``tag`` over every event file in ``run_dir``, sorted by step.
+
+    The files are read in order as one log, so a resumed run's purge (SummaryWriter's purge_step:
+    the events an interrupted run logged after its last checkpoint) is applied: one curve.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    steps, values = [], []
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        accumulator = EventAccumulator(path, size_guidance={"scalars": 0})
-        accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
-            for event in accumulator.Scalars(tag):
-                steps.append(event.step)
-                values.append(event.value)
+    if not glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        return np.asarray([], dtype=np.int64), np.asarray([], dtype=np.float64)
+    accumulator = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    accumulator.Reload()
+    events = accumulator.Scalars(tag) if tag in accumulator.Tags()["scalars"] else []
+    steps = np.asarray([event.step for event in events], dtype=np.int64)
+    values = np.asarray([event.value for event in events], dtype=np.float64)
     order = np.argsort(steps, kind="stable")
-    return np.asarray(steps)[order], np.asarray(values, dtype=np.float64)[order]
+    return steps[order], values[order]
 
 
 def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:

@@ -1,0 +1,226 @@
+"""The plumbing of a run that every training script shares: its flags, its folder, its end.
+
+- ``parse_args``: the command line, checked before any work. With ``--resume PATH`` the run's
+  saved configuration is the starting point: only the flags in ``CHANGEABLE_ON_RESUME`` may be
+  given anew, any other that differs is refused with one line naming it, and so is a
+  ``--total-timesteps`` at or below the saved step or a checkpoint of another script.
+- ``run_paths``: the run folder and checkpoint file; a resumed run reuses both (the checkpoint
+  is rewritten in place) and its TensorBoard log drops the events past the checkpoint's step.
+- ``StopSignals``: SIGINT (Ctrl-C) and SIGTERM (what Slurm sends before preemption) end the run
+  between two steps: a checkpoint at the current step when --save-model is set, one line, exit
+  code 128 + the signal (130, 143).
+- ``save_replay_buffer`` / ``load_replay_buffer``: the off-policy scripts' buffers beside their
+  checkpoints, so that a resumed run continues learning where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+from typing import Any
+
+import torch
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common.checkpoint import load_checkpoint
+from common.envs import ConfigError
+
+# Flags that do not change what the run computes, or only where it stops: they may differ on --resume.
+CHANGEABLE_ON_RESUME = ("resume", "total_timesteps", "cuda", "torch_threads", "eval_episodes",
+                        "checkpoint_frequency", "capture_video", "track", "wandb_project_name", "wandb_entity")
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def resume_path_in(argv: list[str]) -> str | None:
+    """The value of --resume on a command line (``--resume PATH`` or ``--resume=PATH``), else None."""
+    for index, token in enumerate(argv):
+        if token == "--resume" and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith("--resume="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def check_finite_floats(args: Any) -> None:
+    """Every float flag must be a number: NaN and infinity pass every range check written as a comparison."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag_name(field.name)} must be a finite number (got {value}).")
+
+
+def parse_args(args_class: type, script_module: str, script_name: str, argv: list[str] | None = None):
+    """(args, checkpoint or None) from the command line, with the resume rules of this module's docstring.
+
+    script_module is what the script writes as its checkpoints' "script" (e.g. "diffsac", "peers.dpmd").
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    path = resume_path_in(argv)
+    if path is None:
+        args = tyro.cli(args_class, args=argv)
+        check_finite_floats(args)
+        if args.eval_episodes < 1:
+            raise ConfigError(f"--eval-episodes must be at least 1 (got {args.eval_episodes}).")
+        return args, None
+
+    checkpoint = load_checkpoint(path)
+    saved_script = checkpoint.get("script")
+    if saved_script != script_module:
+        saved_name = saved_script.replace(".", "/") + ".py" if saved_script else "an unknown script"
+        raise ConfigError(f"--resume {path} is a checkpoint of {saved_name}, "
+                          f"not of {script_name}; resume it with that script.")
+    names = {field.name for field in dataclasses.fields(args_class)}
+    saved = args_class(**{key: value for key, value in checkpoint["args"].items() if key in names})
+    args = tyro.cli(args_class, args=argv, default=saved)
+    check_finite_floats(args)
+    for field in dataclasses.fields(args_class):
+        if field.name in CHANGEABLE_ON_RESUME:
+            continue
+        given, kept = getattr(args, field.name), getattr(saved, field.name)
+        if given != kept:
+            raise ConfigError(f"{flag_name(field.name)} {given} differs from the resumed run's {kept}; --resume continues "
+                              f"the saved run with its own flags (allowed to change: "
+                              f"{', '.join(flag_name(name) for name in CHANGEABLE_ON_RESUME[1:] if name in names)}).")
+    if args.total_timesteps <= checkpoint["global_step"]:
+        raise ConfigError(f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step "
+                          f"{checkpoint['global_step']}; allowed: a larger target, e.g. --total-timesteps "
+                          f"{2 * checkpoint['global_step']}.")
+    if args.eval_episodes < 1:
+        raise ConfigError(f"--eval-episodes must be at least 1 (got {args.eval_episodes}).")
+    return args, checkpoint
+
+
+def whole_rollouts(total_timesteps: int, rollout_steps: int) -> int:
+    """Iterations that cover --total-timesteps; a target that is not a whole number of rollouts is rounded up, with a line."""
+    iterations = -(-total_timesteps // rollout_steps)
+    if iterations * rollout_steps != total_timesteps:
+        print(f"--total-timesteps {total_timesteps} is not a whole number of rollouts of {rollout_steps} steps "
+              f"(--num-envs x --num-steps); running {iterations * rollout_steps}.", flush=True)
+    return iterations
+
+
+def run_paths(args: Any, run_name: str) -> tuple[str, str]:
+    """(run folder, checkpoint file): runs/{run_name}/{exp_name}.cleanrl_model, or the resumed checkpoint's own."""
+    if args.resume:
+        return os.path.dirname(os.path.abspath(args.resume)), args.resume
+    run_dir = f"runs/{run_name}"
+    return run_dir, f"{run_dir}/{args.exp_name}.cleanrl_model"
+
+
+def open_writer(run_dir: str, args: Any, checkpoint: dict | None) -> SummaryWriter:
+    """TensorBoard writer; a resumed run purges the events logged after its checkpoint (one curve, no overlap)."""
+    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    if checkpoint is None:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    print(f"run folder: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", flush=True)
+    return writer
+
+
+class StopSignals:
+    """SIGINT and SIGTERM request a stop that the training loop reads between steps; a second SIGINT stops at once."""
+
+    def __init__(self):
+        self.signal_number: int | None = None
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signal_number, self._handle)
+
+    def _handle(self, signal_number, frame) -> None:
+        if self.signal_number is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    def exit(self, script_name: str, global_step: int, model_path: str | None) -> None:
+        """One line (where the checkpoint is, if one was written), then exit 128 + the signal's number."""
+        name = signal.Signals(self.signal_number).name
+        saved = f"checkpoint at step {global_step} saved to {model_path}; continue with --resume {model_path}" \
+            if model_path else "no checkpoint (run with --save-model to keep one)"
+        print(f"{script_name}: stopped by {name} at step {global_step}: {saved}", file=sys.stderr, flush=True)
+        sys.exit(128 + self.signal_number)
+
+
+# ----------------------------------------------------------------------------------------------
+# Replay buffers (the off-policy scripts): the filled rows, beside the checkpoint
+# ----------------------------------------------------------------------------------------------
+def replay_fields(buffer: Any) -> list[str]:
+    """The buffer's storage tensors (obs, next_obs, actions or chains, rewards, terminations)."""
+    return [name for name, value in vars(buffer).items() if isinstance(value, torch.Tensor)]
+
+
+def replay_buffer_path(model_path: str) -> str:
+    return f"{model_path}.replay_buffer"
+
+
+def replay_buffer_bytes(buffer_size: int, obs_dim: int, action_values: int) -> int:
+    """Bytes of a full buffer of float32 rows (s, s', a, r, terminated), a of action_values numbers: in memory and on disk."""
+    return 4 * buffer_size * (2 * obs_dim + action_values + 2)
+
+
+def save_replay_buffer(model_path: str, buffer: Any, global_step: int) -> None:
+    """Write the buffer's filled rows atomically beside the checkpoint (tagged with the step it belongs to)."""
+    state = {"global_step": global_step, "position": buffer.position, "size": buffer.size,
+             "buffer_size": buffer.buffer_size,
+             **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in replay_fields(buffer)}}
+    temporary = f"{replay_buffer_path(model_path)}.tmp"
+    torch.save(state, temporary)
+    os.replace(temporary, replay_buffer_path(model_path))
+
+
+def load_replay_buffer(model_path: str, buffer: Any, global_step: int) -> bool:
+    """Fill ``buffer`` from the file beside the checkpoint; False (with a line) when it is missing or of another step."""
+    path = replay_buffer_path(model_path)
+    if not os.path.isfile(path):
+        print(f"no replay buffer beside {model_path}: it refills with the loaded policy before updates resume")
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["global_step"] != global_step or state["buffer_size"] != buffer.buffer_size:
+        print(f"the replay buffer beside {model_path} belongs to step {state['global_step']}, not {global_step}: "
+              "it refills with the loaded policy before updates resume")
+        return False
+    for name in replay_fields(buffer):
+        getattr(buffer, name)[: state["size"]] = state[name].to(getattr(buffer, name).device)
+    buffer.position, buffer.size = state["position"], state["size"]
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory: refuse up front what cannot fit, instead of an allocator traceback later
+# ----------------------------------------------------------------------------------------------
+def count_parameters(build) -> int:
+    """Parameters of the modules that ``build()`` returns, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        modules = build()
+    return sum(parameter.numel() for module in modules for parameter in module.parameters())
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(parameter_count: int, buffer_bytes: int, device: torch.device, flags: str) -> None:
+    """ConfigError when the parameters (with gradients and Adam's two moments: 16 bytes each) and buffers
+    exceed the memory available now; ``flags`` names what the user can lower."""
+    needed, available = 16 * parameter_count + buffer_bytes, available_memory_bytes(device)
+    if needed > available:
+        raise ConfigError(f"{parameter_count / 1e6:.0f}M network parameters and {buffer_bytes / 2**30:.1f} GiB of buffers "
+                          f"need about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available "
+                          f"on {device.type}; lower {flags}.")
