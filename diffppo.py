@@ -44,13 +44,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
-from torch.utils.tensorboard import SummaryWriter
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import save_checkpoint
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
 from common.evaluation import evaluate
 from common.normalization import ObservationNormalizer, RewardNormalizer
+from common.runs import StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths, whole_rollouts
 
 
 @dataclass
@@ -72,7 +71,7 @@ class Args:
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
     resume: str | None = None
-    """path of a checkpoint to resume training from (its run folder is reused)"""
+    """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
     eval_episodes: int = 10
     """episodes of deterministic evaluation of the saved model at the end"""
 
@@ -421,13 +420,12 @@ def augmented_rewards(soft_rewards: np.ndarray, env_rewards: np.ndarray, bootstr
 
 
 def main() -> None:
-    args = tyro.cli(Args)
+    args, checkpoint = parse_args(Args, "diffppo", "diffppo.py")
     validate_args(args)
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
     batch_size = args.num_envs * args.num_steps
     augmented_batch_size = batch_size * args.num_diffusion_steps
     minibatch_size = augmented_batch_size // args.num_minibatches
-    num_iterations = args.total_timesteps // batch_size
+    num_iterations = whole_rollouts(args.total_timesteps, batch_size)
     run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     random.seed(args.seed)
@@ -443,6 +441,7 @@ def main() -> None:
                         action_low=envs.single_action_space.low.tolist(),
                         action_high=envs.single_action_space.high.tolist(),
                         num_diffusion_steps=args.num_diffusion_steps, hidden_dim=args.hidden_dim, min_std=args.min_std)
+    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
@@ -467,9 +466,9 @@ def main() -> None:
         print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
     alpha = log_alpha.exp().item()
 
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+    run_dir, model_path = run_paths(args, run_name)
+    writer = open_writer(run_dir, args, checkpoint)
+    stop = StopSignals()
 
     def checkpoint_state(iteration: int) -> dict:
         return {"script": "diffppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "run_name": run_name,
@@ -497,6 +496,12 @@ def main() -> None:
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
     for iteration in range(start_iteration, num_iterations + 1):
+        if stop.requested:  # SIGINT / SIGTERM: stop between iterations, with a checkpoint of the last whole one
+            envs.close()
+            if args.save_model:
+                save_checkpoint(model_path, checkpoint_state(iteration - 1))
+            writer.close()
+            stop.exit("diffppo.py", global_step, model_path if args.save_model else None)
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
 
@@ -623,6 +628,9 @@ def main() -> None:
             save_checkpoint(model_path, checkpoint_state(iteration))
 
     envs.close()
+    if stop.requested:  # during the last iteration, whose checkpoint is written: skip the evaluation
+        writer.close()
+        stop.exit("diffppo.py", global_step, model_path if args.save_model else None)
     if args.save_model:
         print(f"model saved to {model_path}")
         returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)

@@ -38,17 +38,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import tyro
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
 if __name__ == "__main__" and not __package__:  # run as a file (python baselines/ppo.py): make common/ importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.checkpoint import load_checkpoint, save_checkpoint  # noqa: I001 (after the path fix above)
+from common.checkpoint import save_checkpoint  # noqa: I001 (after the path fix above)
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
 from common.evaluation import evaluate
 from common.normalization import ObservationNormalizer, RewardNormalizer
+from common.runs import StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths, whole_rollouts
 
 
 @dataclass
@@ -70,7 +69,7 @@ class Args:
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
     resume: str | None = None
-    """path of a checkpoint to resume training from (its run folder is reused)"""
+    """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
     eval_episodes: int = 10
     """episodes of deterministic evaluation of the saved model at the end"""
 
@@ -268,12 +267,11 @@ def step_with_bootstrap(envs, agent: Agent, x: torch.Tensor, soft_rewards: np.nd
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = tyro.cli(Args, args=argv)
+    args, checkpoint = parse_args(Args, "baselines.ppo", "baselines/ppo.py", argv)
     validate_args(args)
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
-    num_iterations = args.total_timesteps // batch_size
+    num_iterations = whole_rollouts(args.total_timesteps, batch_size)
     run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -285,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "action_low": envs.single_action_space.low.tolist(),
                     "action_high": envs.single_action_space.high.tolist(), "hidden_dim": args.hidden_dim, "min_std": args.min_std}
+    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
@@ -307,9 +306,9 @@ def main(argv: list[str] | None = None) -> None:
         global_step, start_iteration = checkpoint["global_step"], checkpoint["iteration"] + 1
         print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
     alpha = log_alpha.exp().item()
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+    run_dir, model_path = run_paths(args, run_name)
+    writer = open_writer(run_dir, args, checkpoint)
+    stop = StopSignals()
 
     def checkpoint_state(iteration: int) -> dict:
         # "script" is the module common.evaluation imports to rebuild the Agent.
@@ -332,6 +331,12 @@ def main(argv: list[str] | None = None) -> None:
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
     for iteration in range(start_iteration, num_iterations + 1):
+        if stop.requested:  # SIGINT / SIGTERM: stop between iterations, with a checkpoint of the last whole one
+            envs.close()
+            if args.save_model:
+                save_checkpoint(model_path, checkpoint_state(iteration - 1))
+            writer.close()
+            stop.exit("baselines/ppo.py", global_step, model_path if args.save_model else None)
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
         for step in range(args.num_steps):
@@ -427,6 +432,9 @@ def main(argv: list[str] | None = None) -> None:
             save_checkpoint(model_path, checkpoint_state(iteration))
 
     envs.close()
+    if stop.requested:  # during the last iteration, whose checkpoint is written: skip the evaluation
+        writer.close()
+        stop.exit("baselines/ppo.py", global_step, model_path if args.save_model else None)
     if args.save_model:
         print(f"model saved to {model_path}")
         returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)

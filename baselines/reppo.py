@@ -35,16 +35,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
-from torch.utils.tensorboard import SummaryWriter
 
 if __name__ == "__main__" and not __package__:  # run as a file (python baselines/reppo.py): make common/ importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.checkpoint import load_checkpoint, save_checkpoint  # noqa: I001 (after the path fix above)
+from common.checkpoint import save_checkpoint  # noqa: I001 (after the path fix above)
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
 from common.evaluation import evaluate
 from common.normalization import ObservationNormalizer, RewardNormalizer
+from common.runs import StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths, whole_rollouts
 
 
 @dataclass
@@ -66,7 +65,7 @@ class Args:
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
     resume: str | None = None
-    """path of a checkpoint to resume training from (its run folder is reused)"""
+    """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
     eval_episodes: int = 10
     """episodes of deterministic evaluation of the saved model at the end"""
 
@@ -308,11 +307,10 @@ def check_finite(name: str, loss: torch.Tensor, global_step: int, iteration: int
 
 
 def main() -> None:
-    args = tyro.cli(Args)
+    args, checkpoint = parse_args(Args, "baselines.reppo", "baselines/reppo.py")
     validate_args(args)
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
     batch_size = args.num_envs * args.num_steps
-    num_iterations = args.total_timesteps // batch_size
+    num_iterations = whole_rollouts(args.total_timesteps, batch_size)
     run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     random.seed(args.seed)
@@ -328,6 +326,7 @@ def main() -> None:
                         action_high=envs.single_action_space.high.tolist(), hidden_dim=args.actor_hidden_dim)
     critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=args.hidden_dim,
                          num_bins=args.num_bins, v_min=args.v_min, v_max=args.v_max)
+    check_memory(count_parameters(lambda: [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]), 0, device, "--hidden-dim or --actor-hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
     critic = DistributionalCritic(**critic_kwargs).to(device)
     old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
@@ -358,9 +357,9 @@ def main() -> None:
         print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
     alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
 
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+    run_dir, model_path = run_paths(args, run_name)
+    writer = open_writer(run_dir, args, checkpoint)
+    stop = StopSignals()
 
     def checkpoint_state(iteration: int) -> dict:
         return {"script": "baselines.reppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "critic_kwargs": critic_kwargs,
@@ -387,6 +386,12 @@ def main() -> None:
     critic_loss = cross_entropy = aux_loss = actor_loss = kl = nan
 
     for iteration in range(start_iteration, num_iterations + 1):
+        if stop.requested:  # SIGINT / SIGTERM: stop between iterations, with a checkpoint of the last whole one
+            envs.close()
+            if args.save_model:
+                save_checkpoint(model_path, checkpoint_state(iteration - 1))
+            writer.close()
+            stop.exit("baselines/reppo.py", global_step, model_path if args.save_model else None)
         for step in range(args.num_steps):
             global_step += args.num_envs
             obs_buffer[step] = next_obs
@@ -475,6 +480,9 @@ def main() -> None:
             save_checkpoint(model_path, checkpoint_state(iteration))
 
     envs.close()
+    if stop.requested:  # during the last iteration, whose checkpoint is written: skip the evaluation
+        writer.close()
+        stop.exit("baselines/reppo.py", global_step, model_path if args.save_model else None)
     if args.save_model:
         print(f"model saved to {model_path}")
         returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)

@@ -197,7 +197,7 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     assert "step       384/512" in resumed.stdout and "step       128/" not in resumed.stdout
     other = run_script([script, "--env-id", "Pendulum-v1", "--num-diffusion-steps", "2", *SMALL, "--resume", checkpoint],
                        cwd=tmp_path)
-    assert other.returncode == 2 and "not a diffreppo.py run with these networks" in other.stderr
+    assert other.returncode == 2 and "--num-diffusion-steps 2 differs from the resumed run's 3" in other.stderr
 
 
 @pytest.mark.parametrize("flags,expected", [

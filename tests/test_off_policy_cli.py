@@ -77,7 +77,7 @@ def test_divergence_is_detected_and_reported(tmp_path, repo_root, script):
 @pytest.mark.parametrize("flags,expected", [
     (["--alpha-start", "1.0"], "--alpha-start anneals a fixed temperature; add --no-autotune"),
     (["--no-autotune", "--alpha-start", "0.1"], "--alpha-start must be a number above --alpha > 0"),
-    (["--no-autotune", "--alpha-start", "nan"], "--alpha-start must be a number above --alpha > 0"),
+    (["--no-autotune", "--alpha-start", "nan"], "--alpha-start must be a finite number (got nan)"),
     (["--alpha-anneal-fraction", "0"], "--alpha-anneal-fraction must be in (0, 1]"),
 ])
 def test_diffsac_alpha_annealing_flags_are_checked(tmp_path, repo_root, flags, expected):
@@ -90,7 +90,7 @@ def test_diffsac_alpha_annealing_flags_are_checked(tmp_path, repo_root, flags, e
     (["--actor-loss", "forward-kl"], "--actor-loss 'forward-kl': allowed: reverse-kl, log-variance"),
     (["--actor-loss", "log-variance", "--chains-per-state", "1"], "--chains-per-state must be at least 2"),
     (["--actor-loss", "log-variance", "--behaviour-noise-scale", "0"], "--behaviour-noise-scale must be a positive number"),
-    (["--actor-loss", "log-variance", "--behaviour-noise-scale", "nan"], "--behaviour-noise-scale must be a positive number"),
+    (["--actor-loss", "log-variance", "--behaviour-noise-scale", "nan"], "--behaviour-noise-scale must be a finite number (got nan)"),
     (["--actor-loss", "log-variance", "--no-autotune", "--alpha", "0"], "> 0 with --autotune or --actor-loss log-variance"),
 ])
 def test_diffsac_log_variance_flags_are_checked(tmp_path, repo_root, flags, expected):

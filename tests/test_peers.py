@@ -199,7 +199,7 @@ def test_save_model_then_evaluate_checkpoint_then_resume_as_a_module(tmp_path, r
     assert "resumed" in resumed.stdout and "at step 600" in resumed.stdout and "step      1200/1200" in resumed.stdout
     other = "sdac" if name == "dpmd" else "dpmd"
     wrong = run_script([os.path.join(repo_root, "peers", f"{other}.py"), *common, "--resume", checkpoint], cwd=tmp_path)
-    assert wrong.returncode == 2 and f"a checkpoint of peers.{name}, not of peers/{other}.py" in wrong.stderr
+    assert wrong.returncode == 2 and f"is a checkpoint of peers/{name}.py, not of peers/{other}.py" in wrong.stderr
 
 
 @pytest.mark.parametrize("script", ["peers/dpmd.py", "peers/sdac.py"])
@@ -207,7 +207,7 @@ def test_save_model_then_evaluate_checkpoint_then_resume_as_a_module(tmp_path, r
     (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
     (["--num-diffusion-steps", "0"], "--num-diffusion-steps must be at least 1 (got 0)"),
     (["--num-particles", "0"], "--num-particles must be at least 1 (got 0)"),
-    (["--alpha", "nan"], "--alpha must be a positive number (got nan)"),
+    (["--alpha", "nan"], "--alpha must be a finite number (got nan)"),
     (["--beta-schedule-scale", "1.5"], "--beta-schedule-scale must be in (0, 1]"),
     (["--learning-starts", "100", "--batch-size", "256"], "--learning-starts 100 is below --batch-size 256"),
 ])

@@ -1,0 +1,276 @@
+"""Runs that survive (common/runs.py): resume continues the saved run, signals save and exit cleanly,
+bad flags are refused before any work, TensorBoard holds one curve after a resume."""
+
+import glob
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, run_script, single_run_dir
+from torch.utils.tensorboard import SummaryWriter
+
+from common import runs
+from common.envs import ConfigError
+from common.logs import read_scalars
+from common.normalization import ObservationNormalizer
+
+SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "diffreppo.py", "baselines/ppo.py", "baselines/sac.py",
+           "baselines/wpo.py", "baselines/reppo.py", "peers/dpmd.py", "peers/sdac.py"]
+OFF_POLICY = ["diffsac.py", "diffwpo.py", "baselines/sac.py", "baselines/wpo.py", "peers/dpmd.py", "peers/sdac.py"]
+
+
+def module_of(script: str) -> str:
+    return script[: -len(".py")].replace("/", ".")
+
+
+def fake_checkpoint(path, script_module: str, args, global_step: int = 1000) -> str:
+    from dataclasses import asdict
+    torch.save({"script": script_module, "args": asdict(args), "global_step": global_step}, path)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# parse_args: the resume rules, in-process
+# ----------------------------------------------------------------------------------------------
+def test_resume_takes_the_saved_flags_without_repeating_them(tmp_path):
+    diffppo = importlib.import_module("diffppo")
+    path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffppo",
+                           diffppo.Args(num_steps=256, env_id="Pendulum-v1", exp_name="mine"))
+    args, checkpoint = runs.parse_args(diffppo.Args, "diffppo", "diffppo.py", ["--resume", path])
+    assert (args.num_steps, args.env_id, args.exp_name, args.resume) == (256, "Pendulum-v1", "mine", path)
+    args, _ = runs.parse_args(diffppo.Args, "diffppo", "diffppo.py",
+                              [f"--resume={path}", "--total-timesteps", "5000", "--num-steps", "256"])
+    assert args.total_timesteps == 5000 and args.num_steps == 256  # repeating a saved value is fine
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--num-steps", "2048"], "--num-steps 2048 differs from the resumed run's 256"),
+    (["--exp-name", "other"], "--exp-name other differs from the resumed run's mine"),
+    (["--total-timesteps", "1000"], "--total-timesteps 1000 is not beyond the checkpoint's step 1000"),
+    (["--total-timesteps", "10"], "is not beyond the checkpoint's step 1000"),
+    (["--eval-episodes", "0"], "--eval-episodes must be at least 1"),
+    (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+])
+def test_resume_refuses_a_changed_flag_or_a_target_already_reached(tmp_path, flags, expected):
+    diffppo = importlib.import_module("diffppo")
+    path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffppo",
+                           diffppo.Args(num_steps=256, env_id="Pendulum-v1", exp_name="mine"))
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        runs.parse_args(diffppo.Args, "diffppo", "diffppo.py", ["--resume", path, *flags])
+
+
+def test_resume_refuses_another_scripts_checkpoint_naming_both(tmp_path):
+    diffsac, diffppo = importlib.import_module("diffsac"), importlib.import_module("diffppo")
+    path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffsac", diffsac.Args())
+    with pytest.raises(ConfigError, match="is a checkpoint of diffsac.py, not of diffppo.py"):
+        runs.parse_args(diffppo.Args, "diffppo", "diffppo.py", ["--resume", path])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_float_flag_must_be_finite(value):
+    diffsac = importlib.import_module("diffsac")
+    float_flags = [name for name, field in diffsac.Args.__dataclass_fields__.items() if field.type in ("float", float)]
+    assert {"alpha", "gamma", "tau", "policy_lr", "q_lr", "min_std"} <= set(float_flags)
+    for name in float_flags:
+        with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
+            runs.parse_args(diffsac.Args, "diffsac", "diffsac.py", [f"--{name.replace('_', '-')}", value])
+
+
+def test_whole_rollouts_rounds_up_and_says_so(capsys):
+    assert runs.whole_rollouts(4096, 2048) == 2 and capsys.readouterr().out == ""
+    assert runs.whole_rollouts(5000, 2048) == 3
+    assert "running 6144" in capsys.readouterr().out
+
+
+def test_memory_check_counts_parameters_on_the_meta_device_and_refuses_what_cannot_fit():
+    diffsac = importlib.import_module("diffsac")
+    count = runs.count_parameters(lambda: [diffsac.SoftQNetwork(11, 3, 256)])
+    assert count == sum(p.numel() for p in diffsac.SoftQNetwork(11, 3, 256).parameters())
+    runs.check_memory(count, runs.replay_buffer_bytes(1000, 11, 3), torch.device("cpu"), "--hidden-dim")
+    with pytest.raises(ConfigError, match="lower --hidden-dim"):
+        runs.check_memory(10**12, 0, torch.device("cpu"), "--hidden-dim")
+    assert runs.replay_buffer_bytes(1_000_000, 11, 3) == 108_000_000  # Hopper, as --help says
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorBoard: a resumed run's log is one curve
+# ----------------------------------------------------------------------------------------------
+def test_read_scalars_drops_the_events_a_resumed_run_purged(tmp_path):
+    first = SummaryWriter(str(tmp_path))
+    for step in range(1, 11):
+        first.add_scalar("x", float(step), step)
+    first.close()
+    time.sleep(1.1)  # the event file's name holds the time in seconds
+    checkpoint = {"global_step": 6}
+    resumed = runs.open_writer(str(tmp_path), None, checkpoint)  # purges steps > 6
+    for step in range(7, 15):
+        resumed.add_scalar("x", 100.0 + step, step)
+    resumed.close()
+    steps, values = read_scalars(str(tmp_path), "x")
+    assert steps.tolist() == list(range(1, 15))
+    assert values.tolist() == [float(s) for s in range(1, 7)] + [100.0 + s for s in range(7, 15)]
+
+
+# ----------------------------------------------------------------------------------------------
+# A resumed run restores what was saved (round trip through the script's own load and save)
+# ----------------------------------------------------------------------------------------------
+class StopAtOnce(runs.StopSignals):
+    """A SIGTERM already received: the resumed loop saves what it loaded and exits 143."""
+
+    def __init__(self):
+        self.signal_number = signal.SIGTERM
+
+
+def state_equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
+def resume_and_stop_at_once(monkeypatch, tmp_path, script: str, checkpoint_path: str, extra=()):
+    module = importlib.import_module(module_of(script))
+    monkeypatch.setattr(module, "StopSignals", StopAtOnce)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [script, "--resume", checkpoint_path, *extra])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    return exit_info.value.code
+
+
+@pytest.mark.parametrize("script", ["diffsac.py", "peers/sdac.py"])
+def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step(tmp_path, monkeypatch, script):
+    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "100000", "--learning-starts", "300", "--batch-size", "64",
+             "--save-model", "--checkpoint-frequency", "400", "--hidden-dim", "64"]
+    if script.startswith("peers"):
+        flags += ["--num-diffusion-steps", "3", "--num-particles", "2", "--num-reconstructions", "4"]
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, script), *flags], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)
+    process.kill()  # kill -9: no handler runs
+    process.wait()
+    model_path = glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model"))[0]
+    saved = torch.load(model_path, weights_only=False)
+    saved_buffer = torch.load(runs.replay_buffer_path(model_path), weights_only=True)
+    assert saved["global_step"] >= 400 and saved_buffer["global_step"] == saved["global_step"]
+    assert saved_buffer["size"] == saved["global_step"] and len(saved_buffer["obs"]) == saved_buffer["size"]
+
+    code = resume_and_stop_at_once(monkeypatch, tmp_path, script, model_path)
+    assert code == 128 + signal.SIGTERM
+    assert glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model")) == [model_path]  # rewritten in place
+    restored = torch.load(model_path, weights_only=False)
+    restored_buffer = torch.load(runs.replay_buffer_path(model_path), weights_only=True)
+    assert state_equal(restored_buffer, saved_buffer)
+    saved.pop("args"), restored.pop("args")  # args differ by --resume only
+    assert state_equal(restored, saved)
+
+
+def test_killed_on_policy_run_resumes_with_its_normaliser_optimiser_and_step(tmp_path, monkeypatch):
+    import gymnasium as gym
+    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "1024", "--num-steps", "512", "--save-model",
+             "--checkpoint-frequency", "1", "--num-diffusion-steps", "2", "--eval-episodes", "1"]
+    result = run_script([os.path.join(REPO_ROOT, "diffppo.py"), *flags], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    model_path = glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model"))[0]
+    saved = torch.load(model_path, weights_only=False)
+    code = resume_and_stop_at_once(monkeypatch, tmp_path, "diffppo.py", model_path, ["--total-timesteps", "4096"])
+    assert code == 128 + signal.SIGTERM
+    restored = torch.load(model_path, weights_only=False)
+    assert restored["global_step"] == saved["global_step"] == 1024 and restored["iteration"] == saved["iteration"] == 2
+    for name in ("agent", "optimizer", "reward_normalizer", "log_alpha", "alpha_optimizer"):
+        assert state_equal(restored[name], saved[name]), name
+    # The observation statistics: the saved ones, plus the first observation of the resumed run's reset.
+    expected = ObservationNormalizer((3,))
+    expected.load_state_dict(saved["obs_normalizer"])
+    first_obs, _ = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")]).reset(seed=1)
+    expected.update(first_obs)
+    assert state_equal(restored["obs_normalizer"], expected.state_dict())
+
+
+# ----------------------------------------------------------------------------------------------
+# From the command line: signals, bad input, one log after kill and resume
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_exits_128_plus_signal(tmp_path, signal_number):
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "diffsac.py"), "--env-id", "Pendulum-v1",
+                                "--learning-starts", "300", "--batch-size", "64", "--save-model"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not glob.glob(str(tmp_path / "runs" / "*" / "events.*")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal_number, stderr
+    assert "Traceback" not in stderr
+    model_path = os.path.join(single_run_dir(tmp_path), "diffsac.cleanrl_model")
+    step = torch.load(model_path, weights_only=False)["global_step"]
+    assert step > 0 and f"stopped by {signal.Signals(signal_number).name} at step {step}" in stderr
+    assert f"--resume {os.path.relpath(model_path, tmp_path)}" in stderr
+
+
+def test_kill_and_resume_leaves_one_curve_in_tensorboard(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "5000", "--save-model", "--checkpoint-frequency", "400",
+             "--batch-size", "64"]
+    process = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "baselines/sac.py"), *flags,
+                                "--total-timesteps", "200000"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Random actions (no updates before --learning-starts): thousands of steps a second; stop mid-run.
+    deadline = time.time() + 120
+    while not glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.kill()
+    process.wait()
+    run_dir = single_run_dir(tmp_path)
+    model_path = os.path.join(run_dir, "sac.cleanrl_model")
+    checkpoint_step = torch.load(model_path, weights_only=False)["global_step"]
+    target = max(checkpoint_step + 1000, 5400)
+    result = run_script([os.path.join(REPO_ROOT, "baselines/sac.py"), "--resume", os.path.relpath(model_path, tmp_path),
+                         "--total-timesteps", str(target), "--eval-episodes", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    steps, _ = read_scalars(run_dir, "charts/episodic_return")
+    assert len(np.unique(steps)) == len(steps), "a step logged twice: the abandoned segment was not purged"
+    assert steps.max() == target and len(glob.glob(os.path.join(run_dir, "*.cleanrl_model"))) == 1
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_flags_are_refused_before_any_work(tmp_path, script):
+    float_flag = {"diffppo.py": "--learning-rate", "baselines/ppo.py": "--learning-rate", "diffreppo.py": "--learning-rate",
+                  "baselines/reppo.py": "--learning-rate"}.get(script, "--q-lr")
+    for flags, expected in [([float_flag, "nan"], f"{float_flag} must be a finite number (got nan)"),
+                            (["--gamma", "inf"], "--gamma must be a finite number (got inf)"),
+                            (["--eval-episodes", "0"], "--eval-episodes must be at least 1 (got 0)"),
+                            (["--hidden-dim", "10000000", "--env-id", "Pendulum-v1"], "GiB available")]:
+        result = run_script([os.path.join(REPO_ROOT, script), *flags], cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+        assert not os.path.exists(tmp_path / "runs"), flags
+
+
+def test_a_checkpoint_of_another_script_is_refused_with_both_names(tmp_path):
+    diffsac = importlib.import_module("diffsac")
+    path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffsac", diffsac.Args())
+    before = os.path.getmtime(path)
+    for script in ["diffwpo.py", "diffppo.py", "peers/dpmd.py"]:
+        result = run_script([os.path.join(REPO_ROOT, script), "--resume", path], cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"is a checkpoint of diffsac.py, not of {script}" in result.stderr
+    assert os.path.getmtime(path) == before and not os.path.exists(tmp_path / "runs")
