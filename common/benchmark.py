@@ -11,8 +11,12 @@ scripts' runs/{env_id}__{exp_name}__{seed}__{time} convention) and its stdout in
 WORKDIR/benchmark_logs/{env_id}__{exp_name}__{seed}.log. NAME is the script's file name
 without .py plus --exp-suffix (e.g. ``diffppo_k4``). A run that finishes writes a marker
 ``{env_id}__{exp_name}__{seed}.done.json`` (command, run folder, wall-clock seconds) beside
-its log; running the same grid again skips every run that has one (resume), unless
---rerun-finished is given. --dry-run prints the commands and what would be skipped.
+its log; running the same grid again skips every run that has one, unless --rerun-finished is
+given, and continues every unfinished run that left a checkpoint (--save-model in --extra) with
+``--resume`` instead of starting it over. --dry-run prints the commands and what would be skipped.
+On Slurm, a job that is preempted or reaches its time limit is requeued (submitit's checkpointing):
+its script is stopped with SIGTERM, saves a checkpoint at the current step, and the requeued job
+continues from it.
 
 Executors:
   local           --workers subprocesses at a time on this machine (one torch thread each).
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -172,28 +177,99 @@ def newest_run_dir(run: Run, started: float) -> str | None:
     return os.path.join("runs", max(candidates)[1]) if candidates else None
 
 
-def run_one(run: Run) -> dict:
+def latest_checkpoint(run: Run) -> str | None:
+    """The checkpoint an unfinished earlier attempt of this run left (its newest run folder holding one), if any."""
+    runs_root = os.path.join(run.workdir, "runs")
+    if not os.path.isdir(runs_root):
+        return None
+    attempts = []
+    for name in os.listdir(runs_root):
+        prefix, _, stamp = name.rpartition("__")
+        if prefix == run.key and stamp.isdigit():
+            attempts.append((int(stamp), name))
+    for _, name in sorted(attempts, reverse=True):
+        path = os.path.join(runs_root, name, f"{run.exp_name}.cleanrl_model")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def resume_command(run: Run, checkpoint: str) -> list[str]:
+    """Continue a run from its checkpoint: the script restores every flag; only the target is repeated."""
+    command = [sys.executable, run.script, "--resume", checkpoint]
+    targets = [value for flag, value in zip(run.command, run.command[1:]) if flag == "--total-timesteps"]
+    return command + (["--total-timesteps", targets[-1]] if targets else [])
+
+
+def run_one(run: Run, job: "RunJob | None" = None) -> dict:
     """Execute one run (blocking), write its marker when it succeeds; returns the outcome.
 
-    Module-level so that submitit can pickle it by reference on any executor.
+    A run that an earlier attempt left unfinished with a checkpoint (--save-model) continues from it
+    (--resume) instead of starting over; its log is appended to. Module-level so that submitit can
+    pickle it by reference on any executor; ``job`` (a RunJob) is told the process so that it can
+    stop it on preemption.
     """
     os.makedirs(os.path.dirname(run.log_path), exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+    checkpoint = latest_checkpoint(run)
+    command = resume_command(run, checkpoint) if checkpoint else run.command
     started = time.time()
-    with open(run.log_path, "w") as log:
-        log.write(f"$ cd {shlex.quote(run.workdir)} && {shlex.join(run.command)}\n")
+    with open(run.log_path, "a" if checkpoint else "w") as log:
+        log.write(f"$ cd {shlex.quote(run.workdir)} && {shlex.join(command)}\n")
         log.flush()
-        returncode = subprocess.run(run.command, cwd=run.workdir, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        process = subprocess.Popen(command, cwd=run.workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if job is not None:
+            job.process = process
+        returncode = process.wait()
     wall_clock = time.time() - started
+    run_dir = os.path.relpath(os.path.dirname(checkpoint), run.workdir) if checkpoint else newest_run_dir(run, started)
     outcome = {"key": run.key, "returncode": returncode, "wall_clock_s": round(wall_clock, 1),
-               "run_dir": newest_run_dir(run, started), "log": run.log_path, "command": shlex.join(run.command)}
+               "run_dir": run_dir, "log": run.log_path, "command": shlex.join(command)}
     if returncode == 0 and outcome["run_dir"] is not None:
         temporary = run.marker_path + ".tmp"
         with open(temporary, "w") as marker:
             json.dump({**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}, marker, indent=1)
         os.replace(temporary, run.marker_path)
     return outcome
+
+
+class RunJob:
+    """One run as a submitit job that survives preemption and timeouts.
+
+    Slurm signals the job before it preempts or kills it; submitit then calls ``checkpoint``, which
+    sends SIGTERM to the training script (it saves a checkpoint at the current step and exits 143)
+    and requeues the job. The requeued job finds that checkpoint and continues the run (run_one).
+    Without --save-model there is no checkpoint and the requeued run starts over.
+    """
+
+    def __init__(self):
+        self.process: subprocess.Popen | None = None
+
+    def __call__(self, run: Run) -> dict:
+        outcome = run_one(run, job=self)
+        if outcome["returncode"] in (130, 143):  # the scheduler's SIGTERM reached the script first:
+            time.sleep(120)  # give submitit's requeue signal time to arrive (it calls checkpoint and exits)
+        return outcome
+
+    def checkpoint(self, run: Run):
+        import submitit
+
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)  # the script saves its checkpoint and exits
+            # Popen.wait cannot be used here: this runs in a signal handler that interrupted run_one's
+            # own wait, which holds the Popen's lock; reap the process directly instead.
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                try:
+                    if os.waitpid(self.process.pid, os.WNOHANG)[0] != 0:
+                        break
+                except ChildProcessError:  # already reaped
+                    break
+                time.sleep(0.2)
+            else:
+                self.process.kill()
+        return submitit.helpers.DelayedSubmission(RunJob(), run)
 
 
 def describe(outcome: dict) -> str:
@@ -210,7 +286,7 @@ def run_with_submitit(args: Args, pending: list[Run]) -> list[dict]:
     executor.update_parameters(name="benchmark", timeout_min=args.timeout_min, cpus_per_task=args.cpus_per_task,
                                gpus_per_node=args.gpus_per_node, mem_gb=args.mem_gb,
                                slurm_partition=args.slurm_partition, slurm_array_parallelism=args.slurm_array_parallelism)
-    jobs = executor.map_array(run_one, pending)
+    jobs = executor.map_array(RunJob(), pending)
     for job, run in zip(jobs, pending):
         print(f"[submitted] job {job.job_id}: {run.key}", flush=True)
     if not args.wait:

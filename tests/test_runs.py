@@ -274,3 +274,47 @@ def test_a_checkpoint_of_another_script_is_refused_with_both_names(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"is a checkpoint of diffsac.py, not of {script}" in result.stderr
     assert os.path.getmtime(path) == before and not os.path.exists(tmp_path / "runs")
+
+
+def submitit_task_pid(root_pid: int) -> int:
+    """The descendant of a local submitit job's controller that runs the pickled callable."""
+    pending = [root_pid]
+    while pending:
+        pid = pending.pop()
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if b"submitit.core._submit" in cmdline.read():
+                return pid
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            pending += [int(child) for child in children.read().split()]
+    raise AssertionError("no submitit task process found")
+
+
+def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import submitit
+
+    from common import benchmark
+    monkeypatch.setenv("PYTHONPATH", REPO_ROOT)
+    args = benchmark.Args(scripts=["baselines/sac.py"], env_ids=["Pendulum-v1"], seeds=[1], total_timesteps=3000,
+                          workdir=str(tmp_path), executor="submitit-local",
+                          extra="--learning-starts 1000 --batch-size 64 --save-model --checkpoint-frequency 200 "
+                                "--eval-episodes 1")
+    run = benchmark.build_grid(args)[0]
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "submitit"), cluster="local")
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(benchmark.RunJob(), run)
+    deadline = time.time() + 180
+    while not glob.glob(str(tmp_path / "runs" / "*" / "sac.cleanrl_model")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    # What Slurm does before preempting the job: submitit's signal (USR2) to the job's task, the process
+    # that runs RunJob (the local executor's own _interrupt signals its controller, which does not forward it).
+    os.kill(submitit_task_pid(job._process.pid), signal.SIGUSR2)
+    outcome = job.result()
+    assert outcome["returncode"] == 0, open(run.log_path).read()
+    log = open(run.log_path).read()
+    stopped_at = int(log.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert 0 < stopped_at < 3000 and f"at step {stopped_at} with {stopped_at} transitions" in log  # resumed there
+    assert log.count("$ cd ") == 2 and "--resume " in log.split("$ cd ")[2]
+    assert len(glob.glob(str(tmp_path / "runs" / "*"))) == 1 and os.path.isfile(run.marker_path)
+    steps, _ = read_scalars(glob.glob(str(tmp_path / "runs" / "*"))[0], "charts/episodic_return")
+    assert steps.max() > 3000 - 200 and len(np.unique(steps)) == len(steps)  # 200-step episodes
