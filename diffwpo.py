@@ -61,8 +61,8 @@ from common.checkpoint import save_checkpoint
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
 from common.evaluation import evaluate
 from common.normalization import ObservationNormalizer
-from common.runs import (StopSignals, check_memory, count_parameters, load_replay_buffer, open_writer, parse_args,
-                         replay_buffer_bytes, run_paths, save_replay_buffer)
+from common.runs import (Progress, StopSignals, check_memory, count_parameters, load_replay_buffer, open_writer,
+                         parse_args, replay_buffer_bytes, run_paths, save_replay_buffer)
 
 
 @dataclass
@@ -79,6 +79,12 @@ class Args:
     """CPU threads for torch"""
     capture_video: bool = False
     """whether to capture videos of the agent (see the `videos` folder)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
+    wandb_project_name: str = "diffusion-maxent-rl"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
     save_model: bool = False
     """save a checkpoint and the replay buffer (filled rows; K=8: Hopper 192 MB, Humanoid 3.6 GB at 1M) every --checkpoint-frequency steps and at the end, then evaluate"""
     checkpoint_frequency: int = 50000
@@ -541,6 +547,7 @@ def main() -> None:
 
     stop = StopSignals()
     start_time, start_step, updates, last_print = time.time(), global_step, 0, global_step
+    progress = Progress(args.total_timesteps, global_step)
     recent_returns = deque(maxlen=10)
     obs, _ = envs.reset(seed=args.seed)
     nan = torch.tensor(float("nan"))
@@ -606,9 +613,9 @@ def main() -> None:
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
             writer.add_scalar("charts/SPS", sps, global_step)
             recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-            print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
+            progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
                   f"| entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e} | SPS {sps} "
-                  f"| updates/s {updates_per_second:.1f}", flush=True)
+                  f"| updates/s {updates_per_second:.1f}")
             if updates:
                 writer.add_scalar("charts/updates_per_second", updates_per_second, global_step)
                 writer.add_scalar("losses/qf1_values", qf1_values.mean().item(), global_step)
@@ -624,6 +631,7 @@ def main() -> None:
             next_checkpoint += args.checkpoint_frequency
             save()
 
+    progress.close(run_dir)
     envs.close()
     if args.save_model:
         save()

@@ -47,7 +47,8 @@ from common.checkpoint import save_checkpoint  # noqa: I001 (after the path fix 
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
 from common.evaluation import evaluate
 from common.normalization import ObservationNormalizer, RewardNormalizer
-from common.runs import StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths, whole_rollouts
+from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths,
+                         whole_rollouts)
 
 
 @dataclass
@@ -64,6 +65,12 @@ class Args:
     """CPU threads for torch (1 is fastest for these small networks)"""
     capture_video: bool = False
     """whether to capture videos of the agent (see the `videos` folder)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
+    wandb_project_name: str = "diffusion-maxent-rl"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
     save_model: bool = False
     """save a checkpoint every --checkpoint-frequency iterations and at the end, then evaluate it"""
     checkpoint_frequency: int = 50
@@ -325,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     reward_buffer, done_buffer = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(2))
 
     start_time, start_step = time.time(), global_step
+    progress = Progress(args.total_timesteps, global_step)
     recent_returns = deque(maxlen=10)
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
@@ -426,11 +434,12 @@ def main(argv: list[str] | None = None) -> None:
                            ("charts/SPS", sps)]:
             writer.add_scalar(tag, value, global_step)
         recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-        print(f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-              f"| entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e} | SPS {sps}", flush=True)
+        progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
+              f"| entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e} | SPS {sps}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             save_checkpoint(model_path, checkpoint_state(iteration))
 
+    progress.close(run_dir)
     envs.close()
     if stop.requested:  # during the last iteration, whose checkpoint is written: skip the evaluation
         writer.close()

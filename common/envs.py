@@ -16,6 +16,7 @@ frozen at evaluation time.
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import sys
 from typing import Callable
@@ -43,8 +44,19 @@ def run_cli(main: Callable[[], None], script_name: str) -> None:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise ConfigError for an id that gymnasium does not know, suggesting close matches."""
+    """Raise ConfigError for an id that gymnasium does not know, suggesting close matches.
+
+    ``module:EnvId`` is accepted as gym.make accepts it: the module (a user's own environment
+    package, which registers its ids when imported) is imported first, then EnvId is looked up.
+    """
     # MuJoCo ids are registered by gymnasium itself; importing nothing else is needed.
+    if ":" in env_id:
+        module, _, env_id = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(f"--env-id {module}:{env_id}: cannot import module {module!r} ({error}); allowed: "
+                              "module:EnvId with an importable module that registers EnvId.") from None
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
@@ -76,12 +88,33 @@ def check_continuous_action_space(env_id: str, action_space: gym.Space) -> None:
         )
 
 
+def check_rendering(env_id: str) -> None:
+    """ConfigError, before any video folder exists, when --capture-video cannot render this environment."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    try:
+        env = gym.make(env_id, render_mode="rgb_array")
+        env.reset(seed=0)
+        frame = env.render()
+        env.close()
+    except gym.error.DependencyNotInstalled as error:
+        raise ConfigError(f"--capture-video: rendering {env_id} needs a package that is not installed ({error}); "
+                          "install it (pip install -r requirements.txt installs pygame for classic control) "
+                          "or drop --capture-video.") from None
+    except Exception as error:  # noqa: BLE001 - e.g. no EGL for MuJoCo: one line instead of a traceback later
+        raise ConfigError(f"--capture-video: {env_id} cannot render here ({type(error).__name__}: {error}); "
+                          "for MuJoCo without a GPU try MUJOCO_GL=osmesa, or drop --capture-video.") from None
+    if frame is None:
+        raise ConfigError(f"--capture-video: {env_id} renders no rgb_array frames; drop --capture-video.")
+
+
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str) -> Callable[[], gym.Env]:
     """A thunk that builds one environment (CleanRL style); env 0 records video if asked."""
 
     def thunk() -> gym.Env:
         if capture_video and idx == 0:
             os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless pygame (classic control)
             env = gym.make(env_id, render_mode="rgb_array")
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
@@ -101,6 +134,8 @@ def make_vector_env(
     if num_envs < 1:
         raise ConfigError(f"--num-envs must be at least 1 (got {num_envs}).")
     check_env_id(env_id)
+    if capture_video:
+        check_rendering(env_id)
     try:
         envs = gym.vector.SyncVectorEnv(
             [make_env(env_id, i, capture_video, run_name) for i in range(num_envs)],

@@ -15,11 +15,17 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import glob
+import importlib.util
 import math
 import os
+import re
+import shutil
 import signal
 import sys
+import time
 from typing import Any
 
 import torch
@@ -66,6 +72,7 @@ def parse_args(args_class: type, script_module: str, script_name: str, argv: lis
     if path is None:
         args = tyro.cli(args_class, args=argv)
         check_finite_floats(args)
+        check_tracking_available(args)
         if args.eval_episodes < 1:
             raise ConfigError(f"--eval-episodes must be at least 1 (got {args.eval_episodes}).")
         return args, None
@@ -80,6 +87,7 @@ def parse_args(args_class: type, script_module: str, script_name: str, argv: lis
     saved = args_class(**{key: value for key, value in checkpoint["args"].items() if key in names})
     args = tyro.cli(args_class, args=argv, default=saved)
     check_finite_floats(args)
+    check_tracking_available(args)
     for field in dataclasses.fields(args_class):
         if field.name in CHANGEABLE_ON_RESUME:
             continue
@@ -115,12 +123,40 @@ def run_paths(args: Any, run_name: str) -> tuple[str, str]:
 
 
 def open_writer(run_dir: str, args: Any, checkpoint: dict | None) -> SummaryWriter:
-    """TensorBoard writer; a resumed run purges the events logged after its checkpoint (one curve, no overlap)."""
+    """TensorBoard writer; a resumed run purges the events logged after its checkpoint (one curve, no overlap).
+    With --track, Weights and Biases is started first, so that it mirrors this writer."""
+    if getattr(args, "track", False):
+        start_tracking(args, os.path.basename(os.path.normpath(run_dir)), resumed=checkpoint is not None)
     writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
     if checkpoint is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     print(f"run folder: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", flush=True)
     return writer
+
+
+def check_tracking_available(args: Any) -> None:
+    """--track needs wandb: one line with the install command when it is missing (checked before any work)."""
+    if getattr(args, "track", False) and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--track needs the wandb package, which is not installed: pip install wandb")
+
+
+def start_tracking(args: Any, run_name: str, resumed: bool) -> None:
+    """wandb.init the CleanRL way (TensorBoard synced, the flags as config); the run's videos are uploaded at exit.
+
+    The wandb run id is derived from the run name, so a resumed run continues the same wandb run.
+    """
+    import wandb
+
+    wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+               config=dataclasses.asdict(args), name=run_name, id=re.sub(r"[^A-Za-z0-9_-]", "-", run_name)[-64:],
+               resume="allow" if resumed else None, save_code=True)
+
+    def upload_videos_and_finish() -> None:
+        for path in sorted(glob.glob(os.path.join("videos", run_name, "*.mp4"))):
+            wandb.log({"videos": wandb.Video(path, format="mp4")})
+        wandb.finish()
+
+    atexit.register(upload_videos_and_finish)
 
 
 class StopSignals:
@@ -224,3 +260,43 @@ def check_memory(parameter_count: int, buffer_bytes: int, device: torch.device, 
         raise ConfigError(f"{parameter_count / 1e6:.0f}M network parameters and {buffer_bytes / 2**30:.1f} GiB of buffers "
                           f"need about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available "
                           f"on {device.type}; lower {flags}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress: one live line in a terminal, plain lines in a cluster log
+# ----------------------------------------------------------------------------------------------
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """The training line (steps, return, SPS, ...) with the time left at the current rate. In a terminal it
+    rewrites one live line; when stdout is not a terminal (a file, a cluster log) each update is a plain line."""
+
+    def __init__(self, total_timesteps: int, start_step: int, stream=None):
+        self.stream = stream or sys.stdout
+        self.total_timesteps, self.live = total_timesteps, self.stream.isatty()
+        self.last_time, self.last_step = time.time(), start_step
+
+    def show(self, global_step: int, line: str) -> None:
+        now = time.time()
+        rate = (global_step - self.last_step) / max(now - self.last_time, 1e-9)  # steps/s since the last line
+        self.last_time, self.last_step = now, global_step
+        left = (self.total_timesteps - global_step) / rate if rate > 0 else math.inf
+        if self.live:  # what matters first, the rest as the width allows
+            rest = line.split(" | ", 1)[1] if line.startswith("step ") and " | " in line else line
+            text = f"step {global_step}/{self.total_timesteps} | {rate:.0f} steps/s | {format_duration(left)} left | {rest}"
+            width = shutil.get_terminal_size().columns
+            self.stream.write("\r" + text[: width - 1] + "\x1b[K")
+            self.stream.flush()
+        else:
+            print(f"{line} | {format_duration(left)} left", file=self.stream, flush=True)
+
+    def close(self, run_dir: str) -> None:
+        """End the live line; say where the run is (the same line as at the start)."""
+        if self.live:
+            self.stream.write("\n")
+        print(f"run folder: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", file=self.stream, flush=True)

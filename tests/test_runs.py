@@ -318,3 +318,65 @@ def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_
     assert len(glob.glob(str(tmp_path / "runs" / "*"))) == 1 and os.path.isfile(run.marker_path)
     steps, _ = read_scalars(glob.glob(str(tmp_path / "runs" / "*"))[0], "charts/episodic_return")
     assert steps.max() > 3000 - 200 and len(np.unique(steps)) == len(steps)  # 200-step episodes
+
+
+# ----------------------------------------------------------------------------------------------
+# A user's own environment, video, Weights and Biases
+# ----------------------------------------------------------------------------------------------
+def run_with_tests_importable(args, cwd, extra_env=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.path.join(REPO_ROOT, "tests")]),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(extra_env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_env_id_module_colon_id_imports_the_users_package_first(tmp_path):
+    result = run_with_tests_importable([os.path.join(REPO_ROOT, "diffsac.py"), "--env-id", "user_envs:UserBandit-v0",
+                                        "--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "32",
+                                        "--save-model", "--eval-episodes", "2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "evaluation (2 deterministic episodes): mean return" in result.stdout
+    checkpoint = glob.glob(str(tmp_path / "runs" / "*" / "diffsac.cleanrl_model"))[0]
+    evaluation = run_with_tests_importable(["-m", "common.evaluation", checkpoint, "--episodes", "2"], tmp_path)
+    assert evaluation.returncode == 0 and "user_envs:UserBandit-v0" in evaluation.stdout, evaluation.stderr
+    missing = run_script([os.path.join(REPO_ROOT, "diffsac.py"), "--env-id", "no_such_package:UserBandit-v0"], cwd=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "cannot import module 'no_such_package'" in missing.stderr
+
+
+def test_capture_video_on_classic_control_writes_videos(tmp_path):
+    result = run_script([os.path.join(REPO_ROOT, "baselines/ppo.py"), "--env-id", "Pendulum-v1", "--total-timesteps",
+                         "1024", "--num-steps", "1024", "--capture-video"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    videos = glob.glob(str(tmp_path / "videos" / "*" / "*.mp4"))
+    assert videos and all(os.path.getsize(path) > 1000 for path in videos)
+
+
+def test_capture_video_without_the_renderer_is_refused_before_any_folder(tmp_path, monkeypatch):
+    from common.envs import make_vector_env
+    monkeypatch.setitem(sys.modules, "pygame", None)  # as if pygame were not installed
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="--capture-video: rendering Pendulum-v1 needs a package that is not installed"):
+        make_vector_env("Pendulum-v1", 1, seed=1, capture_video=True, run_name="x")
+    assert not os.path.exists(tmp_path / "videos")
+
+
+def test_track_logs_to_weights_and_biases_offline(tmp_path):
+    result = run_with_tests_importable([os.path.join(REPO_ROOT, "baselines/ppo.py"), "--env-id", "Pendulum-v1",
+                                        "--total-timesteps", "1024", "--num-steps", "1024", "--track",
+                                        "--wandb-project-name", "tests", "--capture-video"], tmp_path,
+                                       {"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert result.returncode == 0, result.stderr
+    (offline_run,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    assert glob.glob(os.path.join(offline_run, "files", "runs", "*", "events.out.tfevents.*"))  # TensorBoard synced
+    assert glob.glob(os.path.join(offline_run, "files", "media", "videos", "*.mp4"))  # video uploaded
+    with open(glob.glob(os.path.join(offline_run, "*.wandb"))[0], "rb") as log:
+        content = log.read()
+    assert b"wandb_project_name" in content and b"Pendulum-v1" in content  # the flags as config
+
+
+def test_track_without_wandb_is_one_line_with_the_install_command(monkeypatch):
+    baseline_ppo = importlib.import_module("baselines.ppo")
+    real_find_spec = runs.importlib.util.find_spec
+    monkeypatch.setattr(runs.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match="--track needs the wandb package, which is not installed: pip install wandb"):
+        runs.parse_args(baseline_ppo.Args, "baselines.ppo", "baselines/ppo.py", ["--track"])

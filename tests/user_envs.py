@@ -1,0 +1,25 @@
+"""A user's own environment package, as `--env-id user_envs:UserBandit-v0` imports it (tests only).
+
+Importing the module registers the id, which is what gym.make("module:EnvId") relies on.
+"""
+
+import gymnasium as gym
+import numpy as np
+
+
+class UserBandit(gym.Env):
+    """One-step bandit on [-1, 1]: reward -(a - 0.5)^2, so the best action is 0.5."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        reward = -float((np.asarray(action).reshape(-1)[0] - 0.5) ** 2)
+        return np.zeros(1, np.float32), reward, True, False, {}
+
+
+gym.register("UserBandit-v0", entry_point=UserBandit)
