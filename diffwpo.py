@@ -39,7 +39,7 @@ Choices the design leaves open, made here:
 - Warm-up actions (before --learning-starts) come from the untrained actor, whose pre-tanh
   action is exactly N(0, I), so the stored chains are consistent with the forward process.
 - Observations are not normalised (as SAC); time-limit truncations bootstrap; the replay
-  buffer is not saved in checkpoints (a resumed run refills it for --learning-starts steps).
+  buffer (the whole chains) is saved beside each checkpoint, so --resume continues learning at once.
 """
 
 from __future__ import annotations

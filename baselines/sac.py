@@ -16,8 +16,8 @@ What differs from CleanRL's sac_continuous_action.py (each as in diffsac.py):
   log(1 - tanh(x)^2 + 1e-6), which floors at -13.8 where the truth is log 4 - 2|x| (|x| > ~7).
 - Time-limit truncations store the true final observation and bootstrap; terminations do not.
 - --save-model checkpoints hold what `python -m common.evaluation CKPT` and --resume need (with an
-  identity observation normaliser); without the replay buffer: a resumed run collects
-  --learning-starts steps with the loaded policy before updating again.
+  identity observation normaliser), and the replay buffer is saved beside it, so that a resumed
+  run continues learning at once.
 - Impossible flags give one clear line and exit code 2; a NaN/inf loss stops with exit code 1.
 - The actor is 128 units wide (--actor-hidden-dim, as diffsac.py; CleanRL: 256), the critics 256;
   CleanRL's repeated delayed actor update, default init and hyperparameters are kept.

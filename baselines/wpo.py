@@ -26,7 +26,7 @@ Choices, and where they differ from diffwpo.py:
 - Critics: diffsac.py's Q(s, a) on the executed (replayed) a = c + h tanh(x), which plays the role of the
   tanh inputs of diffwpo.py's critics: d/dx Q vanishes where tanh saturates. No --num-diffusion-steps,
   no --min-std (the log-std range bounds std).
-- As there: observations not normalised, truncations bootstrapped, replay buffer not saved in checkpoints.
+- As there: observations not normalised, truncations bootstrapped, replay buffer saved beside each checkpoint.
 """
 
 from __future__ import annotations
