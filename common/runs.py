@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -164,8 +165,9 @@ class StopSignals:
 
     def __init__(self):
         self.signal_number: int | None = None
-        for signal_number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signal_number, self._handle)
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for signal_number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signal_number, self._handle)
 
     def _handle(self, signal_number, frame) -> None:
         if self.signal_number is not None and signal_number == signal.SIGINT:
