@@ -21,7 +21,7 @@ TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "chart
         "charts/entropy_estimate", "charts/alpha", "losses/value_loss", "losses/policy_loss", "losses/old_approx_kl",
         "losses/approx_kl", "losses/clipfrac", "losses/explained_variance"]
 PROGRESS = re.compile(r"step +(\d+)/(\d+) \| return \(last \d+ episodes\) +(n/a|-?[\d.]+) \| "
-                      r"entropy estimate +-?[\d.]+ \| alpha [\d.]+e[-+]\d+ \| SPS \d+")
+                      r"entropy estimate +-?[\d.]+ \| alpha [\d.]+e[-+]\d+ \| SPS \d+ \| (\d+:\d\d:\d\d|\?) left")
 
 
 def test_log_pi_matches_torch_distributions():
