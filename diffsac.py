@@ -50,8 +50,8 @@ from common.checkpoint import save_checkpoint
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
 from common.evaluation import evaluate
 from common.normalization import ObservationNormalizer
-from common.runs import (Progress, StopSignals, check_memory, count_parameters, load_replay_buffer, open_writer,
-                         parse_args, replay_buffer_bytes, run_paths, save_replay_buffer)
+from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args,
+                         replay_buffer_bytes, resume_replay_buffer, run_paths, save_replay_buffer)
 
 
 @dataclass
@@ -503,10 +503,8 @@ def main() -> None:
         global_step = checkpoint["global_step"]
     alpha = log_alpha.exp().item()
     replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
-    if checkpoint:
-        if not load_replay_buffer(args.resume, replay_buffer, global_step):
-            learning_starts = global_step + args.learning_starts  # refill the buffer before updating again
-        print(f"resumed {run_name} at step {global_step} with {replay_buffer.size} transitions in the replay buffer")
+    if checkpoint:  # the buffer saved beside the checkpoint; without it, refill before updating again
+        learning_starts = resume_replay_buffer(args, replay_buffer, global_step, learning_starts, run_name)
 
     run_dir, model_path = run_paths(args, run_name)
     writer = open_writer(run_dir, args, checkpoint)

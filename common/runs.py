@@ -231,6 +231,14 @@ def load_replay_buffer(model_path: str, buffer: Any, global_step: int) -> bool:
     return True
 
 
+def resume_replay_buffer(args: Any, buffer: Any, global_step: int, learning_starts: int, run_name: str) -> int:
+    """Load the buffer beside the resumed checkpoint; the step after which updates start: at once when it
+    loaded, else after --learning-starts more steps with the loaded policy to refill it."""
+    loaded = load_replay_buffer(args.resume, buffer, global_step)
+    print(f"resumed {run_name} at step {global_step} with {buffer.size} transitions in the replay buffer")
+    return learning_starts if loaded else global_step + args.learning_starts
+
+
 # ----------------------------------------------------------------------------------------------
 # Memory: refuse up front what cannot fit, instead of an allocator traceback later
 # ----------------------------------------------------------------------------------------------

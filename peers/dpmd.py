@@ -62,8 +62,8 @@ from common.checkpoint import save_checkpoint
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
 from common.evaluation import evaluate
 from common.normalization import ObservationNormalizer
-from common.runs import (Progress, StopSignals, check_memory, count_parameters, load_replay_buffer, open_writer,
-                         parse_args, replay_buffer_bytes, run_paths, save_replay_buffer)
+from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args,
+                         replay_buffer_bytes, resume_replay_buffer, run_paths, save_replay_buffer)
 
 SCRIPT_NAME = "peers/dpmd.py"
 
@@ -432,10 +432,8 @@ def main() -> None:
                 "q_std": q_std, "updates": updates, "policy_updates": policy_updates, "global_step": global_step}
 
     replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
-    if checkpoint:
-        if not load_replay_buffer(args.resume, replay_buffer, global_step):
-            learning_starts = global_step + args.learning_starts  # refill the buffer before updating again
-        print(f"resumed {run_name} at step {global_step} with {replay_buffer.size} transitions in the replay buffer")
+    if checkpoint:  # the buffer saved beside the checkpoint; without it, refill before updating again
+        learning_starts = resume_replay_buffer(args, replay_buffer, global_step, learning_starts, run_name)
 
     def save() -> None:
         save_replay_buffer(model_path, replay_buffer, global_step)
