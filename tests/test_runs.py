@@ -232,30 +232,31 @@ def test_signal_saves_a_checkpoint_and_exits_128_plus_signal(tmp_path, signal_nu
     assert f"--resume {os.path.relpath(model_path, tmp_path)}" in stderr
 
 
-def test_kill_and_resume_leaves_one_curve_in_tensorboard(tmp_path):
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "5000", "--save-model", "--checkpoint-frequency", "400",
-             "--batch-size", "64"]
-    process = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "baselines/sac.py"), *flags,
-                                "--total-timesteps", "200000"], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Random actions (no updates before --learning-starts): thousands of steps a second; stop mid-run.
-    deadline = time.time() + 120
-    while not glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model")) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)
-    process.kill()
-    process.wait()
+def test_resume_from_an_older_checkpoint_leaves_one_curve_in_tensorboard(tmp_path):
+    """The state a kill -9 leaves, made deterministic: the folder's log runs past the checkpoint's step
+    (here: the run went on to 2,000 and its checkpoint is put back to step 1,000). Resuming must drop
+    the abandoned 1,000..2,000 segment; without the purge every episode step after 1,000 appears twice."""
+    script = os.path.join(REPO_ROOT, "baselines/sac.py")
+    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "500", "--batch-size", "64", "--hidden-dim", "64",
+             "--save-model", "--eval-episodes", "1"]
+    assert run_script([script, *flags, "--total-timesteps", "1000"], cwd=tmp_path).returncode == 0
     run_dir = single_run_dir(tmp_path)
     model_path = os.path.join(run_dir, "sac.cleanrl_model")
-    checkpoint_step = torch.load(model_path, weights_only=False)["global_step"]
-    target = max(checkpoint_step + 1000, 5400)
-    result = run_script([os.path.join(REPO_ROOT, "baselines/sac.py"), "--resume", os.path.relpath(model_path, tmp_path),
-                         "--total-timesteps", str(target), "--eval-episodes", "1"], cwd=tmp_path)
+    saved = {path: open(path, "rb").read() for path in (model_path, runs.replay_buffer_path(model_path))}
+    time.sleep(1.1)  # event file names hold the time in seconds
+    result = run_script([script, "--resume", model_path, "--total-timesteps", "2000"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for path, content in saved.items():  # back to the step-1,000 checkpoint: 1,000 steps of log abandoned
+        with open(path, "wb") as file:
+            file.write(content)
+    steps, _ = read_scalars(run_dir, "charts/episodic_return")
+    assert steps.max() == 2000 and len(steps) == 10  # the abandoned segment is in the log
+    time.sleep(1.1)
+    result = run_script([script, "--resume", model_path, "--total-timesteps", "1600"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     steps, _ = read_scalars(run_dir, "charts/episodic_return")
-    assert len(np.unique(steps)) == len(steps), "a step logged twice: the abandoned segment was not purged"
-    assert steps.max() == target and len(glob.glob(os.path.join(run_dir, "*.cleanrl_model"))) == 1
+    assert steps.tolist() == list(range(200, 1800, 200)), "a step logged twice: the abandoned segment was not purged"
+    assert len(glob.glob(os.path.join(run_dir, "*.cleanrl_model"))) == 1
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
