@@ -521,8 +521,7 @@ def main() -> None:
                "reward_normalizer": reward_normalizer}
     global_step, start_iteration = 0, 1
     if checkpoint:
-        if checkpoint.get("script") != "diffreppo" or checkpoint["agent_kwargs"] != agent_kwargs \
-                or checkpoint["critic_kwargs"] != critic_kwargs:
+        if checkpoint["agent_kwargs"] != agent_kwargs or checkpoint["critic_kwargs"] != critic_kwargs:
             raise ConfigError(f"--resume {args.resume}: the checkpoint is not a diffreppo.py run with these networks; "
                               "allowed: a diffreppo.py checkpoint with the same --env-id, --num-diffusion-steps, "
                               "--actor-hidden-dim, --min-std, --hidden-dim, --num-bins, --v-min, --v-max.")

@@ -350,8 +350,7 @@ def main() -> None:
                "reward_normalizer": reward_normalizer}
     global_step, start_iteration = 0, 1
     if checkpoint:
-        if checkpoint.get("script") != "baselines.reppo" or checkpoint["agent_kwargs"] != agent_kwargs \
-                or checkpoint["critic_kwargs"] != critic_kwargs:
+        if checkpoint["agent_kwargs"] != agent_kwargs or checkpoint["critic_kwargs"] != critic_kwargs:
             raise ConfigError(f"--resume {args.resume}: the checkpoint is not a baselines/reppo.py run with these networks; "
                               "allowed: a baselines/reppo.py checkpoint with the same --env-id, --actor-hidden-dim, "
                               "--hidden-dim, --num-bins, --v-min, --v-max.")

@@ -70,25 +70,23 @@ def parse_args(args_class: type, script_module: str, script_name: str, argv: lis
     """
     argv = sys.argv[1:] if argv is None else argv
     path = resume_path_in(argv)
-    if path is None:
-        args = tyro.cli(args_class, args=argv)
-        check_finite_floats(args)
-        check_tracking_available(args)
-        if args.eval_episodes < 1:
-            raise ConfigError(f"--eval-episodes must be at least 1 (got {args.eval_episodes}).")
-        return args, None
-
-    checkpoint = load_checkpoint(path)
-    saved_script = checkpoint.get("script")
-    if saved_script != script_module:
-        saved_name = saved_script.replace(".", "/") + ".py" if saved_script else "an unknown script"
-        raise ConfigError(f"--resume {path} is a checkpoint of {saved_name}, "
-                          f"not of {script_name}; resume it with that script.")
+    checkpoint, saved = None, None
     names = {field.name for field in dataclasses.fields(args_class)}
-    saved = args_class(**{key: value for key, value in checkpoint["args"].items() if key in names})
+    if path is not None:
+        checkpoint = load_checkpoint(path)
+        saved_script = checkpoint.get("script")
+        if saved_script != script_module:
+            saved_name = saved_script.replace(".", "/") + ".py" if saved_script else "an unknown script"
+            raise ConfigError(f"--resume {path} is a checkpoint of {saved_name}, "
+                              f"not of {script_name}; resume it with that script.")
+        saved = args_class(**{key: value for key, value in checkpoint["args"].items() if key in names})
     args = tyro.cli(args_class, args=argv, default=saved)
     check_finite_floats(args)
     check_tracking_available(args)
+    if args.eval_episodes < 1:
+        raise ConfigError(f"--eval-episodes must be at least 1 (got {args.eval_episodes}).")
+    if checkpoint is None:
+        return args, None
     for field in dataclasses.fields(args_class):
         if field.name in CHANGEABLE_ON_RESUME:
             continue
@@ -101,8 +99,6 @@ def parse_args(args_class: type, script_module: str, script_name: str, argv: lis
         raise ConfigError(f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step "
                           f"{checkpoint['global_step']}; allowed: a larger target, e.g. --total-timesteps "
                           f"{2 * checkpoint['global_step']}.")
-    if args.eval_episodes < 1:
-        raise ConfigError(f"--eval-episodes must be at least 1 (got {args.eval_episodes}).")
     return args, checkpoint
 
 
