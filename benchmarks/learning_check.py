@@ -24,7 +24,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.logs import read_scalars, rolling_mean  # noqa: E402
+from benchmarks.logs import read_scalars, rolling_mean  # noqa: E402
 
 
 @dataclass

@@ -13,7 +13,7 @@ from conftest import REPO_ROOT, run_script, single_run_dir
 from torch import distributions
 
 from baselines.ppo import Agent, cli, gae, step_with_bootstrap
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 
 SCRIPT = os.path.join(REPO_ROOT, "baselines", "ppo.py")
 TINY = ["--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2"]

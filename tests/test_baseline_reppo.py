@@ -11,7 +11,7 @@ from conftest import run_script, single_run_dir
 from test_diffreppo import lambda_returns_forward_view
 
 from baselines import reppo
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 
 SMALL = ["--num-envs", "2", "--num-steps", "64", "--minibatch-size", "64", "--update-epochs", "2", "--hidden-dim", "64"]
 

@@ -16,7 +16,7 @@ from torch.distributions import AffineTransform, Normal, TanhTransform, Transfor
 
 from baselines import sac
 from common.envs import make_vector_env, run_cli
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 
 SCRIPT = "baselines/sac.py"
 LOW, HIGH = [-1.0, -2.0, 0.0], [2.0, 0.0, 0.5]  # centres 0.5, -1, 0.25; half-widths 1.5, 1, 0.25

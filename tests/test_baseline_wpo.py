@@ -14,7 +14,7 @@ from conftest import run_script, single_run_dir
 
 from baselines import wpo
 from common.envs import make_vector_env
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 
 SCRIPT = os.path.join("baselines", "wpo.py")
 SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "64"]

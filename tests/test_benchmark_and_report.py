@@ -1,7 +1,8 @@
-"""common.benchmark (grid runner) and common.report (curves and table) from the command line."""
+"""benchmarks.grid (grid runner) and benchmarks.report (curves and table) from the command line."""
 
 import json
 import os
+import shutil
 import time
 
 import matplotlib.image
@@ -9,7 +10,7 @@ import pytest
 from conftest import run_script
 from torch.utils.tensorboard import SummaryWriter
 
-from common.report import find_run_dirs, markdown_table, summarise
+from benchmarks.report import find_run_dirs, markdown_table, summarise
 
 TINY_PPO = "--extra=--num-steps 256 --num-minibatches 4 --num-diffusion-steps 2"
 
@@ -53,7 +54,7 @@ def test_report_table_has_known_final_returns_spread_and_wall_clock(synthetic_ru
 def test_report_command_writes_png_and_table_with_reference_column(synthetic_runs):
     reference = synthetic_runs / "reference.csv"
     reference.write_text("env_id,algorithm,return,std,source\nToy-v0,alg,7.5,1.5,paper\n")
-    result = run_script(["-m", "common.report", "runs", "--out-dir", "out", "--name", "cmp", "--last-episodes", "5",
+    result = run_script(["-m", "benchmarks.report", "runs", "--out-dir", "out", "--name", "cmp", "--last-episodes", "5",
                          "--reference", str(reference)], cwd=synthetic_runs)
     assert result.returncode == 0, result.stderr
     table = (synthetic_runs / "out" / "cmp.md").read_text().splitlines()
@@ -65,7 +66,7 @@ def test_report_command_writes_png_and_table_with_reference_column(synthetic_run
 
 
 def test_report_filters_and_bad_input(synthetic_runs):
-    result = run_script(["-m", "common.report", "runs", "--algorithms", "alg", "--out-dir", "out"], cwd=synthetic_runs)
+    result = run_script(["-m", "benchmarks.report", "runs", "--algorithms", "alg", "--out-dir", "out"], cwd=synthetic_runs)
     assert result.returncode == 0, result.stderr
     assert "diffalg" not in (synthetic_runs / "out" / "report.md").read_text()
     bad_csv = synthetic_runs / "bad.csv"
@@ -73,13 +74,13 @@ def test_report_filters_and_bad_input(synthetic_runs):
     for flags, expected in [(["nowhere"], "'nowhere': no such folder"),
                             (["runs", "--env-ids", "Other-v0"], "no run folders"),
                             (["runs", "--reference", str(bad_csv)], "missing column(s) algorithm, env_id, return")]:
-        result = run_script(["-m", "common.report", *flags], cwd=synthetic_runs)
+        result = run_script(["-m", "benchmarks.report", *flags], cwd=synthetic_runs)
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert result.stderr.startswith("common.report: error:") and expected in result.stderr, result.stderr
+        assert result.stderr.startswith("benchmarks.report: error:") and expected in result.stderr, result.stderr
 
 
 def test_benchmark_dry_run_prints_commands_and_runs_nothing(tmp_path, repo_root):
-    result = run_script(["-m", "common.benchmark", "--scripts", "diffppo.py", "diffsac.py", "--env-ids", "Pendulum-v1",
+    result = run_script(["-m", "benchmarks.grid", "--scripts", "diffppo.py", "diffsac.py", "--env-ids", "Pendulum-v1",
                          "Hopper-v4", "--seeds", "1", "2", "--total-timesteps", "1000", "--workdir", str(tmp_path),
                          "--dry-run"], cwd=repo_root)
     assert result.returncode == 0, result.stderr
@@ -93,7 +94,7 @@ def test_benchmark_dry_run_prints_commands_and_runs_nothing(tmp_path, repo_root)
 
 @pytest.mark.parametrize("executor", ["local", "submitit-local"])
 def test_benchmark_runs_grid_then_resume_skips_finished_runs(tmp_path, repo_root, executor):
-    grid = ["-m", "common.benchmark", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "2",
+    grid = ["-m", "benchmarks.grid", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "2",
             "--total-timesteps", "512", TINY_PPO, "--workdir", str(tmp_path), "--executor", executor]
     result = run_script(grid, cwd=repo_root)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -104,17 +105,43 @@ def test_benchmark_runs_grid_then_resume_skips_finished_runs(tmp_path, repo_root
         assert marker["run_dir"].startswith(f"runs/Pendulum-v1__diffppo__{seed}__")
         assert "step       512/512" in (tmp_path / "benchmark_logs" / f"Pendulum-v1__diffppo__{seed}.log").read_text()
 
+        summary = json.loads((tmp_path / "summaries" / f"Pendulum-v1__diffppo__{seed}.json").read_text())
+        assert summary["seed"] == seed and summary["flags"]["total_timesteps"] == "512" and summary["script"] == "diffppo.py"
+        assert summary["command"].startswith(f"python diffppo.py --env-id Pendulum-v1 --seed {seed} --exp-name diffppo "
+                                             "--total-timesteps 512 --num-steps 256")
+        assert summary["flags"]["num_diffusion_steps"] == "2" and not summary["resumed"]
+        assert set(summary["versions"]) == {"torch", "gymnasium", "mujoco", "project"}
+
     again = run_script(grid + ["--seeds", "1", "2", "3", "--dry-run"], cwd=repo_root)
     assert "3 runs; 2 already finished, 1 to run" in again.stdout
     assert again.stdout.count("[skip, finished]") == 2 and "[run] " in again.stdout
 
-    report = run_script(["-m", "common.report", str(tmp_path / "runs"), "--out-dir", str(tmp_path)], cwd=repo_root)
+    report = run_script(["-m", "benchmarks.report", str(tmp_path / "runs"), "--out-dir", str(tmp_path)], cwd=repo_root)
     assert report.returncode == 0, report.stderr
     assert "| Pendulum-v1 | diffppo | 2 |" in report.stdout
 
+    # The next session: a fresh checkout holds only the committed summaries, and the grid still skips those runs.
+    for folder in ("runs", "benchmark_logs"):
+        shutil.rmtree(tmp_path / folder)
+    next_session = run_script(grid + ["--seeds", "1", "2", "3", "--dry-run"], cwd=repo_root)
+    assert "3 runs; 2 already finished, 1 to run" in next_session.stdout, next_session.stdout
+
+
+def test_benchmark_writes_missing_summaries_of_runs_finished_earlier(tmp_path, repo_root):
+    grid = ["-m", "benchmarks.grid", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
+            "--total-timesteps", "512", TINY_PPO, "--workdir", str(tmp_path), "--summary-every", "256"]
+    assert run_script(grid, cwd=repo_root).returncode == 0
+    summary_path = tmp_path / "summaries" / "Pendulum-v1__diffppo__1.json"
+    written = json.loads(summary_path.read_text())
+    assert list(written["running_mean_at"]) == ["256", "512"]
+    summary_path.unlink()  # as if the run had finished under a version that wrote no summaries
+    again = run_script(grid, cwd=repo_root)
+    assert f"[summary] {summary_path}" in again.stdout and "0 to run" in again.stdout
+    assert json.loads(summary_path.read_text())["running_mean_at"] == written["running_mean_at"]
+
 
 def test_benchmark_reports_a_failed_run_and_writes_no_marker(tmp_path, repo_root):
-    result = run_script(["-m", "common.benchmark", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
+    result = run_script(["-m", "benchmarks.grid", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
                          "--extra=--num-diffusion-steps 0", "--workdir", str(tmp_path)], cwd=repo_root)
     assert result.returncode == 1
     assert "[FAILED (exit 2)] Pendulum-v1__diffppo__1" in result.stdout
@@ -130,7 +157,7 @@ def test_benchmark_reports_a_failed_run_and_writes_no_marker(tmp_path, repo_root
     (["--workers", "0"], "--workers must be at least 1"),
 ])
 def test_benchmark_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
-    result = run_script(["-m", "common.benchmark", "--scripts", "diffppo.py", *flags, "--workdir", str(tmp_path)],
+    result = run_script(["-m", "benchmarks.grid", "--scripts", "diffppo.py", *flags, "--workdir", str(tmp_path)],
                         cwd=repo_root)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("common.benchmark: error:") and expected in result.stderr, result.stderr
+    assert result.stderr.startswith("benchmarks.grid: error:") and expected in result.stderr, result.stderr

@@ -6,7 +6,7 @@ import re
 import pytest
 from conftest import run_script, single_run_dir
 
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 
 SMALL = ["--num-steps", "256", "--num-minibatches", "8", "--update-epochs", "2"]
 TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/entropy_estimate", "charts/alpha",

@@ -11,7 +11,7 @@ import torch
 from conftest import run_script, single_run_dir
 
 import diffreppo
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 
 SMALL = ["--num-envs", "2", "--num-steps", "64", "--minibatch-size", "128", "--update-epochs", "2", "--hidden-dim", "64"]
 TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/entropy_estimate", "charts/alpha",

@@ -120,7 +120,7 @@ def test_mode_shares_total_variation_and_coverage_on_known_samples():
 
 
 def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_root):
-    command = ["-m", "common.multimodal", "--script", "diffsac.py", "--env-id", "DoubleWellBandit-v0",
+    command = ["-m", "benchmarks.multimodal", "--script", "diffsac.py", "--env-id", "DoubleWellBandit-v0",
                "--seeds", "1", "--total-timesteps", "600", "--samples", "500", "--workdir", str(tmp_path),
                "--out-dir", str(tmp_path / "out"), "--exp-suffix=-short",
                "--extra=--learning-starts 256 --batch-size 64 --hidden-dim 64 --num-diffusion-steps 2"]
@@ -146,9 +146,9 @@ def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_ro
 
 
 def test_multimodal_command_rejects_other_envs(tmp_path, repo_root):
-    result = run_script(["-m", "common.multimodal", "--env-id", "Pendulum-v1"], cwd=repo_root)
+    result = run_script(["-m", "benchmarks.multimodal", "--env-id", "Pendulum-v1"], cwd=repo_root)
     assert result.returncode == 2 and "not a multimodal benchmark; allowed: DoubleWellBandit-v0" in result.stderr
-    result = run_script(["-m", "common.multimodal", "--exp-suffix", "a/b"], cwd=repo_root)
+    result = run_script(["-m", "benchmarks.multimodal", "--exp-suffix", "a/b"], cwd=repo_root)
     assert result.returncode == 2 and "--exp-suffix" in result.stderr
 
 
@@ -186,7 +186,7 @@ def test_strict_coverage_rejects_a_broad_bump_that_the_share_rule_accepts():
 
 
 def test_every_script_gets_flags_that_fix_the_temperature_on_the_raw_reward():
-    from common.multimodal import fixed_temperature_flags
+    from benchmarks.multimodal import fixed_temperature_flags
     assert fixed_temperature_flags("diffsac.py", 0.2) == ["--no-autotune"]
     assert fixed_temperature_flags("baselines/ppo.py", 0.2) == ["--no-norm-reward"]
     reppo = fixed_temperature_flags("diffreppo.py", 0.2)

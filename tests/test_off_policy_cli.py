@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import run_script, single_run_dir
 
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 
 SCRIPTS = ["diffsac.py", "diffwpo.py"]
 SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "64"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import run_script, single_run_dir
 
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 from peers import dpmd, sdac
 
 SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "32", "--num-hidden-layers", "2",

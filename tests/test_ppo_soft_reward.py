@@ -5,7 +5,7 @@ import os
 import pytest
 from conftest import run_script, single_run_dir
 
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 
 
 @pytest.mark.parametrize("script,flags", [("diffppo.py", ["--num-diffusion-steps", "2"]), ("baselines/ppo.py", [])])

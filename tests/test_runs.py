@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from common import runs
 from common.envs import ConfigError
-from common.logs import read_scalars
+from benchmarks.logs import read_scalars
 from common.normalization import ObservationNormalizer
 
 SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "diffreppo.py", "baselines/ppo.py", "baselines/sac.py",
@@ -299,7 +299,7 @@ def submitit_task_pid(root_pid: int) -> int:
 def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     import submitit
 
-    from common import benchmark
+    from benchmarks import grid as benchmark
     monkeypatch.setenv("PYTHONPATH", REPO_ROOT)
     args = benchmark.Args(scripts=["baselines/sac.py"], env_ids=["Pendulum-v1"], seeds=[1], total_timesteps=3000,
                           workdir=str(tmp_path), executor="submitit-local",

@@ -1,7 +1,7 @@
 """Small per-run summaries that outlive the event files, and tables rebuilt from them.
 
-    python benchmarks/run_summary.py write runs/Hopper-v4__diffreppo_check__* --script diffreppo.py
-    python benchmarks/run_summary.py table results/summaries/Hopper-v4__*_check__*.json --steps 100000 300000
+    python benchmarks/summaries.py write runs/Hopper-v4__diffreppo_check__* --script diffreppo.py
+    python benchmarks/summaries.py table results/summaries/Hopper-v4__*_check__*.json --steps 100000 300000
 
 ``write`` reads each run folder's TensorBoard files and writes results/summaries/RUN.json:
 the run's flags (as logged), the --window-episode running mean of charts/episodic_return at
@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,8 +29,8 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.logs import read_scalars, rolling_mean  # noqa: E402
-from common.report import wall_clock_seconds  # noqa: E402
+from benchmarks.logs import read_scalars, rolling_mean  # noqa: E402
+from benchmarks.report import wall_clock_seconds  # noqa: E402
 
 SUMMARY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "summaries")
 
@@ -93,7 +94,18 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
             "deterministic_eval_mean": round(float(np.mean(evaluation)), 1) if len(evaluation) else None,
             "deterministic_eval_episodes": int(len(evaluation)), "episodes": int(len(returns)), "last_step": int(steps[-1]) if len(steps) else 0,
             "wall_clock_s": round(wall_clock_seconds(run_dir), 1),
-            "versions": {name: version(name) for name in ("torch", "gymnasium", "mujoco")}}
+            "versions": {**{name: version(name) for name in ("torch", "gymnasium", "mujoco")}, "project": project_commit()}}
+
+
+def project_commit() -> str | None:
+    """The repository's commit (with "+changes" when the work tree differs from it), or None outside git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if dirty else "")
 
 
 def table(paths: list[str], show_steps: list[int]) -> str:

@@ -1,4 +1,4 @@
-"""benchmarks/run_summary.py: the summary of a run equals what its event file says."""
+"""benchmarks/summaries.py: the summary of a run equals what its event file says."""
 
 import importlib.util
 import json
@@ -10,10 +10,10 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("run_summary", os.path.join(ROOT, "benchmarks", "run_summary.py"))
-run_summary = importlib.util.module_from_spec(spec)
-sys.modules["run_summary"] = run_summary  # dataclasses look their module up there
-spec.loader.exec_module(run_summary)
+spec = importlib.util.spec_from_file_location("summaries", os.path.join(ROOT, "benchmarks", "summaries.py"))
+summaries = importlib.util.module_from_spec(spec)
+sys.modules["summaries"] = summaries  # dataclasses look their module up there
+spec.loader.exec_module(summaries)
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def fake_run(tmp_path):
 
 def test_running_means_at_steps_and_first_crossing_match_a_direct_computation(fake_run):
     run_dir, returns = fake_run
-    summary = run_summary.summarise_run(run_dir, "algo.py", every=50_000, window=10, thresholds=[100.0, 1e9])
+    summary = summaries.summarise_run(run_dir, "algo.py", every=50_000, window=10, thresholds=[100.0, 1e9])
     # the 10-episode mean at 50k is that of episodes 1..5 (fewer than 10 so far), at 150k of episodes 6..15.
     assert summary["running_mean_at"]["50000"] == pytest.approx(np.mean(returns[:5]))
     assert summary["running_mean_at"]["150000"] == pytest.approx(np.mean(returns[5:15]))
@@ -49,13 +49,13 @@ def test_table_shows_each_seed_and_the_mean_over_seeds(fake_run, tmp_path):
     run_dir, _ = fake_run
     paths = []
     for seed, shift in [(1, 0.0), (2, 10.0)]:
-        summary = run_summary.summarise_run(run_dir, "algo.py", every=100_000, window=10, thresholds=[])
+        summary = summaries.summarise_run(run_dir, "algo.py", every=100_000, window=10, thresholds=[])
         summary["seed"] = seed
         summary["running_mean_at"] = {k: v + shift for k, v in summary["running_mean_at"].items()}
         path = tmp_path / f"{seed}.json"
         path.write_text(json.dumps(summary))
         paths.append(str(path))
-    text = run_summary.table(paths, [100_000])
+    text = summaries.table(paths, [100_000])
     rows = [line for line in text.splitlines() if "algo_check" in line]
     assert [row.split("|")[3].strip() for row in rows] == ["1", "2", "mean"]
     assert rows[0].split("|")[4].strip() == "55.0" and rows[1].split("|")[4].strip() == "65.0"

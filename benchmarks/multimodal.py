@@ -1,6 +1,6 @@
 """Train a script on a multimodal benchmark and compare its action distribution with pi*.
 
-    python -m common.multimodal --script diffsac.py --env-id DoubleWellBandit-v0 --seeds 1 2 3 \
+    python -m benchmarks.multimodal --script diffsac.py --env-id DoubleWellBandit-v0 --seeds 1 2 3 \
         --total-timesteps 6000 --alpha 0.2 --extra="--learning-starts 1000"
 
 For each seed: trains ``SCRIPT --env-id E --seed S --total-timesteps N --alpha A --save-model``
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import tyro
 
-from common.benchmark import REPO_ROOT, Run, is_finished, run_one
+from benchmarks.grid import REPO_ROOT, Run, is_finished, run_one
 from common.envs import ConfigError, check_env_id, run_cli
 from common.evaluation import load_agent
 from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly, histogram,
@@ -301,4 +301,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, "common.multimodal")
+    run_cli(main, "benchmarks.multimodal")

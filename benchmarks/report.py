@@ -1,6 +1,6 @@
 """Learning curves and a table of final returns from the TensorBoard logs of many runs.
 
-    python -m common.report runs --out-dir docs --name comparison --last-episodes 10 \
+    python -m benchmarks.report runs --out-dir docs --name comparison --last-episodes 10 \
         --reference docs/cleanrl_reference.csv
 
 RUNS are run folders (runs/{env_id}__{exp_name}__{seed}__{time}) or folders holding them
@@ -31,8 +31,8 @@ import numpy as np
 import tyro
 
 from common.envs import ConfigError, run_cli
-from common.logs import read_scalars
-from common.plotting import algorithm_order, group_runs, plot_learning_curves
+from benchmarks.logs import read_scalars
+from benchmarks.plotting import algorithm_order, group_runs, plot_learning_curves
 
 
 def find_run_dirs(paths: list[str]) -> list[str]:
@@ -199,4 +199,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, "common.report")
+    run_cli(main, "benchmarks.report")

@@ -1,6 +1,6 @@
 """Learning curves from TensorBoard logs: one panel per environment, one line per experiment.
 
-    python -m common.plotting runs/InvertedPendulum-v4__diffppo_check__* runs/Hopper-v4__diffppo_check__* \
+    python -m benchmarks.plotting runs/InvertedPendulum-v4__diffppo_check__* runs/Hopper-v4__diffppo_check__* \
         --out docs/diffppo_learning_curves.png
 
 Run folders are named {env_id}__{exp_name}__{seed}__{time} (the scripts' convention); the
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import tyro
 
-from common.logs import read_scalars, rolling_mean
+from benchmarks.logs import read_scalars, rolling_mean
 
 
 def group_runs(run_dirs: list[str]) -> dict[str, dict[str, list[str]]]:

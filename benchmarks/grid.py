@@ -1,9 +1,10 @@
 """Run a grid of scripts x environments x seeds, locally or on a Slurm cluster (through submitit).
 
-    python -m common.benchmark --scripts diffppo.py baselines/ppo.py \
+    python -m benchmarks.grid --scripts diffppo.py baselines/ppo.py \
         --env-ids InvertedPendulum-v4 Hopper-v4 --seeds 1 2 3 --total-timesteps 1000000 \
-        --workdir results/ppo_pair --workers 2
-    python -m common.report results/ppo_pair/runs --out-dir results/ppo_pair
+        --workdir results/ppo_pair --workers 2 --extra="--save-model"
+    python -m benchmarks.report results/ppo_pair/runs --out-dir results/ppo_pair
+    python -m benchmarks.evidence   # every table and figure of docs/benchmarks.md from results/*/summaries
 
 Every run is ``python SCRIPT --env-id ENV --seed S --exp-name NAME [--total-timesteps N] [--extra ...]``
 with the working directory --workdir, so its TensorBoard logs land in WORKDIR/runs/ (the
@@ -11,9 +12,13 @@ scripts' runs/{env_id}__{exp_name}__{seed}__{time} convention) and its stdout in
 WORKDIR/benchmark_logs/{env_id}__{exp_name}__{seed}.log. NAME is the script's file name
 without .py plus --exp-suffix (e.g. ``diffppo_k4``). A run that finishes writes a marker
 ``{env_id}__{exp_name}__{seed}.done.json`` (command, run folder, wall-clock seconds) beside
-its log; running the same grid again skips every run that has one, unless --rerun-finished is
-given, and continues every unfinished run that left a checkpoint (--save-model in --extra) with
-``--resume`` instead of starting it over. --dry-run prints the commands and what would be skipped.
+its log, and a summary WORKDIR/summaries/{env_id}__{exp_name}__{seed}.json (benchmarks/summaries.py:
+running means every --summary-every steps, deterministic evaluation, wall-clock, versions, command)
+that is small enough to commit. Running the same grid again skips every run that has a summary or a
+marker, unless --rerun-finished is given, and continues every unfinished run that left a checkpoint
+(--save-model in --extra) with ``--resume`` instead of starting it over; so a grid longer than a
+working day is the same command run again, in the next session, after committing the summaries.
+--dry-run prints the commands and what would be skipped.
 On Slurm, a job that is preempted or reaches its time limit is requeued (submitit's checkpointing):
 its script is stopped with SIGTERM, saves a checkpoint at the current step, and the requeued job
 continues from it.
@@ -44,7 +49,7 @@ from typing import Literal
 import tyro
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # `python common/benchmark.py` as well as `python -m common.benchmark`
+if REPO_ROOT not in sys.path:  # `python benchmarks/grid.py` as well as `python -m benchmarks.grid`
     sys.path.insert(0, REPO_ROOT)
 
 from common.envs import ConfigError, check_env_id, run_cli  # noqa: E402
@@ -91,6 +96,8 @@ class Args:
     """memory per job in GB (submitit executors)"""
     slurm_array_parallelism: int = 64
     """maximum number of jobs of the array running at once on Slurm"""
+    summary_every: int = 5000
+    """environment steps between the running means recorded in each finished run's summary"""
 
 
 @dataclass
@@ -105,6 +112,8 @@ class Run:
     workdir: str  # absolute
     log_path: str
     marker_path: str
+    summary_path: str  # WORKDIR/summaries/{key}.json, written when the run finishes (commit it)
+    summary_every: int = 5000
 
     @property
     def key(self) -> str:
@@ -132,6 +141,8 @@ def validate_args(args: Args) -> None:
                         ("--cpus-per-task", args.cpus_per_task), ("--slurm-array-parallelism", args.slurm_array_parallelism)]:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value}).")
+    if args.summary_every < 1:
+        raise ConfigError(f"--summary-every must be at least 1 (got {args.summary_every}).")
     if args.total_timesteps is not None and args.total_timesteps < 1:
         raise ConfigError(f"--total-timesteps must be at least 1 (got {args.total_timesteps}).")
 
@@ -152,16 +163,46 @@ def build_grid(args: Args) -> list[Run]:
                 command += shlex.split(args.extra)
                 key = f"{env_id}__{exp_name}__{seed}"
                 runs.append(Run(script_path, env_id, seed, exp_name, command, workdir,
-                                os.path.join(log_dir, f"{key}.log"), os.path.join(log_dir, f"{key}.done.json")))
+                                os.path.join(log_dir, f"{key}.log"), os.path.join(log_dir, f"{key}.done.json"),
+                                os.path.join(workdir, "summaries", f"{key}.json"), args.summary_every))
     return runs
 
 
 def is_finished(run: Run) -> bool:
-    """A marker exists and the run folder it names is still there."""
+    """Its summary exists (committed from an earlier session, say), or a marker whose run folder is still there."""
+    if os.path.isfile(run.summary_path):
+        return True
     if not os.path.isfile(run.marker_path):
         return False
     with open(run.marker_path) as marker:
         return os.path.isdir(os.path.join(run.workdir, json.load(marker)["run_dir"]))
+
+
+def portable_command(command: list[str]) -> str:
+    """The run's command as a user types it: `python SCRIPT ...` with the script relative to the repository."""
+    script = command[1]
+    relative = os.path.relpath(script, REPO_ROOT)
+    return shlex.join(["python", script if relative.startswith("..") else relative, *command[2:]])
+
+
+def write_summary(run: Run, every: int) -> str | None:
+    """Write the run's summary (benchmarks/summaries.py) from the folder its marker names; returns its path."""
+    from benchmarks.summaries import summarise_run
+
+    with open(run.marker_path) as marker:
+        outcome = json.load(marker)
+    run_dir = os.path.join(run.workdir, outcome["run_dir"])
+    if not os.path.isdir(run_dir):
+        return None
+    summary = summarise_run(run_dir, os.path.relpath(run.script, REPO_ROOT), every=every, window=10, thresholds=[])
+    summary.update(command=portable_command(run.command), grid_wall_clock_s=outcome["wall_clock_s"],
+                   finished_at=outcome.get("finished_at"), resumed=" --resume " in f" {outcome['command']} ")
+    os.makedirs(os.path.dirname(run.summary_path), exist_ok=True)
+    temporary = run.summary_path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(summary, file, indent=1)
+    os.replace(temporary, run.summary_path)
+    return run.summary_path
 
 
 def newest_run_dir(run: Run, started: float) -> str | None:
@@ -231,6 +272,7 @@ def run_one(run: Run, job: "RunJob | None" = None) -> dict:
         with open(temporary, "w") as marker:
             json.dump({**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}, marker, indent=1)
         os.replace(temporary, run.marker_path)
+        outcome["summary"] = write_summary(run, run.summary_every)
     return outcome
 
 
@@ -274,7 +316,8 @@ class RunJob:
 
 def describe(outcome: dict) -> str:
     status = "done" if outcome["returncode"] == 0 else f"FAILED (exit {outcome['returncode']})"
-    return f"[{status}] {outcome['key']} in {outcome['wall_clock_s']:.0f} s -> {outcome['run_dir']} (log {outcome['log']})"
+    summary = f", summary {outcome['summary']}" if outcome.get("summary") else ""
+    return f"[{status}] {outcome['key']} in {outcome['wall_clock_s']:.0f} s -> {outcome['run_dir']} (log {outcome['log']}{summary})"
 
 
 def run_with_submitit(args: Args, pending: list[Run]) -> list[dict]:
@@ -308,6 +351,9 @@ def main() -> None:
     args = tyro.cli(Args)
     validate_args(args)
     runs = build_grid(args)
+    for run in runs:  # runs finished before summaries were written at the end of each run (or by an older version)
+        if not os.path.isfile(run.summary_path) and is_finished(run):
+            print(f"[summary] {write_summary(run, args.summary_every)}")
     pending = [run for run in runs if args.rerun_finished or not is_finished(run)]
     workdir = os.path.abspath(args.workdir)
     print(f"grid: {len(args.scripts)} scripts x {len(args.env_ids)} envs x {len(args.seeds)} seeds = {len(runs)} runs; "
@@ -332,7 +378,7 @@ def main() -> None:
     failed = [outcome for outcome in outcomes if outcome["returncode"] != 0]
     if outcomes:
         print(f"{len(outcomes) - len(failed)} runs finished, {len(failed)} failed. "
-              f"Report: python -m common.report {os.path.join(args.workdir, 'runs')} --out-dir {args.workdir}")
+              f"Report: python -m benchmarks.report {os.path.join(args.workdir, 'runs')} --out-dir {args.workdir}")
     if failed:
         print("failed: " + ", ".join(f"{outcome['key']} (see {outcome['log']})" for outcome in failed), file=sys.stderr)
         sys.exit(1)
@@ -340,7 +386,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     # Run the importable module's main, so that submitit pickles run_one and Run by reference
-    # (common.benchmark.run_one) rather than by value from __main__.
-    from common import benchmark
+    # (benchmarks.grid.run_one) rather than by value from __main__.
+    from benchmarks import grid as benchmark
 
-    run_cli(benchmark.main, "common.benchmark")
+    run_cli(benchmark.main, "benchmarks.grid")
