@@ -1,0 +1,474 @@
+"""The evidence: every generated table and figure of docs/benchmarks.md, rebuilt from committed run summaries.
+
+    python -m benchmarks.evidence            # rewrite the generated blocks of docs/benchmarks.md and docs/evidence_*.png
+    python -m benchmarks.evidence --check    # exit 1, naming the blocks, if the page differs from what the summaries give
+
+The experiments are declared below (EXPERIMENTS): each is one grid of benchmarks/grid.py whose finished runs
+left summaries in results/NAME/summaries/ (a K ablation also reads its K = 8 runs from the main grids). A
+run's score is the mean return of the deterministic evaluation episodes at its end (the noise-free chain or
+the Gaussian mean, observation statistics frozen: --save-model), normalised per task as
+(return - random) / (reference - random) with benchmarks/reference_scores.json. The statistics are
+rliable's (Agarwal et al., 2021): interquartile mean (IQM) and mean over all runs of all tasks, 95%
+stratified-bootstrap confidence intervals (seeds resampled within each task), performance profiles, and
+the probability of improvement P(X > Y) (the Mann-Whitney statistic per task, averaged over tasks) with
+its bootstrap interval. Sample-efficiency curves use the training episodes' 10-episode running mean at
+fixed steps (the summaries' running_mean_at), normalised the same way, IQM over runs with the same
+bootstrap band. Bootstrap draws are seeded, so a rebuild of unchanged summaries rewrites identical text.
+
+A claim's verdict follows one rule: "reproduced" when the 95% interval of the probability of
+improvement lies above 0.5, "refuted" when it lies below, "not separated" otherwise (too few seeds or
+too small a difference to tell at this budget), and "not measured yet" with the command when its runs
+are missing. Blocks in the page are delimited by <!-- generated:NAME --> ... <!-- /generated:NAME -->.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import tyro
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from common.envs import ConfigError, run_cli  # noqa: E402
+
+REFERENCE_SCORES = os.path.join(REPO_ROOT, "benchmarks", "reference_scores.json")
+BOOTSTRAP_REPS = 5000  # stratified-bootstrap draws for the IQM, mean and P(X > Y) intervals (curves and profiles: 1000)
+LABELS = {"diffppo": "DiffPPO", "ppo": "PPO", "diffreppo": "DiffREPPO", "reppo": "REPPO", "diffsac": "DiffSAC",
+          "sac": "SAC", "diffwpo": "DiffWPO", "wpo": "WPO", "dpmd": "DPMD", "sdac": "SDAC"}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # results/NAME/summaries, the page's generated:NAME blocks and docs/evidence_NAME.png
+    title: str
+    algorithms: tuple[str, ...]  # exp names (script stem + grid --exp-suffix)
+    pairs: tuple[tuple[str, str], ...]  # (challenger, baseline) for the probability of improvement
+    env_ids: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: tuple[int, ...]  # training running-mean columns of the runs table
+    commands: tuple[str, ...]  # what makes the runs on this machine
+    cluster_command: str  # the same study at paper scale
+    borrowed: dict[str, tuple[str, str]] = field(default_factory=dict)  # exp name here -> (experiment, exp name there)
+
+
+ONPOLICY = Experiment(
+    "onpolicy_500k", "On-policy pairs, 500k environment steps",
+    ("diffppo", "ppo", "diffreppo", "reppo"),
+    (("diffppo", "ppo"), ("diffreppo", "reppo"), ("diffreppo", "diffppo"), ("diffreppo", "ppo")),
+    ("Hopper-v4", "Walker2d-v4"), (1, 2, 3), (100_000, 250_000, 500_000),
+    ("python -m benchmarks.grid --scripts diffreppo.py baselines/reppo.py diffppo.py baselines/ppo.py "
+     "--env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 --total-timesteps 501760 --workdir results/onpolicy_500k "
+     "--workers 2 --extra=\"--save-model\"",),
+    "python -m benchmarks.grid --scripts diffreppo.py baselines/reppo.py diffppo.py baselines/ppo.py --env-ids "
+    "Hopper-v4 Walker2d-v4 HalfCheetah-v4 Ant-v4 Humanoid-v4 --seeds 1 2 3 4 5 --total-timesteps 1000000 "
+    "--workdir results/onpolicy_1m --executor slurm --slurm-partition <partition> --gpus-per-node 1 --extra=\"--save-model\"")
+OFFPOLICY = Experiment(
+    "offpolicy_100k", "Off-policy pairs and the peers, 100k environment steps",
+    ("diffsac", "sac", "diffwpo", "wpo", "dpmd", "sdac"),
+    (("diffsac", "sac"), ("diffwpo", "wpo"), ("dpmd", "sac"), ("sdac", "sac")),
+    ("Hopper-v4", "Walker2d-v4"), (1, 2, 3), (25_000, 50_000, 100_000),
+    ("python -m benchmarks.grid --scripts diffsac.py baselines/sac.py diffwpo.py baselines/wpo.py peers/dpmd.py "
+     "peers/sdac.py --env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 --total-timesteps 100000 "
+     "--workdir results/offpolicy_100k --workers 2 --extra=\"--save-model\"",),
+    "python -m benchmarks.grid --scripts diffsac.py baselines/sac.py diffwpo.py baselines/wpo.py peers/dpmd.py "
+    "peers/sdac.py --env-ids Hopper-v4 Walker2d-v4 HalfCheetah-v4 Ant-v4 Humanoid-v4 --seeds 1 2 3 4 5 "
+    "--total-timesteps 1000000 --workdir results/offpolicy_1m --executor slurm --slurm-partition <partition> "
+    "--gpus-per-node 1 --extra=\"--save-model\"")
+K_ABLATION = Experiment(
+    "k_ablation", "Number of diffusion steps K, Hopper-v4",
+    ("diffppo_k1", "diffppo_k2", "diffppo_k4", "diffppo_k8", "diffppo_k16", "diffsac_k1", "diffsac_k4", "diffsac_k8"),
+    (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1")),
+    ("Hopper-v4",), (1, 2, 3), (100_000, 250_000, 500_000),
+    tuple(f"python -m benchmarks.grid --scripts diffppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 501760 "
+          f"--workdir results/k_ablation --exp-suffix _k{k} --workers 2 --extra=\"--save-model --num-diffusion-steps {k}\""
+          for k in (1, 2, 4, 16))
+    + tuple(f"python -m benchmarks.grid --scripts diffsac.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
+            f"--workdir results/k_ablation --exp-suffix _k{k} --workers 2 --extra=\"--save-model --num-diffusion-steps {k}\""
+            for k in (1, 4)),
+    "the same commands with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
+    borrowed={"diffppo_k8": ("onpolicy_500k", "diffppo"), "diffsac_k8": ("offpolicy_100k", "diffsac")})
+EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION)
+
+
+# ---------------------------------------------------------------- data
+def load_runs(results_dir: str, experiment: Experiment) -> dict[tuple[str, str, int], dict]:
+    """{(env_id, exp_name, seed): summary} of the experiment's finished runs (borrowed ones renamed)."""
+    runs = {}
+    sources = [(experiment.name, None)] + [(source, (here, there)) for here, (source, there) in experiment.borrowed.items()]
+    for source, rename in sources:
+        for path in sorted(glob.glob(os.path.join(results_dir, source, "summaries", "*.json"))):
+            with open(path) as file:
+                summary = json.load(file)
+            name = summary["exp_name"]
+            if rename is not None:
+                if name != rename[1]:
+                    continue
+                name = rename[0]
+            if name in experiment.algorithms and summary["env_id"] in experiment.env_ids and summary["seed"] in experiment.seeds:
+                runs[(summary["env_id"], name, summary["seed"])] = summary
+    return runs
+
+
+def load_reference_scores(path: str = REFERENCE_SCORES) -> dict[str, dict]:
+    with open(path) as file:
+        return {key: value for key, value in json.load(file).items() if not key.startswith("_")}
+
+
+def normalise(value: float, env_id: str, references: dict[str, dict]) -> float:
+    scale = references.get(env_id)
+    if scale is None or scale.get("reference") is None:
+        raise ConfigError(f"{env_id}: no random and reference score in {os.path.relpath(REFERENCE_SCORES, REPO_ROOT)}; add them "
+                          "(python -m benchmarks.evidence --measure-random-scores prints the random ones).")
+    return (value - scale["random"]) / (scale["reference"] - scale["random"])
+
+
+def complete_tasks(runs: dict, experiment: Experiment, algorithms: tuple[str, ...]) -> list[str]:
+    """Tasks on which every algorithm has every seed with a deterministic evaluation."""
+    return [env_id for env_id in experiment.env_ids
+            if all(runs.get((env_id, algorithm, seed), {}).get("deterministic_eval_mean") is not None
+                   for algorithm in algorithms for seed in experiment.seeds)]
+
+
+def score_matrix(runs: dict, experiment: Experiment, algorithm: str, tasks: list[str], references: dict) -> np.ndarray:
+    """Normalised final scores, shape (seeds, tasks)."""
+    return np.array([[normalise(runs[(env_id, algorithm, seed)]["deterministic_eval_mean"], env_id, references)
+                      for env_id in tasks] for seed in experiment.seeds])
+
+
+def curve_tensor(runs: dict, experiment: Experiment, algorithm: str, tasks: list[str], references: dict,
+                 steps: list[int]) -> np.ndarray:
+    """Normalised training running means at ``steps``, shape (seeds, tasks, steps)."""
+    return np.array([[[normalise(runs[(env_id, algorithm, seed)]["running_mean_at"].get(str(step)) or np.nan, env_id, references)
+                       for step in steps] for env_id in tasks] for seed in experiment.seeds])
+
+
+# ---------------------------------------------------------------- statistics (rliable)
+def _rliable():
+    warnings.filterwarnings("ignore", category=FutureWarning)  # arch's notice about RandomState
+    from rliable import library, metrics
+    return library, metrics
+
+
+def interquartile_mean(scores: np.ndarray) -> float:
+    return float(_rliable()[1].aggregate_iqm(scores))
+
+
+def interval(score_dict: dict, function, reps: int = BOOTSTRAP_REPS) -> tuple[dict, dict]:
+    """rliable's stratified bootstrap (percentile, 95%), seeded so that a rebuild is reproducible."""
+    library, _ = _rliable()
+    np.random.seed(0)
+    return library.get_interval_estimates(score_dict, function, reps=reps, random_state=np.random.RandomState(0))
+
+
+_AGGREGATES: dict = {}  # the tables and the figure ask for the same intervals
+
+
+def aggregate_with_intervals(scores: dict[str, np.ndarray]) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """{algorithm: {"IQM": (point, low, high), "mean": (...)}} over all runs of all tasks."""
+    key = tuple((name, matrix.shape, matrix.tobytes()) for name, matrix in scores.items())
+    if key not in _AGGREGATES:
+        _AGGREGATES[key] = _aggregate_with_intervals(scores)
+    return _AGGREGATES[key]
+
+
+def _aggregate_with_intervals(scores: dict[str, np.ndarray]) -> dict[str, dict[str, tuple[float, float, float]]]:
+    _, metrics = _rliable()
+    points, intervals = interval(scores, lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]))
+    return {name: {metric: (float(points[name][i]), float(intervals[name][0][i]), float(intervals[name][1][i]))
+                   for i, metric in enumerate(("IQM", "mean"))} for name in scores}
+
+
+def pairwise_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """rliable's metrics.probability_of_improvement (the Mann-Whitney U / (n m) per task, ties counting one
+    half, averaged over tasks) computed by counting pairs: the same number, 10 times faster inside a bootstrap."""
+    wins = (x[:, None, :] > y[None, :, :]) + 0.5 * (x[:, None, :] == y[None, :, :])
+    return float(wins.mean(axis=(0, 1)).mean())
+
+
+def improvement_probability(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """P(X > Y) averaged over tasks, with its 95% stratified-bootstrap interval (seeds of X and of Y resampled
+    independently within each task: rliable's StratifiedIndependentBootstrap)."""
+    points, intervals = interval({"pair": (x, y)}, pairwise_improvement)
+    low, high = np.ravel(intervals["pair"])
+    return float(points["pair"]), float(low), float(high)
+
+
+def verdict(low: float, high: float) -> str:
+    return "**reproduced**" if low > 0.5 else "**refuted**" if high < 0.5 else "not separated"
+
+
+# ---------------------------------------------------------------- text
+def fmt(value, digits: int = 1) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def label(name: str) -> str:
+    stem, _, k = name.partition("_k")
+    return LABELS.get(stem, stem) + (f" K={k}" if k else "")
+
+
+def commands_block(experiment: Experiment) -> str:
+    return "```bash\n" + "\n".join(experiment.commands) + "\n```"
+
+
+def runs_table(runs: dict, experiment: Experiment) -> str:
+    lines = ["| environment | algorithm | seeds | deterministic eval, mean (per seed) | "
+             + " | ".join(f"training mean at {step // 1000}k" for step in experiment.steps) + " | wall-clock per run |",
+             "|---|---|---|---|" + "---|" * len(experiment.steps) + "---|"]
+    for env_id in experiment.env_ids:
+        for algorithm in experiment.algorithms:
+            found = [runs[(env_id, algorithm, seed)] for seed in experiment.seeds if (env_id, algorithm, seed) in runs]
+            if not found:
+                lines.append(f"| {env_id} | {label(algorithm)} | 0 of {len(experiment.seeds)} | not run yet |"
+                             + " |" * len(experiment.steps) + " |")
+                continue
+            evaluations = [run.get("deterministic_eval_mean") for run in found]
+            known = [value for value in evaluations if value is not None]
+            evaluation = (f"{fmt(np.mean(known))} ({', '.join(fmt(value, 0) for value in evaluations)})" if known else "–")
+            at = [[run["running_mean_at"].get(str(step)) for run in found] for step in experiment.steps]
+            columns = [fmt(np.mean(values)) if None not in values else "–" for values in at]
+            minutes = [run["wall_clock_s"] / 60 for run in found]
+            lines.append(f"| {env_id} | {label(algorithm)} | {len(found)} of {len(experiment.seeds)} | {evaluation} | "
+                         + " | ".join(columns) + f" | {min(minutes):.0f}–{max(minutes):.0f} min |")
+    return "\n".join(lines)
+
+
+def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_algorithm: bool = True) -> tuple[str, dict]:
+    """IQM / mean with intervals per algorithm and P(X > Y) per pair; returns the text and the pair results."""
+    pair_results = {}
+    lines = []
+    available = [algorithm for algorithm in experiment.algorithms if complete_tasks(runs, experiment, (algorithm,))]
+    if available and per_algorithm:
+        lines += ["| algorithm | tasks | runs | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|---|"]
+        for algorithm in available:
+            own_tasks = complete_tasks(runs, experiment, (algorithm,))
+            result = aggregate_with_intervals({algorithm: score_matrix(runs, experiment, algorithm, own_tasks, references)})[algorithm]
+            lines.append(f"| {label(algorithm)} | {', '.join(task.split('-')[0] for task in own_tasks)} | "
+                         f"{len(own_tasks) * len(experiment.seeds)} | "
+                         + " | ".join(f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in result.values()) + " |")
+        lines.append("")
+    lines += ["| comparison | tasks | P(X > Y) [95% CI] | verdict: X better than Y |", "|---|---|---|---|"]
+    for x, y in experiment.pairs:
+        pair_tasks = complete_tasks(runs, experiment, (x, y))
+        if not pair_tasks:
+            lines.append(f"| {label(x)} vs {label(y)} | – | – | not measured yet |")
+            continue
+        result = improvement_probability(score_matrix(runs, experiment, x, pair_tasks, references),
+                                         score_matrix(runs, experiment, y, pair_tasks, references))
+        pair_results[(x, y)] = (result, pair_tasks)
+        lines.append(f"| {label(x)} vs {label(y)} | {', '.join(task.split('-')[0] for task in pair_tasks)} | "
+                     f"{result[0]:.2f} [{result[1]:.2f}, {result[2]:.2f}] | {verdict(result[1], result[2])} |")
+    return "\n".join(lines), pair_results
+
+
+def figure(runs: dict, experiment: Experiment, references: dict, path: str | None) -> bool:
+    """IQM with intervals, performance profile and sample-efficiency curves written to ``path`` (None: only
+    say whether there is one); False when no task is complete."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    available = [a for a in experiment.algorithms if complete_tasks(runs, experiment, (a,))]
+    tasks = complete_tasks(runs, experiment, tuple(available))
+    if not available or not tasks:
+        return False
+    if path is None:
+        return True
+    library, metrics = _rliable()
+    scores = {a: score_matrix(runs, experiment, a, tasks, references) for a in available}
+    bases = list(dict.fromkeys(a[len("diff"):] if a.startswith("diff") else a for a in available))
+    colours = {a: plt.cm.tab10(bases.index(a[len("diff"):] if a.startswith("diff") else a)) for a in available}
+    fig, (ax_iqm, ax_profile, ax_curve) = plt.subplots(1, 3, figsize=(16, 4.2))
+    result = {a: aggregate_with_intervals({a: scores[a]})[a] for a in available}
+    for row, a in enumerate(available):
+        point, low, high = result[a]["IQM"]
+        ax_iqm.errorbar(point, row, xerr=[[point - low], [high - point]], fmt="o", color=colours[a], capsize=4)
+    ax_iqm.set_yticks(range(len(available)), [label(a) for a in available])
+    ax_iqm.set_xlabel("IQM of normalised final score (95% CI)")
+    taus = np.linspace(min(0.0, min(s.min() for s in scores.values())), max(1.0, max(s.max() for s in scores.values())), 41)
+    np.random.seed(0)
+    profiles, profile_intervals = library.create_performance_profile(scores, taus, reps=1000)
+    for a in available:
+        ax_profile.plot(taus, profiles[a], color=colours[a], label=label(a), linestyle="-" if a.startswith("diff") else "--")
+        ax_profile.fill_between(taus, profile_intervals[a][0], profile_intervals[a][1], color=colours[a], alpha=0.15)
+    ax_profile.set_xlabel("normalised score τ")
+    ax_profile.set_ylabel("fraction of runs with score > τ")
+    ax_profile.legend(fontsize=8)
+    last = max(experiment.steps)
+    steps = list(range(last // 20, last + 1, last // 20))
+    for a in available:
+        curves = curve_tensor(runs, experiment, a, tasks, references, steps)
+        points, intervals = interval({a: curves}, lambda x: np.array([metrics.aggregate_iqm(x[..., i]) for i in range(x.shape[-1])]),
+                                     reps=1000)
+        ax_curve.plot(steps, points[a], color=colours[a], label=label(a), linestyle="-" if a.startswith("diff") else "--")
+        ax_curve.fill_between(steps, intervals[a][0], intervals[a][1], color=colours[a], alpha=0.15)
+    ax_curve.set_xlabel("environment steps")
+    ax_curve.set_ylabel("IQM of normalised training return")
+    fig.suptitle(f"{experiment.title}: {', '.join(tasks)}, seeds {', '.join(map(str, experiment.seeds))}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def k_table(runs: dict, experiment: Experiment) -> str:
+    """Return against K at the fixed budget and the wall-clock each K costs (Hopper, mean over seeds)."""
+    lines = ["| script | K | seeds | deterministic eval, mean (per seed) | training mean at the budget | wall-clock per run |",
+             "|---|---|---|---|---|---|"]
+    for algorithm in experiment.algorithms:
+        stem, _, k = algorithm.partition("_k")
+        found = [runs[(env, algorithm, seed)] for env in experiment.env_ids for seed in experiment.seeds if (env, algorithm, seed) in runs]
+        if not found:
+            lines.append(f"| {label(stem)} | {k} | 0 of {len(experiment.seeds)} | not run yet | | |")
+            continue
+        evaluations = [run.get("deterministic_eval_mean") for run in found]
+        known = [value for value in evaluations if value is not None]
+        minutes = [run["wall_clock_s"] / 60 for run in found]
+        lines.append(f"| {label(stem)} | {k} | {len(found)} of {len(experiment.seeds)} | "
+                     f"{fmt(np.mean(known)) if known else '–'} ({', '.join(fmt(v, 0) for v in evaluations)}) | "
+                     f"{fmt(np.mean([run['final_running_mean'] for run in found]))} | {np.mean(minutes):.0f} min |")
+    return "\n".join(lines)
+
+
+def claims_table(pair_results: dict) -> str:
+    """One row per claim: the comparison that decides it, our result and the verdict."""
+    def row(claim, source, pairs, where):
+        cells = []
+        for x, y in pairs:
+            if (x, y) in pair_results:
+                (point, low, high), tasks = pair_results[(x, y)]
+                cells.append(f"{label(x)} vs {label(y)}: P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}], {verdict(low, high)}")
+            else:
+                cells.append(f"{label(x)} vs {label(y)}: not measured yet")
+        return f"| {claim} | {source} | {'<br>'.join(cells)} | {where} |"
+
+    lines = ["| claim | paper | our result (probability of improvement over seeds and tasks, 95% CI) | backed by |",
+             "|---|---|---|---|",
+             row("Diffusion beats its Gaussian twin (on-policy)", "Sanokowski et al.",
+                 [("diffppo", "ppo"), ("diffreppo", "reppo")], "[on-policy grid](#on-policy-pairs-500k-environment-steps)"),
+             row("Diffusion beats its Gaussian twin (off-policy)", "Sanokowski et al.",
+                 [("diffsac", "sac"), ("diffwpo", "wpo")], "[off-policy grid](#off-policy-pairs-and-the-peers-100k-environment-steps)"),
+             row("More diffusion steps help", "Sanokowski et al.",
+                 [("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1")],
+                 "[K ablation](#number-of-diffusion-steps-k-hopper-v4)"),
+             row("DA-MDP: REPPO is the strongest variant", "Sanokowski et al. (DA-MDP version)",
+                 [("diffreppo", "diffppo"), ("diffreppo", "ppo"), ("diffreppo", "reppo")],
+                 "[on-policy grid](#on-policy-pairs-500k-environment-steps)"),
+             row("DPMD and SDAC beat SAC", "Ma et al.", [("dpmd", "sac"), ("sdac", "sac")],
+                 "[off-policy grid](#off-policy-pairs-and-the-peers-100k-environment-steps)"),
+             "| The max-entropy objective keeps several modes | Sanokowski et al. | **partly reproduced**: with default "
+             "flags the diffusion scripts keep one or two of four ring modes and starve the middle one of three unequal "
+             "modes; DiffREPPO spreads over both wells where its Gaussian twin mostly collapses onto one; a mass-covering "
+             "actor loss (`diffsac.py --actor-loss log-variance`, `diffppo.py --behaviour-noise-scale 1.5`) gives every "
+             "mode its weight | [docs/multimodal.md](multimodal.md) (not from these summaries) |"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the page
+def build_blocks(results_dir: str, docs_dir: str | None, references: dict) -> dict[str, str]:
+    """Every block's text; the figures are written to docs_dir (None: not written)."""
+    blocks, pair_results = {}, {}
+    for experiment in EXPERIMENTS:
+        runs = load_runs(results_dir, experiment)
+        total = len(experiment.env_ids) * len(experiment.algorithms) * len(experiment.seeds)
+        finished = f"{len(runs)} of {total} runs finished."
+        if experiment is K_ABLATION:
+            text, results = aggregate_table(runs, experiment, references, per_algorithm=False)
+            body = k_table(runs, experiment) + "\n\n" + text
+        else:
+            body = runs_table(runs, experiment)
+            text, results = aggregate_table(runs, experiment, references)
+            body += "\n\nNormalised final scores over all runs of the complete tasks, and each comparison:\n\n" + text
+        pair_results.update(results)
+        image = os.path.join(docs_dir, f"evidence_{experiment.name}.png") if docs_dir else None
+        if experiment is not K_ABLATION and figure(runs, experiment, references, image):
+            body += f"\n\n![{experiment.title}](evidence_{experiment.name}.png)"
+        blocks[experiment.name] = (f"{finished} Commands (this machine):\n\n{commands_block(experiment)}\n\n"
+                                   f"At paper scale: `{experiment.cluster_command}`\n\n{body}")
+    blocks["claims"] = claims_table(pair_results)
+    return blocks
+
+
+BLOCK = re.compile(r"(<!-- generated:(?P<name>\w+) -->\n)(?P<body>.*?)\n?(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def replace_blocks(page: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
+    """The page with each marked block's body replaced; and the names whose body changed."""
+    names_in_page = [match.group("name") for match in BLOCK.finditer(page)]
+    unknown = sorted(set(names_in_page) - set(blocks))
+    if unknown:
+        raise ConfigError(f"the page has generated blocks this command does not make: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(blocks))})")
+    changed = []
+
+    def substitute(match):
+        body = blocks[match.group("name")]
+        if body != match.group("body"):
+            changed.append(match.group("name"))
+        return match.group(1) + body + "\n" + match.group(4)
+
+    return BLOCK.sub(substitute, page), changed
+
+
+@dataclass
+class Args:
+    page: str = os.path.join(REPO_ROOT, "docs", "benchmarks.md")
+    """the page whose <!-- generated:NAME --> blocks are rewritten (figures go beside it)"""
+    results_dir: str = os.path.join(REPO_ROOT, "results")
+    """where the grids' summaries are (results/NAME/summaries/*.json)"""
+    check: bool = False
+    """write nothing; exit 1 if any table differs from what the summaries give"""
+    measure_random_scores: bool = False
+    """print the mean return of uniform random actions (100 episodes) for each task of reference_scores.json, and exit"""
+
+
+def random_score(env_id: str, episodes: int = 100) -> float:
+    import gymnasium as gym
+    env = gym.make(env_id)
+    env.action_space.seed(0)
+    totals = []
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total, done = total + float(reward), terminated or truncated
+        totals.append(total)
+    return float(np.mean(totals))
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    if args.measure_random_scores:
+        for env_id in load_reference_scores():
+            print(f"{env_id}: {random_score(env_id):.1f}")
+        return
+    if not os.path.isfile(args.page):
+        raise ConfigError(f"--page {args.page}: no such file")
+    with open(args.page) as file:
+        page = file.read()
+    docs_dir = None if args.check else os.path.dirname(os.path.abspath(args.page))
+    blocks = build_blocks(args.results_dir, docs_dir, load_reference_scores())
+    new_page, changed = replace_blocks(page, blocks)
+    if args.check:
+        if changed:
+            print(f"{args.page}: out of date: {', '.join(changed)} (run python -m benchmarks.evidence)", file=sys.stderr)
+            sys.exit(1)
+        print(f"{args.page}: up to date")
+        return
+    with open(args.page, "w") as file:
+        file.write(new_page)
+    print(f"{args.page}: rewrote {', '.join(changed) if changed else 'nothing (up to date)'}")
+
+
+if __name__ == "__main__":
+    run_cli(main, "benchmarks.evidence")
