@@ -1,7 +1,7 @@
 """The evidence: every generated table and figure of docs/benchmarks.md, rebuilt from committed run summaries.
 
-    python -m benchmarks.evidence            # rewrite the generated blocks of docs/benchmarks.md and docs/evidence_*.png
-    python -m benchmarks.evidence --check    # exit 1, naming the blocks, if the page differs from what the summaries give
+    python -m benchmarks.evidence            # rewrite the generated blocks of docs/benchmarks.md and README.md, and docs/evidence_*.png
+    python -m benchmarks.evidence --check    # exit 1, naming the blocks, if a page differs from what the summaries give
 
 The experiments are declared below (EXPERIMENTS): each is one grid of benchmarks/grid.py whose finished runs
 left summaries in results/NAME/summaries/ (a K ablation also reads its K = 8 runs from the main grids). A
@@ -339,38 +339,51 @@ def k_table(runs: dict, experiment: Experiment) -> str:
     return "\n".join(lines)
 
 
-def claims_table(pair_results: dict) -> str:
-    """One row per claim: the comparison that decides it, our result and the verdict."""
-    def row(claim, source, pairs, where):
-        cells = []
-        for x, y in pairs:
-            if (x, y) in pair_results:
-                (point, low, high), tasks = pair_results[(x, y)]
-                cells.append(f"{label(x)} vs {label(y)}: P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}], {verdict(low, high)}")
-            else:
-                cells.append(f"{label(x)} vs {label(y)}: not measured yet")
-        return f"| {claim} | {source} | {'<br>'.join(cells)} | {where} |"
+def anchor(title: str) -> str:
+    """GitHub's anchor of a heading."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
+
+CLAIMS = (  # (claim, paper, the comparisons that decide it, the experiment (section) that backs it)
+    ("Diffusion beats its Gaussian twin (on-policy)", "Sanokowski et al.", (("diffppo", "ppo"), ("diffreppo", "reppo")),
+     ONPOLICY),
+    ("Diffusion beats its Gaussian twin (off-policy)", "Sanokowski et al.", (("diffsac", "sac"), ("diffwpo", "wpo")), OFFPOLICY),
+    ("More diffusion steps help", "Sanokowski et al.",
+     (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1")), K_ABLATION),
+    ("DA-MDP: REPPO is the strongest variant", "Sanokowski et al., DA-MDP version",
+     (("diffreppo", "diffppo"), ("diffreppo", "ppo"), ("diffreppo", "reppo")), ONPOLICY),
+    ("DPMD and SDAC beat SAC", "Ma et al.", (("dpmd", "sac"), ("sdac", "sac")), OFFPOLICY),
+)
+MULTIMODAL_CLAIM = ("The max-entropy objective keeps several modes", "Sanokowski et al.",
+                    "**partly reproduced**: with default flags the diffusion scripts keep one or two of four ring modes and "
+                    "starve the middle one of three unequal modes; DiffREPPO spreads over both wells where its Gaussian twin "
+                    "mostly collapses onto one; a mass-covering actor loss (`diffsac.py --actor-loss log-variance`, "
+                    "`diffppo.py --behaviour-noise-scale 1.5`) gives every mode its weight")
+
+
+def claims_table(pair_results: dict, short: bool = False) -> str:
+    """One row per claim: the comparisons that decide it, our result and the verdict. ``short``: the README's
+    version (verdicts only, links into docs/benchmarks.md)."""
+    def result(x, y):
+        if (x, y) not in pair_results:
+            return f"{label(x)} vs {label(y)}: not measured yet"
+        (point, low, high), _ = pair_results[(x, y)]
+        if short:
+            return f"{label(x)} vs {label(y)}: {verdict(low, high)} (P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}])"
+        return f"{label(x)} vs {label(y)}: P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}], {verdict(low, high)}"
+
+    if short:
+        lines = ["| claim | our result at this machine's budget (3 seeds, 95% CI) |", "|---|---|"]
+        lines += [f"| [{claim}](docs/benchmarks.md#{anchor(experiment.title)}) ({paper}) | "
+                  f"{'<br>'.join(result(x, y) for x, y in pairs)} |" for claim, paper, pairs, experiment in CLAIMS]
+        claim, paper, text = MULTIMODAL_CLAIM
+        return "\n".join(lines + [f"| [{claim}](docs/multimodal.md) ({paper}) | {text.split(':')[0]} |"])
     lines = ["| claim | paper | our result (probability of improvement over seeds and tasks, 95% CI) | backed by |",
-             "|---|---|---|---|",
-             row("Diffusion beats its Gaussian twin (on-policy)", "Sanokowski et al.",
-                 [("diffppo", "ppo"), ("diffreppo", "reppo")], "[on-policy grid](#on-policy-pairs-500k-environment-steps)"),
-             row("Diffusion beats its Gaussian twin (off-policy)", "Sanokowski et al.",
-                 [("diffsac", "sac"), ("diffwpo", "wpo")], "[off-policy grid](#off-policy-pairs-and-the-peers-100k-environment-steps)"),
-             row("More diffusion steps help", "Sanokowski et al.",
-                 [("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1")],
-                 "[K ablation](#number-of-diffusion-steps-k-hopper-v4)"),
-             row("DA-MDP: REPPO is the strongest variant", "Sanokowski et al. (DA-MDP version)",
-                 [("diffreppo", "diffppo"), ("diffreppo", "ppo"), ("diffreppo", "reppo")],
-                 "[on-policy grid](#on-policy-pairs-500k-environment-steps)"),
-             row("DPMD and SDAC beat SAC", "Ma et al.", [("dpmd", "sac"), ("sdac", "sac")],
-                 "[off-policy grid](#off-policy-pairs-and-the-peers-100k-environment-steps)"),
-             "| The max-entropy objective keeps several modes | Sanokowski et al. | **partly reproduced**: with default "
-             "flags the diffusion scripts keep one or two of four ring modes and starve the middle one of three unequal "
-             "modes; DiffREPPO spreads over both wells where its Gaussian twin mostly collapses onto one; a mass-covering "
-             "actor loss (`diffsac.py --actor-loss log-variance`, `diffppo.py --behaviour-noise-scale 1.5`) gives every "
-             "mode its weight | [docs/multimodal.md](multimodal.md) (not from these summaries) |"]
-    return "\n".join(lines)
+             "|---|---|---|---|"]
+    lines += [f"| {claim} | {paper} | {'<br>'.join(result(x, y) for x, y in pairs)} | "
+              f"[{experiment.title}](#{anchor(experiment.title)}) |" for claim, paper, pairs, experiment in CLAIMS]
+    claim, paper, text = MULTIMODAL_CLAIM
+    return "\n".join(lines + [f"| {claim} | {paper} | {text} | [docs/multimodal.md](multimodal.md) (not from these summaries) |"])
 
 
 # ---------------------------------------------------------------- the page
@@ -395,6 +408,7 @@ def build_blocks(results_dir: str, docs_dir: str | None, references: dict) -> di
         blocks[experiment.name] = (f"{finished} Commands (this machine):\n\n{commands_block(experiment)}\n\n"
                                    f"At paper scale: `{experiment.cluster_command}`\n\n{body}")
     blocks["claims"] = claims_table(pair_results)
+    blocks["claims_short"] = claims_table(pair_results, short=True)
     return blocks
 
 
@@ -421,12 +435,13 @@ def replace_blocks(page: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
 
 @dataclass
 class Args:
-    page: str = os.path.join(REPO_ROOT, "docs", "benchmarks.md")
-    """the page whose <!-- generated:NAME --> blocks are rewritten (figures go beside it)"""
+    pages: list[str] = field(default_factory=lambda: [os.path.join(REPO_ROOT, "docs", "benchmarks.md"),
+                                                      os.path.join(REPO_ROOT, "README.md")])
+    """the pages whose <!-- generated:NAME --> blocks are rewritten; the figures go beside the first"""
     results_dir: str = os.path.join(REPO_ROOT, "results")
     """where the grids' summaries are (results/NAME/summaries/*.json)"""
     check: bool = False
-    """write nothing; exit 1 if any table differs from what the summaries give"""
+    """write nothing; exit 1 if any block differs from what the summaries give"""
     measure_random_scores: bool = False
     """print the mean return of uniform random actions (100 episodes) for each task of reference_scores.json, and exit"""
 
@@ -452,22 +467,26 @@ def main() -> None:
         for env_id in load_reference_scores():
             print(f"{env_id}: {random_score(env_id):.1f}")
         return
-    if not os.path.isfile(args.page):
-        raise ConfigError(f"--page {args.page}: no such file")
-    with open(args.page) as file:
-        page = file.read()
-    docs_dir = None if args.check else os.path.dirname(os.path.abspath(args.page))
+    for page in args.pages:
+        if not os.path.isfile(page):
+            raise ConfigError(f"--pages {page}: no such file")
+    docs_dir = None if args.check else os.path.dirname(os.path.abspath(args.pages[0]))
     blocks = build_blocks(args.results_dir, docs_dir, load_reference_scores())
-    new_page, changed = replace_blocks(page, blocks)
+    stale = []
+    for page in args.pages:
+        with open(page) as file:
+            new_text, changed = replace_blocks(file.read(), blocks)
+        if args.check:
+            stale += [f"{page}: {', '.join(changed)}"] if changed else []
+            continue
+        with open(page, "w") as file:
+            file.write(new_text)
+        print(f"{page}: rewrote {', '.join(changed) if changed else 'nothing (up to date)'}")
     if args.check:
-        if changed:
-            print(f"{args.page}: out of date: {', '.join(changed)} (run python -m benchmarks.evidence)", file=sys.stderr)
+        if stale:
+            print(f"out of date: {'; '.join(stale)} (run python -m benchmarks.evidence)", file=sys.stderr)
             sys.exit(1)
-        print(f"{args.page}: up to date")
-        return
-    with open(args.page, "w") as file:
-        file.write(new_page)
-    print(f"{args.page}: rewrote {', '.join(changed) if changed else 'nothing (up to date)'}")
+        print("up to date: " + ", ".join(args.pages))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_rebuild_fills_the_page_reports_missing_runs_and_is_stable(tmp_path, rep
     page = tmp_path / "page.md"
     page.write_text("# Title\n\n<!-- generated:claims -->\nold\n<!-- /generated:claims -->\n\ntext kept\n\n"
                     "<!-- generated:onpolicy_500k -->\n<!-- /generated:onpolicy_500k -->\n")
-    command = ["-m", "benchmarks.evidence", "--page", str(page), "--results-dir", str(results)]
+    command = ["-m", "benchmarks.evidence", "--pages", str(page), "--results-dir", str(results)]
     assert run_script(command + ["--check"], cwd=repo_root).returncode == 1  # out of date before the first rebuild
     first = run_script(command, cwd=repo_root)
     assert first.returncode == 0, first.stderr
@@ -107,13 +107,13 @@ def test_rebuild_fills_the_page_reports_missing_runs_and_is_stable(tmp_path, rep
 
     write_summary(results, "onpolicy_500k", "Hopper-v4", "ppo", 1, 2000)  # a new result makes the page out of date
     check = run_script(command + ["--check"], cwd=repo_root)
-    assert check.returncode == 1 and "out of date: claims, onpolicy_500k" in check.stderr, check.stderr
+    assert check.returncode == 1 and f"out of date: {page}: claims, onpolicy_500k" in check.stderr, check.stderr
 
 
 def test_a_block_the_command_does_not_make_is_refused(tmp_path, repo_root):
     page = tmp_path / "page.md"
     page.write_text("<!-- generated:nonsense -->\n<!-- /generated:nonsense -->\n")
-    result = run_script(["-m", "benchmarks.evidence", "--page", str(page), "--results-dir", str(tmp_path)], cwd=repo_root)
+    result = run_script(["-m", "benchmarks.evidence", "--pages", str(page), "--results-dir", str(tmp_path)], cwd=repo_root)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "generated blocks this command does not make: nonsense" in result.stderr
 
