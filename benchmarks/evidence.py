@@ -46,6 +46,14 @@ LABELS = {"diffppo": "DiffPPO", "ppo": "PPO", "diffreppo": "DiffREPPO", "reppo":
           "sac": "SAC", "diffwpo": "DiffWPO", "wpo": "WPO", "dpmd": "DPMD", "sdac": "SDAC"}
 
 
+def label(name: str) -> str:
+    """diffppo -> DiffPPO, diffppo_k4 -> DiffPPO K=4, diffwpo_nofisher -> DiffWPO (nofisher)."""
+    stem, _, suffix = name.partition("_")
+    if re.fullmatch(r"k\d+", suffix):
+        return f"{LABELS.get(stem, stem)} K={suffix[1:]}"
+    return LABELS.get(stem, stem) + (f" ({suffix})" if suffix else "")
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str  # results/NAME/summaries, the page's generated:NAME blocks and docs/evidence_NAME.png
@@ -58,6 +66,7 @@ class Experiment:
     commands: tuple[str, ...]  # what makes the runs on this machine
     cluster_command: str  # the same study at paper scale
     borrowed: dict[str, tuple[str, str]] = field(default_factory=dict)  # exp name here -> (experiment, exp name there)
+    variants: dict[str, str] = field(default_factory=dict)  # an ablation: exp name -> what differs (one table row each)
 
 
 ONPOLICY = Experiment(
@@ -95,8 +104,27 @@ K_ABLATION = Experiment(
             f"--workdir results/k_ablation --exp-suffix _k{k} --workers 2 --extra=\"--save-model --num-diffusion-steps {k}\""
             for k in (1, 4)),
     "the same commands with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
-    borrowed={"diffppo_k8": ("onpolicy_500k", "diffppo"), "diffsac_k8": ("offpolicy_100k", "diffsac")})
-EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION)
+    borrowed={"diffppo_k8": ("onpolicy_500k", "diffppo"), "diffsac_k8": ("offpolicy_100k", "diffsac")},
+    variants={f"{script}_k{k}": f"{label(script)}, K = {k}" + (" (default)" if k == 8 else "")
+              for script, ks in (("diffppo", (1, 2, 4, 8, 16)), ("diffsac", (1, 4, 8))) for k in ks})
+WPO_ABLATION = Experiment(
+    "diffwpo_hopper", "Why DiffWPO is slow on Hopper-v4",
+    ("diffsac", "diffwpo", "diffwpo_batch2048", "diffwpo_k1", "diffwpo_nofisher", "wpo", "sac"),
+    (("diffsac", "diffwpo"), ("diffwpo_batch2048", "diffwpo"), ("diffwpo_k1", "diffwpo"), ("diffwpo_nofisher", "diffwpo"),
+     ("sac", "wpo")),
+    ("Hopper-v4",), (1, 2, 3), (25_000, 50_000, 100_000),
+    tuple(f"python -m benchmarks.grid --scripts diffwpo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
+          f"--workdir results/diffwpo_hopper --exp-suffix {suffix} --workers 2 --extra=\"--save-model {flags}\""
+          for suffix, flags in (("_batch2048", "--batch-size 2048"), ("_k1", "--num-diffusion-steps 1"),
+                                ("_nofisher", "--no-fisher-preconditioner"))),
+    "the same commands with --total-timesteps 1000000 and --executor slurm",
+    borrowed={name: ("offpolicy_100k", name) for name in ("diffsac", "diffwpo", "wpo", "sac")},
+    variants={"diffsac": "DiffSAC, K = 8 (the bar)", "diffwpo": "DiffWPO, K = 8, defaults",
+              "diffwpo_batch2048": "DiffWPO, --batch-size 2048: the k = 1 critic sees 256 rewards per update, as SAC's",
+              "diffwpo_k1": "DiffWPO, K = 1: one kernel, every critic sample carries a reward",
+              "diffwpo_nofisher": "DiffWPO, --no-fisher-preconditioner", "wpo": "WPO (Gaussian twin)",
+              "sac": "SAC (Gaussian)"})
+EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, WPO_ABLATION)
 
 
 # ---------------------------------------------------------------- data
@@ -211,11 +239,6 @@ def fmt(value, digits: int = 1) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
-def label(name: str) -> str:
-    stem, _, k = name.partition("_k")
-    return LABELS.get(stem, stem) + (f" K={k}" if k else "")
-
-
 def commands_block(experiment: Experiment) -> str:
     return "```bash\n" + "\n".join(experiment.commands) + "\n```"
 
@@ -320,20 +343,20 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
     return True
 
 
-def k_table(runs: dict, experiment: Experiment) -> str:
-    """Return against K at the fixed budget and the wall-clock each K costs (Hopper, mean over seeds)."""
-    lines = ["| script | K | seeds | deterministic eval, mean (per seed) | training mean at the budget | wall-clock per run |",
-             "|---|---|---|---|---|---|"]
+def variants_table(runs: dict, experiment: Experiment) -> str:
+    """An ablation: one row per variant, its return at the fixed budget and its wall-clock (mean over seeds)."""
+    lines = ["| variant | seeds | deterministic eval, mean (per seed) | training mean at the budget | wall-clock per run |",
+             "|---|---|---|---|---|"]
     for algorithm in experiment.algorithms:
-        stem, _, k = algorithm.partition("_k")
         found = [runs[(env, algorithm, seed)] for env in experiment.env_ids for seed in experiment.seeds if (env, algorithm, seed) in runs]
+        name = experiment.variants[algorithm]
         if not found:
-            lines.append(f"| {label(stem)} | {k} | 0 of {len(experiment.seeds)} | not run yet | | |")
+            lines.append(f"| {name} | 0 of {len(experiment.seeds)} | not run yet | | |")
             continue
         evaluations = [run.get("deterministic_eval_mean") for run in found]
         known = [value for value in evaluations if value is not None]
         minutes = [run["wall_clock_s"] / 60 for run in found]
-        lines.append(f"| {label(stem)} | {k} | {len(found)} of {len(experiment.seeds)} | "
+        lines.append(f"| {name} | {len(found)} of {len(experiment.seeds)} | "
                      f"{fmt(np.mean(known)) if known else '–'} ({', '.join(fmt(v, 0) for v in evaluations)}) | "
                      f"{fmt(np.mean([run['final_running_mean'] for run in found]))} | {np.mean(minutes):.0f} min |")
     return "\n".join(lines)
@@ -394,18 +417,19 @@ def build_blocks(results_dir: str, docs_dir: str | None, references: dict) -> di
         runs = load_runs(results_dir, experiment)
         total = len(experiment.env_ids) * len(experiment.algorithms) * len(experiment.seeds)
         finished = f"{len(runs)} of {total} runs finished."
-        if experiment is K_ABLATION:
+        if experiment.variants:
             text, results = aggregate_table(runs, experiment, references, per_algorithm=False)
-            body = k_table(runs, experiment) + "\n\n" + text
+            body = variants_table(runs, experiment) + "\n\n" + text
         else:
             body = runs_table(runs, experiment)
             text, results = aggregate_table(runs, experiment, references)
             body += "\n\nNormalised final scores over all runs of the complete tasks, and each comparison:\n\n" + text
         pair_results.update(results)
         image = os.path.join(docs_dir, f"evidence_{experiment.name}.png") if docs_dir else None
-        if experiment is not K_ABLATION and figure(runs, experiment, references, image):
+        if not experiment.variants and figure(runs, experiment, references, image):
             body += f"\n\n![{experiment.title}](evidence_{experiment.name}.png)"
-        blocks[experiment.name] = (f"{finished} Commands (this machine):\n\n{commands_block(experiment)}\n\n"
+        reused = "".join(f" {label(here)} is the {source} grid's {label(there)}." for here, (source, there) in experiment.borrowed.items())
+        blocks[experiment.name] = (f"{finished}{reused} Commands (this machine):\n\n{commands_block(experiment)}\n\n"
                                    f"At paper scale: `{experiment.cluster_command}`\n\n{body}")
     blocks["claims"] = claims_table(pair_results)
     blocks["claims_short"] = claims_table(pair_results, short=True)

@@ -126,7 +126,9 @@ def test_k_ablation_borrows_the_k8_runs_of_the_main_grids(tmp_path):
     assert runs[("Hopper-v4", "diffppo_k8", 2)]["deterministic_eval_mean"] == 950
     text, results = evidence.aggregate_table(runs, evidence.K_ABLATION, REFERENCES, per_algorithm=False)
     assert results[("diffppo_k8", "diffppo_k1")][0][0] == 1.0
-    assert "| DiffPPO | 4 | 0 of 3 | not run yet |" in evidence.k_table(runs, evidence.K_ABLATION)
+    table = evidence.variants_table(runs, evidence.K_ABLATION)
+    assert "| DiffPPO, K = 4 | 0 of 3 | not run yet |" in table
+    assert "| DiffPPO, K = 8 (default) | 3 of 3 | 950.0 (900, 950, 1000) |" in table
 
 
 def test_committed_page_is_up_to_date_with_the_committed_summaries(repo_root):
