@@ -78,18 +78,18 @@ ONPOLICY = Experiment(
      "--env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 --total-timesteps 501760 --workdir results/onpolicy_500k "
      "--workers 2 --extra=\"--save-model\"",),
     "python -m benchmarks.grid --scripts diffreppo.py baselines/reppo.py diffppo.py baselines/ppo.py --env-ids "
-    "Hopper-v4 Walker2d-v4 HalfCheetah-v4 Ant-v4 Humanoid-v4 --seeds 1 2 3 4 5 --total-timesteps 1000000 "
+    "Hopper-v4 Walker2d-v4 HalfCheetah-v4 Humanoid-v4 InvertedPendulum-v4 --seeds 1 2 3 4 5 --total-timesteps 1000000 "
     "--workdir results/onpolicy_1m --executor slurm --slurm-partition <partition> --gpus-per-node 1 --extra=\"--save-model\"")
 OFFPOLICY = Experiment(
     "offpolicy_100k", "Off-policy pairs and the peers, 100k environment steps",
     ("diffsac", "sac", "diffwpo", "wpo", "dpmd", "sdac"),
     (("diffsac", "sac"), ("diffwpo", "wpo"), ("dpmd", "sac"), ("sdac", "sac")),
     ("Hopper-v4", "Walker2d-v4"), (1, 2, 3), (25_000, 50_000, 100_000),
-    ("python -m benchmarks.grid --scripts diffsac.py baselines/sac.py diffwpo.py baselines/wpo.py peers/dpmd.py "
-     "peers/sdac.py --env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 --total-timesteps 100000 "
-     "--workdir results/offpolicy_100k --workers 2 --extra=\"--save-model\"",),
+    tuple(f"python -m benchmarks.grid --scripts {scripts} --env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 "
+          "--total-timesteps 100000 --workdir results/offpolicy_100k --workers 2 --extra=\"--save-model\""
+          for scripts in ("diffsac.py baselines/sac.py diffwpo.py baselines/wpo.py", "peers/dpmd.py peers/sdac.py")),
     "python -m benchmarks.grid --scripts diffsac.py baselines/sac.py diffwpo.py baselines/wpo.py peers/dpmd.py "
-    "peers/sdac.py --env-ids Hopper-v4 Walker2d-v4 HalfCheetah-v4 Ant-v4 Humanoid-v4 --seeds 1 2 3 4 5 "
+    "peers/sdac.py --env-ids Hopper-v4 Walker2d-v4 HalfCheetah-v4 Humanoid-v4 InvertedPendulum-v4 --seeds 1 2 3 4 5 "
     "--total-timesteps 1000000 --workdir results/offpolicy_1m --executor slurm --slurm-partition <partition> "
     "--gpus-per-node 1 --extra=\"--save-model\"")
 K_ABLATION = Experiment(
