@@ -52,6 +52,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # `python benchmarks/grid.py` as well as `python -m benchmarks.grid`
     sys.path.insert(0, REPO_ROOT)
 
+from benchmarks.summaries import project_commit  # noqa: E402
 from common.envs import ConfigError, check_env_id, run_cli  # noqa: E402
 
 KNOWN_SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "diffreppo.py", "baselines/ppo.py", "baselines/sac.py",
@@ -195,6 +196,8 @@ def write_summary(run: Run, every: int) -> str | None:
     if not os.path.isdir(run_dir):
         return None
     summary = summarise_run(run_dir, os.path.relpath(run.script, REPO_ROOT), every=every, window=10, thresholds=[])
+    if "project" in outcome:  # the commit that ran it, which may be older than the one writing the summary
+        summary["versions"]["project"] = outcome["project"]
     summary.update(command=portable_command(run.command), grid_wall_clock_s=outcome["wall_clock_s"],
                    finished_at=outcome.get("finished_at"), resumed=" --resume " in f" {outcome['command']} ")
     os.makedirs(os.path.dirname(run.summary_path), exist_ok=True)
@@ -270,7 +273,7 @@ def run_one(run: Run, job: "RunJob | None" = None) -> dict:
     if returncode == 0 and outcome["run_dir"] is not None:
         temporary = run.marker_path + ".tmp"
         with open(temporary, "w") as marker:
-            json.dump({**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}, marker, indent=1)
+            json.dump({**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "project": project_commit()}, marker, indent=1)
         os.replace(temporary, run.marker_path)
         outcome["summary"] = write_summary(run, run.summary_every)
     return outcome
@@ -353,7 +356,7 @@ def main() -> None:
     runs = build_grid(args)
     for run in runs:  # runs finished before summaries were written at the end of each run (or by an older version)
         if not os.path.isfile(run.summary_path) and is_finished(run):
-            print(f"[summary] {write_summary(run, args.summary_every)}")
+            print(f"[summary, would write] {run.summary_path}" if args.dry_run else f"[summary] {write_summary(run, args.summary_every)}")
     pending = [run for run in runs if args.rerun_finished or not is_finished(run)]
     workdir = os.path.abspath(args.workdir)
     print(f"grid: {len(args.scripts)} scripts x {len(args.env_ids)} envs x {len(args.seeds)} seeds = {len(runs)} runs; "

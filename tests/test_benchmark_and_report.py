@@ -135,9 +135,14 @@ def test_benchmark_writes_missing_summaries_of_runs_finished_earlier(tmp_path, r
     written = json.loads(summary_path.read_text())
     assert list(written["running_mean_at"]) == ["256", "512"]
     summary_path.unlink()  # as if the run had finished under a version that wrote no summaries
+    dry = run_script(grid + ["--dry-run"], cwd=repo_root)
+    assert f"[summary, would write] {summary_path}" in dry.stdout and not summary_path.exists()
     again = run_script(grid, cwd=repo_root)
     assert f"[summary] {summary_path}" in again.stdout and "0 to run" in again.stdout
-    assert json.loads(summary_path.read_text())["running_mean_at"] == written["running_mean_at"]
+    rewritten = json.loads(summary_path.read_text())
+    assert rewritten["running_mean_at"] == written["running_mean_at"]
+    marker = json.loads((tmp_path / "benchmark_logs" / "Pendulum-v1__diffppo__1.done.json").read_text())
+    assert rewritten["versions"]["project"] == marker["project"]  # the commit that ran it
 
 
 def test_benchmark_reports_a_failed_run_and_writes_no_marker(tmp_path, repo_root):
