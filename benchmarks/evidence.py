@@ -293,6 +293,14 @@ def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_al
     return "\n".join(lines), pair_results
 
 
+def curve_steps(runs: dict, experiment: Experiment, algorithms: list[str], tasks: list[str], points: int = 40) -> list[int]:
+    """The steps every run recorded a running mean at, up to the budget, thinned to about ``points``."""
+    recorded = set.intersection(*(set(map(int, runs[(env_id, a, seed)]["running_mean_at"])) for a in algorithms
+                                  for env_id in tasks for seed in experiment.seeds))
+    steps = sorted(step for step in recorded if step <= max(experiment.steps))
+    return steps[::max(1, len(steps) // points)]
+
+
 def figure(runs: dict, experiment: Experiment, references: dict, path: str | None) -> bool:
     """IQM with intervals, performance profile and sample-efficiency curves written to ``path`` (None: only
     say whether there is one); False when no task is complete."""
@@ -326,8 +334,7 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
     ax_profile.set_xlabel("normalised score τ")
     ax_profile.set_ylabel("fraction of runs with score > τ")
     ax_profile.legend(fontsize=8)
-    last = max(experiment.steps)
-    steps = list(range(last // 20, last + 1, last // 20))
+    steps = curve_steps(runs, experiment, available, tasks)
     for a in available:
         curves = curve_tensor(runs, experiment, a, tasks, references, steps)
         points, intervals = interval({a: curves}, lambda x: np.array([metrics.aggregate_iqm(x[..., i]) for i in range(x.shape[-1])]),

@@ -16,7 +16,7 @@ REFERENCES = {"Hopper-v4": {"random": 0.0, "reference": 1000.0}, "Walker2d-v4": 
 def write_summary(results_dir, grid, env_id, exp_name, seed, evaluation, curve=None):
     folder = os.path.join(results_dir, grid, "summaries")
     os.makedirs(folder, exist_ok=True)
-    curve = curve or {str(step): evaluation * step / 500_000 for step in range(25_000, 500_001, 25_000)}
+    curve = curve or {str(step): evaluation * step / 500_000 for step in range(5_000, 505_001, 5_000)}
     summary = {"env_id": env_id, "exp_name": exp_name, "seed": seed, "deterministic_eval_mean": evaluation,
                "running_mean_at": curve, "final_running_mean": evaluation, "wall_clock_s": 600.0 + seed}
     with open(os.path.join(folder, f"{env_id}__{exp_name}__{seed}.json"), "w") as file:
@@ -108,6 +108,16 @@ def test_rebuild_fills_the_page_reports_missing_runs_and_is_stable(tmp_path, rep
     write_summary(results, "onpolicy_500k", "Hopper-v4", "ppo", 1, 2000)  # a new result makes the page out of date
     check = run_script(command + ["--check"], cwd=repo_root)
     assert check.returncode == 1 and f"out of date: {page}: claims, onpolicy_500k" in check.stderr, check.stderr
+
+
+def test_sample_efficiency_curve_uses_the_recorded_steps_and_has_no_gaps(tmp_path):
+    onpolicy_grid(tmp_path, {("Hopper-v4", "diffppo"): [900, 950, 1000], ("Hopper-v4", "ppo"): [100, 200, 300]})
+    runs = evidence.load_runs(str(tmp_path), evidence.ONPOLICY)
+    steps = evidence.curve_steps(runs, evidence.ONPOLICY, ["diffppo", "ppo"], ["Hopper-v4"])
+    assert steps[0] == 5_000 and steps[-1] <= 500_000 and len(steps) >= 30 and all(step % 5_000 == 0 for step in steps)
+    curves = evidence.curve_tensor(runs, evidence.ONPOLICY, "diffppo", ["Hopper-v4"], REFERENCES, steps)
+    assert curves.shape == (3, 1, len(steps)) and not np.isnan(curves).any()
+    assert curves[1, 0, -1] == pytest.approx(950 * steps[-1] / 500_000 / 1000)  # (return - 0) / (1000 - 0)
 
 
 def test_a_block_the_command_does_not_make_is_refused(tmp_path, repo_root):
