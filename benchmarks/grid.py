@@ -113,7 +113,7 @@ class Run:
     workdir: str  # absolute
     log_path: str
     marker_path: str
-    summary_path: str  # WORKDIR/summaries/{key}.json, written when the run finishes (commit it)
+    summary_path: str | None = None  # WORKDIR/summaries/{key}.json, written when the run finishes (commit it); None: none
     summary_every: int = 5000
 
     @property
@@ -171,7 +171,7 @@ def build_grid(args: Args) -> list[Run]:
 
 def is_finished(run: Run) -> bool:
     """Its summary exists (committed from an earlier session, say), or a marker whose run folder is still there."""
-    if os.path.isfile(run.summary_path):
+    if run.summary_path is not None and os.path.isfile(run.summary_path):
         return True
     if not os.path.isfile(run.marker_path):
         return False
@@ -275,7 +275,7 @@ def run_one(run: Run, job: "RunJob | None" = None) -> dict:
         with open(temporary, "w") as marker:
             json.dump({**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "project": project_commit()}, marker, indent=1)
         os.replace(temporary, run.marker_path)
-        outcome["summary"] = write_summary(run, run.summary_every)
+        outcome["summary"] = write_summary(run, run.summary_every) if run.summary_path is not None else None
     return outcome
 
 
