@@ -260,8 +260,9 @@ def runs_table(runs: dict, experiment: Experiment) -> str:
             at = [[run["running_mean_at"].get(str(step)) for run in found] for step in experiment.steps]
             columns = [fmt(np.mean(values)) if None not in values else "–" for values in at]
             minutes = [run["wall_clock_s"] / 60 for run in found]
+            spread = f"{min(minutes):.0f}" if round(min(minutes)) == round(max(minutes)) else f"{min(minutes):.0f}–{max(minutes):.0f}"
             lines.append(f"| {env_id} | {label(algorithm)} | {len(found)} of {len(experiment.seeds)} | {evaluation} | "
-                         + " | ".join(columns) + f" | {min(minutes):.0f}–{max(minutes):.0f} min |")
+                         + " | ".join(columns) + f" | {spread} min |")
     return "\n".join(lines)
 
 
@@ -369,6 +370,55 @@ def variants_table(runs: dict, experiment: Experiment) -> str:
     return "\n".join(lines)
 
 
+def k_figure(runs: dict, experiment: Experiment, path: str | None) -> bool:
+    """An ablation over K (exp names NAME_kK): the deterministic evaluation at the budget against K, and against the
+    wall-clock per run, one line per script; written to ``path`` (None: only say whether there is one); False when
+    no script has two values of K measured."""
+    families: dict[str, dict[int, list[dict]]] = {}
+    for algorithm in experiment.algorithms:
+        match = re.fullmatch(r"(\w+)_k(\d+)", algorithm)
+        found = [runs[(env, algorithm, seed)] for env in experiment.env_ids for seed in experiment.seeds
+                 if (env, algorithm, seed) in runs and runs[(env, algorithm, seed)].get("deterministic_eval_mean") is not None]
+        if match and found:
+            families.setdefault(match.group(1), {})[int(match.group(2))] = found
+    families = {name: by_k for name, by_k in families.items() if len(by_k) >= 2}
+    if not families:
+        return False
+    if path is None:
+        return True
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_k, ax_clock) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for index, (name, by_k) in enumerate(families.items()):
+        colour, ks = plt.cm.tab10(index), sorted(by_k)
+        budget = max(run["last_step"] for found in by_k.values() for run in found)
+        evaluations = {k: [run["deterministic_eval_mean"] for run in by_k[k]] for k in ks}
+        minutes = {k: np.mean([run["wall_clock_s"] / 60 for run in by_k[k]]) for k in ks}
+        for k in ks:
+            ax_k.scatter([k] * len(evaluations[k]), evaluations[k], color=colour, alpha=0.4, s=18)
+            ax_clock.scatter([minutes[k]] * len(evaluations[k]), evaluations[k], color=colour, alpha=0.4, s=18)
+            ax_clock.annotate(f"K={k}", (minutes[k], np.mean(evaluations[k])), textcoords="offset points", xytext=(5, 5),
+                              fontsize=8, color=colour)
+        means = [np.mean(evaluations[k]) for k in ks]
+        ax_k.plot(ks, means, "o-", color=colour, label=f"{label(name)} at {round(budget / 1000)}k steps (mean; dots: seeds)")
+        ax_clock.plot([minutes[k] for k in ks], means, "o-", color=colour, label=label(name))
+    ax_k.set_xscale("log", base=2)
+    ax_k.set_xticks(sorted({k for by_k in families.values() for k in by_k}),
+                    [str(k) for k in sorted({k for by_k in families.values() for k in by_k})])
+    ax_k.set_xlabel("number of diffusion steps K")
+    ax_k.set_ylabel("deterministic evaluation return at the budget")
+    ax_k.legend(fontsize=8)
+    ax_clock.set_xlabel("wall-clock per run, minutes (two runs sharing two cores)")
+    ax_clock.set_ylabel("deterministic evaluation return at the budget")
+    fig.suptitle(f"{experiment.title}: seeds {', '.join(map(str, experiment.seeds))}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def anchor(title: str) -> str:
     """GitHub's anchor of a heading."""
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
@@ -435,6 +485,8 @@ def build_blocks(results_dir: str, docs_dir: str | None, references: dict) -> di
         image = os.path.join(docs_dir, f"evidence_{experiment.name}.png") if docs_dir else None
         if not experiment.variants and figure(runs, experiment, references, image):
             body += f"\n\n![{experiment.title}](evidence_{experiment.name}.png)"
+        elif experiment.variants and k_figure(runs, experiment, image):
+            body += f"\n\n![{experiment.title}: return against K and against wall-clock](evidence_{experiment.name}.png)"
         reused = "".join(f" {label(here)} is the {source} grid's {label(there)}." for here, (source, there) in experiment.borrowed.items())
         blocks[experiment.name] = (f"{finished}{reused} Commands (this machine):\n\n{commands_block(experiment)}\n\n"
                                    f"At paper scale: `{experiment.cluster_command}`\n\n{body}")

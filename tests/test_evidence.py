@@ -18,7 +18,7 @@ def write_summary(results_dir, grid, env_id, exp_name, seed, evaluation, curve=N
     os.makedirs(folder, exist_ok=True)
     curve = curve or {str(step): evaluation * step / 500_000 for step in range(5_000, 505_001, 5_000)}
     summary = {"env_id": env_id, "exp_name": exp_name, "seed": seed, "deterministic_eval_mean": evaluation,
-               "running_mean_at": curve, "final_running_mean": evaluation, "wall_clock_s": 600.0 + seed}
+               "running_mean_at": curve, "final_running_mean": evaluation, "wall_clock_s": 600.0 + seed, "last_step": 501_187}
     with open(os.path.join(folder, f"{env_id}__{exp_name}__{seed}.json"), "w") as file:
         json.dump(summary, file)
 
@@ -139,6 +139,18 @@ def test_k_ablation_borrows_the_k8_runs_of_the_main_grids(tmp_path):
     table = evidence.variants_table(runs, evidence.K_ABLATION)
     assert "| DiffPPO, K = 4 | 0 of 3 | not run yet |" in table
     assert "| DiffPPO, K = 8 (default) | 3 of 3 | 950.0 (900, 950, 1000) |" in table
+
+
+def test_k_figure_needs_two_values_of_k_and_plots_every_measured_one(tmp_path):
+    for seed in (1, 2, 3):
+        write_summary(tmp_path, "k_ablation", "Hopper-v4", "diffppo_k1", seed, 100.0 * seed)
+    image = tmp_path / "k.png"
+    runs = evidence.load_runs(str(tmp_path), evidence.K_ABLATION)
+    assert not evidence.k_figure(runs, evidence.K_ABLATION, str(image)) and not image.exists()  # one K is no ablation
+    onpolicy_grid(tmp_path, {("Hopper-v4", "diffppo"): [900, 950, 1000]})  # K = 8, borrowed from the on-policy grid
+    runs = evidence.load_runs(str(tmp_path), evidence.K_ABLATION)
+    assert evidence.k_figure(runs, evidence.K_ABLATION, None)
+    assert evidence.k_figure(runs, evidence.K_ABLATION, str(image)) and image.stat().st_size > 10_000
 
 
 def test_committed_page_is_up_to_date_with_the_committed_summaries(repo_root):
