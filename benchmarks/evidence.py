@@ -302,6 +302,14 @@ def curve_steps(runs: dict, experiment: Experiment, algorithms: list[str], tasks
     return steps[::max(1, len(steps) // points)]
 
 
+def save_figure(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def figure(runs: dict, experiment: Experiment, references: dict, path: str | None) -> bool:
     """IQM with intervals, performance profile and sample-efficiency curves written to ``path`` (None: only
     say whether there is one); False when no task is complete."""
@@ -345,9 +353,7 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
     ax_curve.set_xlabel("environment steps")
     ax_curve.set_ylabel("IQM of normalised training return")
     fig.suptitle(f"{experiment.title}: {', '.join(tasks)}, seeds {', '.join(map(str, experiment.seeds))}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -413,9 +419,7 @@ def k_figure(runs: dict, experiment: Experiment, path: str | None) -> bool:
     ax_clock.set_xlabel("wall-clock per run, minutes (two runs sharing two cores)")
     ax_clock.set_ylabel("deterministic evaluation return at the budget")
     fig.suptitle(f"{experiment.title}: seeds {', '.join(map(str, experiment.seeds))}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
