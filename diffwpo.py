@@ -127,6 +127,8 @@ class Args:
     """target entropy = -target_entropy_scale * action_dim, applied to H_est = -E[L]"""
     fisher_preconditioner: bool = True
     """multiply each step's velocity by sigma_k^2 (diagonal Fisher of the kernel mean)"""
+    inner_velocity: str = "critic"
+    """actor velocity at steps k > 1: "critic" (d/dx of Q_k) or "rollout" (d/dx of one reparameterised roll-out of the rest of the chain, valued by the k = 1 critic)"""
 
     # Diffusion policy
     num_diffusion_steps: int = 8
@@ -167,6 +169,8 @@ def validate_args(args: Args) -> None:
     for flag, value in [("--policy-lr", args.policy_lr), ("--q-lr", args.q_lr), ("--min-std", args.min_std)]:
         if value <= 0:
             raise ConfigError(f"{flag} must be positive (got {value}).")
+    if args.inner_velocity not in ("critic", "rollout"):
+        raise ConfigError(f"--inner-velocity {args.inner_velocity!r}: allowed: critic, rollout.")
     if args.min_std >= 1:
         raise ConfigError(f"--min-std must be below 1, the largest sigma_k (got {args.min_std}).")
 
@@ -443,11 +447,17 @@ def kernel_score(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
     return -(x - mean) / std**2
 
 
-def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
+def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool,
+                   rollout_critics: tuple | None = None):
     """(WPO loss at one uniformly drawn step of each fresh chain, H_est = -E[L]) (method.md §4.3).
 
     q_value(obs, x_k, k, x_{k-1}) -> [B]; the velocity is d/dx (q_value - alpha lt_k) at the sampled
     x_{k-1}, with the parameters held fixed (stop-gradient).
+    rollout_critics=(qf1, qf2) (--inner-velocity rollout): at k > 1, Q_k(s, x_k, k, x) is replaced by
+    the quantity it is trained to, V(s, x, k-1) (no reward, no discount inside the chain), estimated
+    by one reparameterised roll-out of the rest of the chain valued by min(qf1, qf2) at k = 1 (as
+    soft_value); d/dx then flows through the roll-out, as DiffSAC's action gradient flows through
+    its chain. At k = 1 both forms are the k = 1 critic.
     """
     actor, num_diffusion_steps = agent.actor, agent.actor.num_diffusion_steps
     with torch.no_grad():
@@ -460,7 +470,11 @@ def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fishe
     j = torch.randint(0, num_diffusion_steps, (obs.shape[0],), device=obs.device)
     b_obs, b_x_k, b_k = obs, chain[rows, j], num_diffusion_steps - j
     x = chain[rows, j + 1].clone().requires_grad_(True)
-    objective = q_value(b_obs, b_x_k, b_k, x) - alpha * step_log_ratio(agent, b_obs, b_x_k, b_k, x)
+    q = q_value(b_obs, b_x_k, b_k, x)
+    if rollout_critics is not None:
+        rest_of_chain_value = soft_value(agent, *rollout_critics, b_obs, x, (b_k - 1).clamp_min(1), alpha)
+        q = torch.where(b_k > 1, rest_of_chain_value, q)
+    objective = q - alpha * step_log_ratio(agent, b_obs, b_x_k, b_k, x)
     (velocity,) = torch.autograd.grad(objective.sum(), x)
     mean, std = actor.kernel(b_obs, b_x_k, b_k)
     if fisher_preconditioner:
@@ -586,7 +600,8 @@ def main() -> None:
 
             if updates % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
-                    actor_loss, entropy_estimate = wpo_actor_loss(agent, min_q, batch[0], alpha, args.fisher_preconditioner)
+                    actor_loss, entropy_estimate = wpo_actor_loss(agent, min_q, batch[0], alpha, args.fisher_preconditioner,
+                                                                  (qf1, qf2) if args.inner_velocity == "rollout" else None)
                     if not torch.isfinite(actor_loss):
                         raise TrainingDiverged(f"actor loss is {actor_loss.item()} at step {global_step}.")
                     actor_optimizer.zero_grad()

@@ -124,3 +124,34 @@ def test_critic_gradient_vanishes_where_the_action_saturates():
         (gradients[scale],) = torch.autograd.grad(critic(obs, x_k, k, x).sum(), x)
     assert gradients[0.0].abs().mean() > 1e-3
     assert gradients[20.0].abs().max() < 1e-12
+
+
+def test_rollout_velocity_is_the_critic_velocity_when_every_step_is_the_last():
+    """K = 1: the only step is k = 1, where --inner-velocity rollout keeps the k = 1 critic, so the
+    loss (and its gradient) is the critic form's, draw for draw."""
+    agent, obs = make_agent(num_diffusion_steps=1), torch.randn(256, 2)
+    critic = diffwpo.AugmentedQNetwork(obs_dim=2, action_dim=2, num_diffusion_steps=1, hidden_dim=32)
+    min_q = lambda *inputs: critic(*inputs)  # noqa: E731
+    losses = []
+    for rollout_critics in (None, (critic, critic)):
+        torch.manual_seed(3)
+        losses.append(diffwpo.wpo_actor_loss(agent, min_q, obs, 0.3, True, rollout_critics)[0])
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+
+
+def test_rolled_out_value_gradient_is_the_gradient_of_the_expected_last_step_value():
+    """--inner-velocity rollout differentiates soft_value through its roll-out. With alpha = 0 and a
+    last-step critic Q_1 = -|x_0 - c|^2, the value of (s, x_1, 1) is E_{x_0 ~ N(m(x_1), sigma^2)}[Q_1]
+    = -|m(x_1) - c|^2 - sum sigma^2, whose gradient is -2 J_m(x_1)^T (m(x_1) - c): the mean of the
+    roll-out gradients over many draws must match it (J_m by autograd of the kernel mean alone)."""
+    agent, center = make_agent(num_diffusion_steps=3), torch.tensor([0.4, -0.3])
+    quadratic = lambda obs, x_k, k, x: -((x - center) ** 2).sum(-1)  # noqa: E731
+    draws = 20000
+    obs, x_1 = torch.randn(1, 2).expand(draws, -1), torch.randn(1, 2).expand(draws, -1).clone().requires_grad_(True)
+    one = torch.ones(draws, dtype=torch.long)
+    value = diffwpo.soft_value(agent, quadratic, quadratic, obs, x_1, one, alpha=0.0)
+    (rollout_gradient,) = torch.autograd.grad(value.sum(), x_1)
+    x = x_1[:1].detach().clone().requires_grad_(True)
+    mean, _ = agent.actor.kernel(obs[:1], x, one[:1])
+    (expected,) = torch.autograd.grad((-((mean - center) ** 2).sum()), x)
+    torch.testing.assert_close(rollout_gradient.mean(0), expected[0], rtol=0.05, atol=0.02)
