@@ -95,7 +95,8 @@ OFFPOLICY = Experiment(
 K_ABLATION = Experiment(
     "k_ablation", "Number of diffusion steps K, Hopper-v4",
     ("diffppo_k1", "diffppo_k2", "diffppo_k4", "diffppo_k8", "diffppo_k16", "diffsac_k1", "diffsac_k4", "diffsac_k8"),
-    (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1")),
+    (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1"), ("diffsac_k4", "diffsac_k1"),
+     ("diffsac_k8", "diffsac_k4")),
     ("Hopper-v4",), (1, 2, 3), (100_000, 250_000, 500_000),
     tuple(f"python -m benchmarks.grid --scripts diffppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 501760 "
           f"--workdir results/k_ablation --exp-suffix _k{k} --workers 2 --extra=\"--save-model --num-diffusion-steps {k}\""
@@ -435,7 +436,8 @@ CLAIMS = (  # (claim, paper, the comparisons that decide it, the experiment (sec
      ONPOLICY),
     ("Diffusion beats its Gaussian twin (off-policy)", "Sanokowski et al.", (("diffsac", "sac"), ("diffwpo", "wpo")), OFFPOLICY),
     ("More diffusion steps help", "Sanokowski et al.",
-     (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1")), K_ABLATION),
+     (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1"),
+      ("diffsac_k4", "diffsac_k1")), K_ABLATION),
     ("DA-MDP: REPPO is the strongest variant", "Sanokowski et al., DA-MDP version",
      (("diffreppo", "diffppo"), ("diffreppo", "ppo"), ("diffreppo", "reppo")), ONPOLICY),
     ("DPMD and SDAC beat SAC", "Ma et al.", (("dpmd", "sac"), ("sdac", "sac")), OFFPOLICY),
