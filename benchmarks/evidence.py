@@ -18,7 +18,9 @@ bootstrap band. Bootstrap draws are seeded, so a rebuild of unchanged summaries 
 A claim's verdict follows one rule: "reproduced" when the 95% interval of the probability of
 improvement lies above 0.5, "refuted" when it lies below, "not separated" otherwise (too few seeds or
 too small a difference to tell at this budget), and "not measured yet" with the command when its runs
-are missing. Blocks in the page are delimited by <!-- generated:NAME --> ... <!-- /generated:NAME -->.
+are missing. The comparison tables inside each section apply the same rule in neutral words ("X better",
+"Y better", "not separated"), since most of their pairs are diagnostics, not claims.
+Blocks in the page are delimited by <!-- generated:NAME --> ... <!-- /generated:NAME -->.
 """
 
 from __future__ import annotations
@@ -237,6 +239,11 @@ def verdict(low: float, high: float) -> str:
     return "**reproduced**" if low > 0.5 else "**refuted**" if high < 0.5 else "not separated"
 
 
+def ordering(low: float, high: float) -> str:
+    """The same rule as verdict(), in words for a comparison table that is not itself a claim."""
+    return "**X better**" if low > 0.5 else "**Y better**" if high < 0.5 else "not separated"
+
+
 # ---------------------------------------------------------------- text
 def fmt(value, digits: int = 1) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
@@ -283,7 +290,7 @@ def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_al
                          f"{len(own_tasks) * len(experiment.seeds)} | "
                          + " | ".join(f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in result.values()) + " |")
         lines.append("")
-    lines += ["| comparison | tasks | P(X > Y) [95% CI] | verdict: X better than Y |", "|---|---|---|---|"]
+    lines += ["| comparison (X vs Y) | tasks | P(X > Y) [95% CI] | result |", "|---|---|---|---|"]
     for x, y in experiment.pairs:
         pair_tasks = complete_tasks(runs, experiment, (x, y))
         if not pair_tasks:
@@ -293,7 +300,7 @@ def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_al
                                          score_matrix(runs, experiment, y, pair_tasks, references))
         pair_results[(x, y)] = (result, pair_tasks)
         lines.append(f"| {label(x)} vs {label(y)} | {', '.join(task.split('-')[0] for task in pair_tasks)} | "
-                     f"{result[0]:.2f} [{result[1]:.2f}, {result[2]:.2f}] | {verdict(result[1], result[2])} |")
+                     f"{result[0]:.2f} [{result[1]:.2f}, {result[2]:.2f}] | {ordering(result[1], result[2])} |")
     return "\n".join(lines), pair_results
 
 

@@ -66,6 +66,8 @@ def test_bootstrap_interval_covers_the_iqm_and_is_reproducible():
                                                (0.3, 0.8, "not separated"), (0.5, 1.0, "not separated")])
 def test_verdict_rule(low, high, expected):
     assert evidence.verdict(low, high) == expected
+    words = {"**reproduced**": "**X better**", "**refuted**": "**Y better**", "not separated": "not separated"}
+    assert evidence.ordering(low, high) == words[expected]  # section tables: same rule, neutral words
 
 
 def test_a_pair_that_wins_every_seed_on_every_task_is_reproduced_and_the_reverse_refuted(tmp_path):
@@ -77,8 +79,8 @@ def test_a_pair_that_wins_every_seed_on_every_task_is_reproduced_and_the_reverse
     text, results = evidence.aggregate_table(runs, evidence.ONPOLICY, REFERENCES)
     assert results[("diffppo", "ppo")][0] == (1.0, 1.0, 1.0)
     assert results[("diffreppo", "reppo")][0] == (0.0, 0.0, 0.0)
-    assert "| DiffPPO vs PPO | Hopper, Walker2d | 1.00 [1.00, 1.00] | **reproduced** |" in text
-    assert "| DiffREPPO vs REPPO | Hopper, Walker2d | 0.00 [0.00, 0.00] | **refuted** |" in text
+    assert "| DiffPPO vs PPO | Hopper, Walker2d | 1.00 [1.00, 1.00] | **X better** |" in text
+    assert "| DiffREPPO vs REPPO | Hopper, Walker2d | 0.00 [0.00, 0.00] | **Y better** |" in text
     # The IQM row of DiffPPO: normalised scores 0.9, 0.95, 1.0 (Hopper) and 0.9, 0.95, 1.0 (Walker2d).
     assert "| DiffPPO | Hopper, Walker2d | 6 | 0.95 [" in text
 
