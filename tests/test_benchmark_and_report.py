@@ -36,6 +36,21 @@ def synthetic_runs(tmp_path):
     return tmp_path
 
 
+def test_wall_clock_of_a_resumed_run_leaves_out_the_time_between_stop_and_resume(tmp_path):
+    from benchmarks.report import wall_clock_seconds
+
+    run_dir = tmp_path / "Toy-v0__alg__1__1700000000"
+    start = time.time()
+    for offset, steps in ((0, range(1, 11)), (86_400, range(11, 21))):  # 90 s, a day's pause, then 90 s more
+        writer = SummaryWriter(str(run_dir))  # each process (start, resume) writes its own event file
+        for index, step in enumerate(steps):
+            writer.add_scalar("charts/episodic_return", 1.0, 100 * step, walltime=start + offset + 10 * index)
+        writer.close()
+        time.sleep(1.1)  # event file names carry the second they were opened
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
+    assert wall_clock_seconds(str(run_dir)) == pytest.approx(180)
+
+
 def test_report_table_has_known_final_returns_spread_and_wall_clock(synthetic_runs):
     summaries = summarise(find_run_dirs([str(synthetic_runs / "runs")]), last_episodes=10)
     assert [(s.env_id, s.algorithm) for s in summaries] == [("Toy-v0", "diffalg"), ("Toy-v0", "alg")]
