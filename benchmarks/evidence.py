@@ -114,7 +114,7 @@ WPO_ABLATION = Experiment(
     "diffwpo_hopper", "Why DiffWPO is slow on Hopper-v4",
     ("diffsac", "diffwpo", "diffwpo_rollout", "diffwpo_batch2048", "diffwpo_k1", "diffwpo_nofisher", "wpo", "sac"),
     (("diffsac", "diffwpo"), ("diffwpo_rollout", "diffwpo"), ("diffsac", "diffwpo_rollout"), ("diffwpo_batch2048", "diffwpo"),
-     ("diffwpo_k1", "diffwpo"), ("diffwpo_nofisher", "diffwpo"), ("sac", "wpo")),
+     ("diffwpo_k1", "diffwpo"), ("diffsac", "diffwpo_k1"), ("diffwpo_nofisher", "diffwpo"), ("sac", "wpo")),
     ("Hopper-v4",), (1, 2, 3), (25_000, 50_000, 100_000),
     tuple(f"python -m benchmarks.grid --scripts diffwpo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
           f"--workdir results/diffwpo_hopper --exp-suffix {suffix} --workers 2 --extra=\"--save-model {flags}\""
