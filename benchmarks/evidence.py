@@ -235,13 +235,13 @@ def improvement_probability(x: np.ndarray, y: np.ndarray) -> tuple[float, float,
     return float(points["pair"]), float(low), float(high)
 
 
-def verdict(low: float, high: float) -> str:
-    return "**reproduced**" if low > 0.5 else "**refuted**" if high < 0.5 else "not separated"
+def verdict(low: float, high: float, words: tuple[str, str] = ("**reproduced**", "**refuted**")) -> str:
+    return words[0] if low > 0.5 else words[1] if high < 0.5 else "not separated"
 
 
 def ordering(low: float, high: float) -> str:
-    """The same rule as verdict(), in words for a comparison table that is not itself a claim."""
-    return "**X better**" if low > 0.5 else "**Y better**" if high < 0.5 else "not separated"
+    """verdict()'s rule in words for a comparison table that is not itself a claim."""
+    return verdict(low, high, ("**X better**", "**Y better**"))
 
 
 # ---------------------------------------------------------------- text
