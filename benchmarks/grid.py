@@ -16,8 +16,10 @@ its log, and a summary WORKDIR/summaries/{env_id}__{exp_name}__{seed}.json (benc
 running means every --summary-every steps, deterministic evaluation, wall-clock, versions, command)
 that is small enough to commit. Running the same grid again skips every run that has a summary or a
 marker, unless --rerun-finished is given, and continues every unfinished run that left a checkpoint
-(--save-model in --extra) with ``--resume`` instead of starting it over; so a grid longer than a
-working day is the same command run again, in the next session, after committing the summaries.
+(--save-model in --extra) with ``--resume`` instead of starting it over, taking from this command only
+the target and how to run it (CARRIED_ON_RESUME: a rerun with --workers 1 --extra="--save-model
+--torch-threads 2" resumes on two threads); so a grid longer than a working day is the same command
+run again, in the next session, after committing the summaries.
 --dry-run prints the commands and what would be skipped.
 On Slurm, a job that is preempted or reaches its time limit is requeued (submitit's checkpointing):
 its script is stopped with SIGTERM, saves a checkpoint at the current step, and the requeued job
@@ -238,11 +240,19 @@ def latest_checkpoint(run: Run) -> str | None:
     return None
 
 
+# Flags a resumed run takes from this grid's command (the script restores every other flag from its checkpoint):
+# the target, and how to run rather than what to compute, e.g. --extra="--save-model --torch-threads 2" on a rerun.
+CARRIED_ON_RESUME = ("--total-timesteps", "--torch-threads", "--eval-episodes", "--checkpoint-frequency")
+
+
 def resume_command(run: Run, checkpoint: str) -> list[str]:
-    """Continue a run from its checkpoint: the script restores every flag; only the target is repeated."""
-    command = [sys.executable, run.script, "--resume", checkpoint]
-    targets = [value for flag, value in zip(run.command, run.command[1:]) if flag == "--total-timesteps"]
-    return command + (["--total-timesteps", targets[-1]] if targets else [])
+    """Continue a run from its checkpoint with the CARRIED_ON_RESUME flags of the grid's command (last one wins)."""
+    carried = {}
+    for index, token in enumerate(run.command):
+        name, equals, value = token.partition("=")
+        if name in CARRIED_ON_RESUME and (equals or index + 1 < len(run.command)):
+            carried[name] = value if equals else run.command[index + 1]
+    return [sys.executable, run.script, "--resume", checkpoint] + [part for item in carried.items() for part in item]
 
 
 def run_one(run: Run, job: "RunJob | None" = None) -> dict:

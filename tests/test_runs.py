@@ -296,6 +296,20 @@ def submitit_task_pid(root_pid: int) -> int:
     raise AssertionError("no submitit task process found")
 
 
+def test_a_resumed_grid_run_takes_its_target_and_threads_from_the_grid_command_and_nothing_else(tmp_path):
+    from benchmarks import grid as benchmark
+    from common.runs import CHANGEABLE_ON_RESUME
+    args = benchmark.Args(scripts=["baselines/sac.py"], env_ids=["Pendulum-v1"], seeds=[1], total_timesteps=3000,
+                          workdir=str(tmp_path), extra="--learning-starts 1000 --torch-threads=2 --save-model "
+                                                       "--eval-episodes 3 --torch-threads 4")
+    run = benchmark.build_grid(args)[0]
+    command = benchmark.resume_command(run, "runs/x/sac.cleanrl_model")
+    assert command[1:] == [run.script, "--resume", "runs/x/sac.cleanrl_model", "--total-timesteps", "3000",
+                           "--torch-threads", "4", "--eval-episodes", "3"]  # the last --torch-threads wins
+    # Every carried flag is one the scripts accept on --resume (the others would be refused there).
+    assert {flag[2:].replace("-", "_") for flag in benchmark.CARRIED_ON_RESUME} <= set(CHANGEABLE_ON_RESUME)
+
+
 def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     import submitit
 
