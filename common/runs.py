@@ -9,8 +9,9 @@
 - ``StopSignals``: SIGINT (Ctrl-C) and SIGTERM (what Slurm sends before preemption) end the run
   between two steps: a checkpoint at the current step when --save-model is set, one line, exit
   code 128 + the signal (130, 143).
-- ``save_replay_buffer`` / ``load_replay_buffer``: the off-policy scripts' buffers beside their
-  checkpoints, so that a resumed run continues learning where it stopped.
+- ``save_with_replay_buffer`` / ``load_replay_buffer``: the off-policy scripts' checkpoints with
+  their buffers beside them, written as a pair a kill cannot split, so that a resumed run continues
+  learning where it stopped.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.envs import ConfigError
 
 # Flags that do not change what the run computes, or only where it stops: they may differ on --resume.
@@ -200,25 +201,51 @@ def replay_buffer_bytes(buffer_size: int, obs_dim: int, action_values: int) -> i
     return 4 * buffer_size * (2 * obs_dim + action_values + 2)
 
 
-def save_replay_buffer(model_path: str, buffer: Any, global_step: int) -> None:
-    """Write the buffer's filled rows atomically beside the checkpoint (tagged with the step it belongs to)."""
-    state = {"global_step": global_step, "position": buffer.position, "size": buffer.size,
-             "buffer_size": buffer.buffer_size,
-             **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in replay_fields(buffer)}}
-    temporary = f"{replay_buffer_path(model_path)}.tmp"
-    torch.save(state, temporary)
-    os.replace(temporary, replay_buffer_path(model_path))
+def pending_replay_buffer_path(model_path: str) -> str:
+    """Where a new buffer waits, complete, until its checkpoint is in place (see ``save_with_replay_buffer``)."""
+    return f"{replay_buffer_path(model_path)}.pending"
+
+
+def save_with_replay_buffer(model_path: str, state: dict, buffer: Any, global_step: int) -> None:
+    """Write the checkpoint and the buffer's filled rows as one pair that a kill -9 cannot split.
+
+    The buffer (tagged with its step) is written in full under its pending name, then the checkpoint
+    replaces the old one atomically, then the buffer takes its place. Killed before the checkpoint is
+    replaced, the old pair is untouched; killed after it, the checkpoint's buffer is the pending file,
+    which ``replay_buffer_state`` reads. Writing the buffer first and the checkpoint second, the
+    earlier order, left a newer buffer beside an older checkpoint when the kill fell in between."""
+    rows = {"global_step": global_step, "position": buffer.position, "size": buffer.size,
+            "buffer_size": buffer.buffer_size,
+            **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in replay_fields(buffer)}}
+    os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
+    torch.save(rows, pending_replay_buffer_path(model_path))
+    save_checkpoint(model_path, state)
+    os.replace(pending_replay_buffer_path(model_path), replay_buffer_path(model_path))
+
+
+def replay_buffer_state(model_path: str, global_step: int) -> dict | None:
+    """The saved buffer that belongs to the checkpoint at ``global_step``, or None when there is none."""
+    found = None
+    for path in (replay_buffer_path(model_path), pending_replay_buffer_path(model_path)):
+        if not os.path.isfile(path):
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a pending file cut short by a kill belongs to no checkpoint
+            continue
+        if state["global_step"] == global_step:
+            return state
+        found = found or state
+    if found is not None:
+        print(f"the replay buffer beside {model_path} belongs to step {found['global_step']}, not {global_step}")
+    return None
 
 
 def load_replay_buffer(model_path: str, buffer: Any, global_step: int) -> bool:
     """Fill ``buffer`` from the file beside the checkpoint; False (with a line) when it is missing or of another step."""
-    path = replay_buffer_path(model_path)
-    if not os.path.isfile(path):
-        print(f"no replay buffer beside {model_path}: it refills with the loaded policy before updates resume")
-        return False
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["global_step"] != global_step or state["buffer_size"] != buffer.buffer_size:
-        print(f"the replay buffer beside {model_path} belongs to step {state['global_step']}, not {global_step}: "
+    state = replay_buffer_state(model_path, global_step)
+    if state is None or state["buffer_size"] != buffer.buffer_size:
+        print(f"no replay buffer of step {global_step} beside {model_path}: "
               "it refills with the loaded policy before updates resume")
         return False
     for name in replay_fields(buffer):

@@ -62,12 +62,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoint import save_checkpoint
 from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
 from common.evaluation import evaluate
 from common.normalization import ObservationNormalizer
 from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args,
-                         replay_buffer_bytes, resume_replay_buffer, run_paths, save_replay_buffer)
+                         replay_buffer_bytes, resume_replay_buffer, run_paths, save_with_replay_buffer)
 
 SCRIPT_NAME = "peers/sdac.py"
 
@@ -436,8 +435,7 @@ def main() -> None:
         learning_starts = resume_replay_buffer(args, replay_buffer, global_step, learning_starts, run_name)
 
     def save() -> None:
-        save_replay_buffer(model_path, replay_buffer, global_step)
-        save_checkpoint(model_path, checkpoint_state())
+        save_with_replay_buffer(model_path, checkpoint_state(), replay_buffer, global_step)
 
     stop = StopSignals()
     start_time, start_step, session_updates, last_print = time.time(), global_step, 0, global_step

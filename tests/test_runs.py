@@ -156,6 +156,60 @@ def resume_and_stop_at_once(monkeypatch, tmp_path, script: str, checkpoint_path:
     return exit_info.value.code
 
 
+class _Buffer:
+    """The shape of the scripts' replay buffers: storage tensors, position, size, buffer_size."""
+
+    def __init__(self, buffer_size: int = 8):
+        self.obs, self.rewards = torch.zeros(buffer_size, 3), torch.zeros(buffer_size)
+        self.position, self.size, self.buffer_size = 0, 0, buffer_size
+
+    def add(self, value: float) -> None:
+        self.obs[self.position], self.rewards[self.position] = value, value
+        self.position, self.size = (self.position + 1) % self.buffer_size, min(self.size + 1, self.buffer_size)
+
+
+@pytest.mark.parametrize("kill_at", ["buffer_written", "checkpoint_written", "never"])
+def test_a_kill_anywhere_in_a_save_leaves_a_checkpoint_with_the_buffer_of_its_own_step(tmp_path, monkeypatch, kill_at):
+    """A kill -9 between the writes of a save, made deterministic: every point leaves a checkpoint whose
+    step's buffer loads, never a newer buffer beside an older checkpoint (what CI once caught)."""
+    model_path = str(tmp_path / "run" / "agent.cleanrl_model")
+    buffer = _Buffer()
+    for value in range(3):
+        buffer.add(float(value))
+    runs.save_with_replay_buffer(model_path, {"global_step": 3}, buffer, 3)
+    for value in range(3, 5):
+        buffer.add(float(value))
+
+    class Killed(Exception):
+        pass
+
+    real_save, real_replace = torch.save, os.replace
+
+    def save(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)
+        if kill_at == "buffer_written" and str(path).endswith(".pending"):
+            raise Killed
+
+    def replace(source, target):
+        if kill_at == "checkpoint_written" and str(source).endswith(".pending"):
+            raise Killed
+        real_replace(source, target)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(runs.os, "replace", replace)
+    try:
+        runs.save_with_replay_buffer(model_path, {"global_step": 5}, buffer, 5)
+    except Killed:
+        pass
+    monkeypatch.undo()
+    step = torch.load(model_path, weights_only=False)["global_step"]
+    assert step == {"buffer_written": 3, "checkpoint_written": 5, "never": 5}[kill_at]
+    restored = _Buffer()
+    assert runs.load_replay_buffer(model_path, restored, step)
+    assert restored.size == step and restored.rewards[:step].tolist() == list(map(float, range(step)))
+    assert not runs.load_replay_buffer(model_path, _Buffer(), step + 1)  # a step with no buffer: refill
+
+
 @pytest.mark.parametrize("script", ["diffsac.py", "peers/sdac.py"])
 def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step(tmp_path, monkeypatch, script):
     flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "100000", "--learning-starts", "300", "--batch-size", "64",
@@ -173,15 +227,15 @@ def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step
     process.wait()
     model_path = glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model"))[0]
     saved = torch.load(model_path, weights_only=False)
-    saved_buffer = torch.load(runs.replay_buffer_path(model_path), weights_only=True)
-    assert saved["global_step"] >= 400 and saved_buffer["global_step"] == saved["global_step"]
+    saved_buffer = runs.replay_buffer_state(model_path, saved["global_step"])  # the kill may fall mid-save
+    assert saved["global_step"] >= 400 and saved_buffer is not None
     assert saved_buffer["size"] == saved["global_step"] and len(saved_buffer["obs"]) == saved_buffer["size"]
 
     code = resume_and_stop_at_once(monkeypatch, tmp_path, script, model_path)
     assert code == 128 + signal.SIGTERM
     assert glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model")) == [model_path]  # rewritten in place
     restored = torch.load(model_path, weights_only=False)
-    restored_buffer = torch.load(runs.replay_buffer_path(model_path), weights_only=True)
+    restored_buffer = runs.replay_buffer_state(model_path, restored["global_step"])
     assert state_equal(restored_buffer, saved_buffer)
     saved.pop("args"), restored.pop("args")  # args differ by --resume only
     assert state_equal(restored, saved)
