@@ -126,6 +126,8 @@ class Args:
     """target entropy = -target_entropy_scale * action_dim, applied to H_est = -E[L]"""
     fisher_preconditioner: bool = True
     """multiply each step's velocity by sigma_k^2 (diagonal Fisher of the kernel mean)"""
+    last_step_samples: int = 0
+    """extra transitions per critic update drawn at the chain's last step (k = 1, whose target holds the reward); 224 at K = 8 gives it SAC's 256"""
     inner_velocity: str = "critic"
     """actor velocity at steps k > 1: "critic" (d/dx of Q_k) or "rollout" (d/dx of one reparameterised roll-out of the rest of the chain, valued by the k = 1 critic)"""
 
@@ -151,12 +153,15 @@ def validate_args(args: Args) -> None:
                         ("--checkpoint-frequency", args.checkpoint_frequency), ("--torch-threads", args.torch_threads)]:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value}).")
-    if args.batch_size > args.buffer_size:
-        raise ConfigError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
-                          "allowed: --batch-size <= --buffer-size.")
-    if args.learning_starts < args.batch_size:
-        raise ConfigError(f"--learning-starts {args.learning_starts} is below --batch-size {args.batch_size}; "
-                          "allowed: --learning-starts >= --batch-size (the first batch must exist).")
+    if args.last_step_samples < 0:
+        raise ConfigError(f"--last-step-samples must be at least 0 (got {args.last_step_samples}).")
+    critic_batch = args.batch_size + args.last_step_samples
+    if critic_batch > args.buffer_size:
+        raise ConfigError(f"--batch-size {args.batch_size} + --last-step-samples {args.last_step_samples} is larger than "
+                          f"--buffer-size {args.buffer_size}; allowed: their sum <= --buffer-size.")
+    if args.learning_starts < critic_batch:
+        raise ConfigError(f"--learning-starts {args.learning_starts} is below --batch-size + --last-step-samples ({critic_batch}); "
+                          "allowed: --learning-starts >= their sum (the first batch must exist).")
     if args.total_timesteps <= args.learning_starts:
         raise ConfigError(f"--total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
     if args.alpha < 0 or (args.autotune and args.alpha <= 0):
@@ -421,14 +426,16 @@ def soft_value(agent: Agent, qf1_target, qf2_target, obs, x_k, k, alpha: float) 
     return torch.min(qf1_target(obs, x_k, k, x_0), qf2_target(obs, x_k, k, x_0)) - alpha * log_ratio_sum
 
 
-def critic_targets(agent: Agent, qf1_target, qf2_target, obs, chains, rewards, next_obs, terminations, alpha, gamma):
-    """Pick one diffusion step per transition (uniformly) and its soft Bellman target.
-
-    Returns (obs, x_k, k, x_{k-1}, y) for the critic regression.
+def critic_targets(agent: Agent, qf1_target, qf2_target, obs, chains, rewards, next_obs, terminations, alpha, gamma,
+                   last_step_samples: int = 0):
+    """Pick one diffusion step per transition (uniformly; the last ``last_step_samples`` rows at k = 1,
+    --last-step-samples) and its soft Bellman target. The per-k targets do not change, only how many
+    samples each k gets. Returns (obs, x_k, k, x_{k-1}, y) for the critic regression.
     """
     batch, num_diffusion_steps = obs.shape[0], agent.actor.num_diffusion_steps
     rows = torch.arange(batch, device=obs.device)
     j = torch.randint(0, num_diffusion_steps, (batch,), device=obs.device)  # time-order index, k = K - j
+    j[batch - last_step_samples:] = num_diffusion_steps - 1
     k, x_k, x_previous = num_diffusion_steps - j, chains[rows, j], chains[rows, j + 1]
     with torch.no_grad():
         is_last_step = k == 1
@@ -582,9 +589,9 @@ def main() -> None:
             if updates == 0:
                 update_start_time = time.time()
             updates += 1
-            batch = replay_buffer.sample(args.batch_size)
-            b_obs, b_x_k, b_k, b_x_previous, target = critic_targets(agent, qf1_target, qf2_target, *batch,
-                                                                     alpha=alpha, gamma=args.gamma)
+            batch = replay_buffer.sample(args.batch_size + args.last_step_samples)
+            b_obs, b_x_k, b_k, b_x_previous, target = critic_targets(agent, qf1_target, qf2_target, *batch, alpha=alpha,
+                                                                     gamma=args.gamma, last_step_samples=args.last_step_samples)
             qf1_values = qf1(b_obs, b_x_k, b_k, b_x_previous)
             qf1_loss = F.mse_loss(qf1_values, target)
             qf2_loss = F.mse_loss(qf2(b_obs, b_x_k, b_k, b_x_previous), target)
@@ -598,7 +605,7 @@ def main() -> None:
 
             if updates % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
-                    actor_loss, entropy_estimate = wpo_actor_loss(agent, min_q, batch[0], alpha, args.fisher_preconditioner,
+                    actor_loss, entropy_estimate = wpo_actor_loss(agent, min_q, batch[0][:args.batch_size], alpha, args.fisher_preconditioner,
                                                                   (qf1, qf2) if args.inner_velocity == "rollout" else None)
                     if not torch.isfinite(actor_loss):
                         raise TrainingDiverged(f"actor loss is {actor_loss.item()} at step {global_step}.")

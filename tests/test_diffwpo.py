@@ -88,6 +88,26 @@ def test_bellman_target_inside_chain_uses_next_augmented_state_without_reward():
     torch.testing.assert_close(target[last], expected_last)
 
 
+def test_last_step_samples_train_the_rewarded_step_with_its_own_target():
+    """--last-step-samples N: the last N rows of the critic batch sit at k = 1 (their target holds the
+    reward), the rest keep uniform k, and every row's target is the one uniform sampling would give it."""
+    num_diffusion_steps, batch, extra = 4, 600, 200
+    agent = make_agent(obs_dim=1, num_diffusion_steps=num_diffusion_steps)
+    critic = lambda obs, x_k, k, x: 100 * obs[:, 0] + k  # noqa: E731
+    obs, next_obs = torch.rand(batch, 1), torch.rand(batch, 1) + 5
+    chains = torch.randn(batch, num_diffusion_steps + 1, 2)
+    rewards, terminations = torch.randn(batch), (torch.rand(batch) < 0.5).float()
+    _, x_k, k, x_previous, target = diffwpo.critic_targets(agent, critic, critic, obs, chains, rewards, next_obs,
+                                                           terminations, alpha=0.0, gamma=0.9, last_step_samples=extra)
+    assert torch.all(k[-extra:] == 1)
+    assert set(k[:-extra].tolist()) == set(range(1, num_diffusion_steps + 1))
+    assert 0.15 < (k[:-extra] == 1).float().mean() < 0.35  # uniform over K = 4 steps elsewhere
+    torch.testing.assert_close(x_previous[-extra:], chains[-extra:, num_diffusion_steps])  # x_0, the executed action
+    last = k == 1
+    expected = torch.where(last, rewards + 0.9 * (1 - terminations) * (100 * next_obs[:, 0] + 1), 100 * obs[:, 0] + 1)
+    torch.testing.assert_close(target, expected)
+
+
 def test_augmented_bellman_target_by_hand():
     """Inside: y = V_next = 3. Last step: y = 1 + 0.5 * 3 = 2.5, or 1 when terminated."""
     target = diffwpo.augmented_bellman_target(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 1.0]),
