@@ -153,6 +153,12 @@ def validate_args(args: Args) -> None:
                         ("--checkpoint-frequency", args.checkpoint_frequency), ("--torch-threads", args.torch_threads)]:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value}).")
+    if args.batch_size > args.buffer_size:
+        raise ConfigError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
+                          "allowed: --batch-size <= --buffer-size.")
+    if args.learning_starts < args.batch_size:
+        raise ConfigError(f"--learning-starts {args.learning_starts} is below --batch-size {args.batch_size}; "
+                          "allowed: --learning-starts >= --batch-size (the first batch must exist).")
     if args.last_step_samples < 0:
         raise ConfigError(f"--last-step-samples must be at least 0 (got {args.last_step_samples}).")
     critic_batch = args.batch_size + args.last_step_samples

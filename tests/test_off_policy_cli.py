@@ -117,11 +117,15 @@ def test_diffwpo_inner_velocity_flag_is_checked(tmp_path, repo_root):
     assert "--inner-velocity 'path': allowed: critic, rollout" in result.stderr, result.stderr
 
 
-def test_diffwpo_last_step_samples_flag_is_checked(tmp_path, repo_root):
-    result = run_script([os.path.join(repo_root, "diffwpo.py"), "--last-step-samples", "300", "--learning-starts", "500"],
-                        cwd=tmp_path)
+@pytest.mark.parametrize("flags,expected", [
+    (["--last-step-samples", "-1"], "--last-step-samples must be at least 0 (got -1)"),
+    (["--last-step-samples", "300", "--learning-starts", "500"], "--learning-starts 500 is below --batch-size + --last-step-samples (556)"),
+    (["--last-step-samples", "300", "--buffer-size", "512"], "--batch-size 256 + --last-step-samples 300 is larger than --buffer-size 512"),
+])
+def test_diffwpo_last_step_samples_flag_is_checked(tmp_path, repo_root, flags, expected):
+    result = run_script([os.path.join(repo_root, "diffwpo.py"), *flags], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--learning-starts 500 is below --batch-size + --last-step-samples (556)" in result.stderr, result.stderr
+    assert expected in result.stderr, result.stderr
 
 
 def test_diffwpo_last_step_samples_smoke_training_logs_every_tag(tmp_path, repo_root):
