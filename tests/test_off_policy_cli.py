@@ -128,20 +128,10 @@ def test_diffwpo_last_step_samples_flag_is_checked(tmp_path, repo_root, flags, e
     assert expected in result.stderr, result.stderr
 
 
-def test_diffwpo_last_step_samples_smoke_training_logs_every_tag(tmp_path, repo_root):
+@pytest.mark.parametrize("variant", [["--inner-velocity", "rollout"], ["--last-step-samples", "48"]])
+def test_diffwpo_variant_smoke_training_logs_every_tag(tmp_path, repo_root, variant):
     result = run_script([os.path.join(repo_root, "diffwpo.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "800",
-                         "--num-diffusion-steps", "4", "--last-step-samples", "48", *SMALL], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "step       800/800" in result.stdout
-    run_dir = single_run_dir(tmp_path)
-    for tag in TAGS:
-        _, values = read_scalars(run_dir, tag)
-        assert len(values) > 0 and all(map(math.isfinite, values)), f"{tag} missing or not finite in {run_dir}"
-
-
-def test_diffwpo_rollout_velocity_smoke_training_logs_every_tag(tmp_path, repo_root):
-    result = run_script([os.path.join(repo_root, "diffwpo.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "800",
-                         "--num-diffusion-steps", "4", "--inner-velocity", "rollout", *SMALL], cwd=tmp_path)
+                         "--num-diffusion-steps", "4", *variant, *SMALL], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "step       800/800" in result.stdout
     run_dir = single_run_dir(tmp_path)
