@@ -15,7 +15,9 @@ without .py plus --exp-suffix (e.g. ``diffppo_k4``). A run that finishes writes 
 its log, and a summary WORKDIR/summaries/{env_id}__{exp_name}__{seed}.json (benchmarks/summaries.py:
 running means every --summary-every steps, deterministic evaluation, wall-clock, versions, command)
 that is small enough to commit. Running the same grid again skips every run that has a summary or a
-marker, unless --rerun-finished is given, and continues every unfinished run that left a checkpoint
+marker, unless --rerun-finished is given (a run that another grid on the same --workdir finishes
+while this one waits is skipped when its turn comes; two grids must not hold the same run at once),
+and continues every unfinished run that left a checkpoint
 (--save-model in --extra) with ``--resume`` instead of starting it over, taking from this command only
 the target and how to run it (CARRIED_ON_RESUME: a rerun with --workers 1 --extra="--save-model
 --torch-threads 2" resumes on two threads); so a grid longer than a working day is the same command
@@ -117,6 +119,7 @@ class Run:
     marker_path: str
     summary_path: str | None = None  # WORKDIR/summaries/{key}.json, written when the run finishes (commit it); None: none
     summary_every: int = 5000
+    rerun: bool = False  # --rerun-finished: run it even if it has a summary or a marker
 
     @property
     def key(self) -> str:
@@ -167,7 +170,7 @@ def build_grid(args: Args) -> list[Run]:
                 key = f"{env_id}__{exp_name}__{seed}"
                 runs.append(Run(script_path, env_id, seed, exp_name, command, workdir,
                                 os.path.join(log_dir, f"{key}.log"), os.path.join(log_dir, f"{key}.done.json"),
-                                os.path.join(workdir, "summaries", f"{key}.json"), args.summary_every))
+                                os.path.join(workdir, "summaries", f"{key}.json"), args.summary_every, args.rerun_finished))
     return runs
 
 
@@ -263,6 +266,9 @@ def run_one(run: Run, job: "RunJob | None" = None) -> dict:
     pickle it by reference on any executor; ``job`` (a RunJob) is told the process so that it can
     stop it on preemption.
     """
+    if not run.rerun and is_finished(run):  # finished since this grid started, by another grid sharing the workdir
+        return {"key": run.key, "returncode": 0, "wall_clock_s": 0.0, "run_dir": None, "log": run.log_path,
+                "command": shlex.join(run.command), "skipped": True}
     os.makedirs(os.path.dirname(run.log_path), exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
@@ -328,6 +334,8 @@ class RunJob:
 
 
 def describe(outcome: dict) -> str:
+    if outcome.get("skipped"):
+        return f"[skip, finished meanwhile] {outcome['key']} (another grid finished it after this one started)"
     status = "done" if outcome["returncode"] == 0 else f"FAILED (exit {outcome['returncode']})"
     summary = f", summary {outcome['summary']}" if outcome.get("summary") else ""
     return f"[{status}] {outcome['key']} in {outcome['wall_clock_s']:.0f} s -> {outcome['run_dir']} (log {outcome['log']}{summary})"

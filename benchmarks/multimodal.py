@@ -107,7 +107,7 @@ def train(args: Args, seed: int) -> str:
     key = f"{args.env_id}__{exp_name}__{seed}"
     log_dir = os.path.join(workdir, "benchmark_logs")
     run = Run(script, args.env_id, seed, exp_name, command, workdir, os.path.join(log_dir, f"{key}.log"),
-              os.path.join(log_dir, f"{key}.done.json"), summary_path=None)  # the analysis below is its record
+              os.path.join(log_dir, f"{key}.done.json"), summary_path=None, rerun=args.rerun_finished)  # the analysis below is its record
     if is_finished(run) and not args.rerun_finished:
         with open(run.marker_path) as file:
             marker = json.load(file)

@@ -181,3 +181,20 @@ def test_benchmark_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, ex
                         cwd=repo_root)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("benchmarks.grid: error:") and expected in result.stderr, result.stderr
+
+
+def test_run_finished_by_another_grid_meanwhile_is_skipped_unless_rerun(tmp_path):
+    from benchmarks.grid import Run, describe, run_one
+
+    # A run whose marker and folder appeared after this grid listed its pending runs; its command would fail if run.
+    (tmp_path / "runs" / "Toy-v0__alg__1__1700000000").mkdir(parents=True)
+    marker = tmp_path / "Toy-v0__alg__1.done.json"
+    marker.write_text(json.dumps({"run_dir": "runs/Toy-v0__alg__1__1700000000"}))
+    run = Run(str(tmp_path / "missing.py"), "Toy-v0", 1, "alg", ["python", str(tmp_path / "missing.py")], str(tmp_path),
+              str(tmp_path / "Toy-v0__alg__1.log"), str(marker), summary_path=None)
+    outcome = run_one(run)
+    assert outcome["skipped"] and outcome["returncode"] == 0 and not (tmp_path / "Toy-v0__alg__1.log").exists()
+    assert describe(outcome).startswith("[skip, finished meanwhile] Toy-v0__alg__1")
+
+    run.rerun = True  # --rerun-finished runs it again (and here fails: the script does not exist)
+    assert run_one(run)["returncode"] != 0
