@@ -128,6 +128,8 @@ class Args:
     """multiply each step's velocity by sigma_k^2 (diagonal Fisher of the kernel mean)"""
     last_step_samples: int = 0
     """extra transitions per critic update drawn at the chain's last step (k = 1, whose target holds the reward); 224 at K = 8 gives it SAC's 256"""
+    actor_all_steps: bool = False
+    """train the actor at every step of each chain (each kernel sees the whole batch; about K x the actor's cost), not at one drawn step"""
     inner_velocity: str = "critic"
     """actor velocity at steps k > 1: "critic" (d/dx of Q_k) or "rollout" (d/dx of one reparameterised roll-out of the rest of the chain, valued by the k = 1 critic)"""
 
@@ -460,7 +462,7 @@ def kernel_score(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
 
 
 def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool,
-                   rollout_critics: tuple | None = None):
+                   rollout_critics: tuple | None = None, all_steps: bool = False):
     """(WPO loss at one uniformly drawn step of each fresh chain, H_est = -E[L]) (method.md §4.3).
 
     q_value(obs, x_k, k, x_{k-1}) -> [B]; the velocity is d/dx (q_value - alpha lt_k) at the sampled
@@ -470,6 +472,8 @@ def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fishe
     by one reparameterised roll-out of the rest of the chain valued by min(qf1, qf2) at k = 1 (as
     soft_value); d/dx then flows through the roll-out, as DiffSAC's action gradient flows through
     its chain. At k = 1 both forms are the k = 1 critic.
+    all_steps (--actor-all-steps): every step of every chain, the same mean over the K steps without
+    the draw's variance (each kernel sees the whole batch, not 1/K of it).
     """
     actor, num_diffusion_steps = agent.actor, agent.actor.num_diffusion_steps
     with torch.no_grad():
@@ -477,10 +481,15 @@ def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fishe
         log_ratio_terms, log_prior, squash_log_det = actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
         entropy_estimate = -(log_prior + log_ratio_terms.sum(1) - squash_log_det).mean()
     # One augmented sample (s, x_k, k) -> x_{k-1} per chain, k uniform: an unbiased estimate of the
-    # mean over the K steps at 1/K of the cost of using them all.
-    rows = torch.arange(obs.shape[0], device=obs.device)
-    j = torch.randint(0, num_diffusion_steps, (obs.shape[0],), device=obs.device)
-    b_obs, b_x_k, b_k = obs, chain[rows, j], num_diffusion_steps - j
+    # mean over the K steps at 1/K of the cost of using them all (all_steps: use them all).
+    batch = obs.shape[0]
+    if all_steps:
+        rows = torch.arange(batch, device=obs.device).repeat_interleave(num_diffusion_steps)
+        j = torch.arange(num_diffusion_steps, device=obs.device).repeat(batch)
+    else:
+        rows = torch.arange(batch, device=obs.device)
+        j = torch.randint(0, num_diffusion_steps, (batch,), device=obs.device)
+    b_obs, b_x_k, b_k = obs[rows], chain[rows, j], num_diffusion_steps - j
     x = chain[rows, j + 1].clone().requires_grad_(True)
     q = q_value(b_obs, b_x_k, b_k, x)
     if rollout_critics is not None:
@@ -612,7 +621,8 @@ def main() -> None:
             if updates % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
                     actor_loss, entropy_estimate = wpo_actor_loss(agent, min_q, batch[0][:args.batch_size], alpha, args.fisher_preconditioner,
-                                                                  (qf1, qf2) if args.inner_velocity == "rollout" else None)
+                                                                  (qf1, qf2) if args.inner_velocity == "rollout" else None,
+                                                                  args.actor_all_steps)
                     if not torch.isfinite(actor_loss):
                         raise TrainingDiverged(f"actor loss is {actor_loss.item()} at step {global_step}.")
                     actor_optimizer.zero_grad()

@@ -112,10 +112,10 @@ K_ABLATION = Experiment(
               for script, ks in (("diffppo", (1, 2, 4, 8, 16)), ("diffsac", (1, 4, 8))) for k in ks})
 WPO_ABLATION = Experiment(
     "diffwpo_hopper", "Why DiffWPO is slow on Hopper-v4",
-    ("diffsac", "diffwpo", "diffwpo_rollout", "diffwpo_last256", "diffwpo_k1", "diffwpo_nofisher",
+    ("diffsac", "diffwpo", "diffwpo_rollout", "diffwpo_last256", "diffwpo_allsteps", "diffwpo_k1", "diffwpo_nofisher",
      "diffwpo_rollout_nofisher", "wpo", "sac"),
     (("diffsac", "diffwpo"), ("diffwpo_rollout", "diffwpo"), ("diffsac", "diffwpo_rollout"), ("diffwpo_last256", "diffwpo"),
-     ("diffsac", "diffwpo_last256"),
+     ("diffsac", "diffwpo_last256"), ("diffwpo_allsteps", "diffwpo"), ("diffsac", "diffwpo_allsteps"),
      ("diffwpo_k1", "diffwpo"), ("diffsac", "diffwpo_k1"), ("diffwpo_nofisher", "diffwpo"),
      ("diffwpo_rollout_nofisher", "diffwpo_rollout"), ("diffwpo_rollout_nofisher", "diffwpo_nofisher"),
      ("diffsac", "diffwpo_rollout_nofisher"), ("sac", "wpo")),
@@ -123,6 +123,7 @@ WPO_ABLATION = Experiment(
     tuple(f"python -m benchmarks.grid --scripts diffwpo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
           f"--workdir results/diffwpo_hopper --exp-suffix {suffix} --workers 2 --extra=\"--save-model {flags}\""
           for suffix, flags in (("_rollout", "--inner-velocity rollout"), ("_last256", "--last-step-samples 224"),
+                                ("_allsteps", "--actor-all-steps"),
                                 ("_k1", "--num-diffusion-steps 1"),
                                 ("_nofisher", "--no-fisher-preconditioner"),
                                 ("_rollout_nofisher", "--inner-velocity rollout --no-fisher-preconditioner"))),
@@ -131,6 +132,7 @@ WPO_ABLATION = Experiment(
     variants={"diffsac": "DiffSAC, K = 8 (the bar)", "diffwpo": "DiffWPO, K = 8, defaults",
               "diffwpo_rollout": "DiffWPO, --inner-velocity rollout: inner steps follow a roll-out's gradient, not Q_k's",
               "diffwpo_last256": "DiffWPO, --last-step-samples 224: the k = 1 critic sees 256 rewarded samples per update, as SAC's",
+              "diffwpo_allsteps": "DiffWPO, --actor-all-steps: each kernel's actor step sees the whole batch, not 1/K of it",
               "diffwpo_k1": "DiffWPO, K = 1: one kernel, every critic sample carries a reward",
               "diffwpo_nofisher": "DiffWPO, --no-fisher-preconditioner",
               "diffwpo_rollout_nofisher": "DiffWPO, both measured causes removed: --inner-velocity rollout --no-fisher-preconditioner",

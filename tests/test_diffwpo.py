@@ -175,3 +175,29 @@ def test_rolled_out_value_gradient_is_the_gradient_of_the_expected_last_step_val
     mean, _ = agent.actor.kernel(obs[:1], x, one[:1])
     (expected,) = torch.autograd.grad((-((mean - center) ** 2).sum()), x)
     torch.testing.assert_close(rollout_gradient.mean(0), expected[0], rtol=0.05, atol=0.02)
+
+
+def test_actor_all_steps_loss_is_the_mean_of_the_single_step_losses(monkeypatch):
+    """--actor-all-steps uses every step of every chain: on the same chains its loss and gradient are the
+    mean over k of the losses with every chain drawn at step k (the default's draw, fixed by hand)."""
+    agent = make_agent(num_diffusion_steps=3)
+    obs = torch.randn(64, 2)
+    critic = lambda obs, x_k, k, x: -((x - 0.3 * k[:, None]) ** 2).sum(-1) * (1 + obs[:, 0] ** 2)  # noqa: E731
+
+    def loss_and_gradient(**kwargs):
+        torch.manual_seed(5)  # the same fresh chains in every call
+        agent.zero_grad()
+        loss, entropy_estimate = diffwpo.wpo_actor_loss(agent, critic, obs, 0.2, True, **kwargs)
+        loss.backward()
+        return loss.detach(), entropy_estimate, agent.actor.mean_net[-1].weight.grad.clone()
+
+    all_loss, all_entropy, all_gradient = loss_and_gradient(all_steps=True)
+    single = []
+    for j in range(3):  # time-order index j: k = K - j
+        monkeypatch.setattr(diffwpo.torch, "randint", lambda low, high, size, device=None, j=j: torch.full(size, j, device=device))
+        single.append(loss_and_gradient())
+    monkeypatch.undo()
+    torch.testing.assert_close(all_loss, torch.stack([loss for loss, _, _ in single]).mean())
+    torch.testing.assert_close(all_gradient, torch.stack([gradient for _, _, gradient in single]).mean(0))
+    torch.testing.assert_close(all_entropy, single[0][1])
+    assert not torch.allclose(single[0][0], single[2][0])  # the steps differ: the mean is not trivially one of them

@@ -128,7 +128,7 @@ def test_diffwpo_last_step_samples_flag_is_checked(tmp_path, repo_root, flags, e
     assert expected in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("variant", [["--inner-velocity", "rollout"], ["--last-step-samples", "48"]])
+@pytest.mark.parametrize("variant", [["--inner-velocity", "rollout"], ["--last-step-samples", "48"], ["--actor-all-steps"]])
 def test_diffwpo_variant_smoke_training_logs_every_tag(tmp_path, repo_root, variant):
     result = run_script([os.path.join(repo_root, "diffwpo.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "800",
                          "--num-diffusion-steps", "4", *variant, *SMALL], cwd=tmp_path)
