@@ -483,13 +483,13 @@ def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fishe
     # One augmented sample (s, x_k, k) -> x_{k-1} per chain, k uniform: an unbiased estimate of the
     # mean over the K steps at 1/K of the cost of using them all (all_steps: use them all).
     batch = obs.shape[0]
+    rows = torch.arange(batch, device=obs.device)
     if all_steps:
-        rows = torch.arange(batch, device=obs.device).repeat_interleave(num_diffusion_steps)
-        j = torch.arange(num_diffusion_steps, device=obs.device).repeat(batch)
+        rows, j = rows.repeat_interleave(num_diffusion_steps), torch.arange(num_diffusion_steps, device=obs.device).repeat(batch)
+        b_obs = obs[rows]
     else:
-        rows = torch.arange(batch, device=obs.device)
-        j = torch.randint(0, num_diffusion_steps, (batch,), device=obs.device)
-    b_obs, b_x_k, b_k = obs[rows], chain[rows, j], num_diffusion_steps - j
+        j, b_obs = torch.randint(0, num_diffusion_steps, (batch,), device=obs.device), obs
+    b_x_k, b_k = chain[rows, j], num_diffusion_steps - j
     x = chain[rows, j + 1].clone().requires_grad_(True)
     q = q_value(b_obs, b_x_k, b_k, x)
     if rollout_critics is not None:
