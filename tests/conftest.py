@@ -8,8 +8,12 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # under pytest -n: one worker per core, so one torch thread per worker
+    torch.set_num_threads(1)
 
 
 def run_script(args: list[str], cwd: str, timeout: float = 300) -> subprocess.CompletedProcess:
