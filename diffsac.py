@@ -519,7 +519,7 @@ def main() -> None:
 
     stop = StopSignals()
     start_time, start_step, updates = time.time(), global_step, 0
-    progress = Progress(args.total_timesteps, global_step)
+    progress = Progress(args.total_timesteps, global_step, learning_starts=learning_starts)
     last_print = global_step
     recent_returns = deque(maxlen=10)
     obs, _ = envs.reset(seed=args.seed)

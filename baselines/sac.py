@@ -356,7 +356,7 @@ def main() -> None:
 
     stop = StopSignals()
     start_time, start_step, updates, last_print = time.time(), global_step, 0, global_step
-    progress = Progress(args.total_timesteps, global_step)
+    progress = Progress(args.total_timesteps, global_step, learning_starts=learning_starts)
     recent_returns = deque(maxlen=10)
     obs, _ = envs.reset(seed=args.seed)
     nan = torch.tensor(float("nan"))

@@ -307,26 +307,31 @@ def format_duration(seconds: float) -> str:
 
 class Progress:
     """The training line (steps, return, SPS, ...) with the time left at the current rate. In a terminal it
-    rewrites one live line; when stdout is not a terminal (a file, a cluster log) each update is a plain line."""
+    rewrites one live line; when stdout is not a terminal (a file, a cluster log) each update is a plain line.
+    Off-policy scripts pass learning_starts: their random steps run hundreds of times faster than the learning
+    ones, so until then the line names the step the estimate waits for instead of a time that would be wrong."""
 
-    def __init__(self, total_timesteps: int, start_step: int, stream=None):
+    def __init__(self, total_timesteps: int, start_step: int, stream=None, learning_starts: int = 0):
         self.stream = stream or sys.stdout
         self.total_timesteps, self.live = total_timesteps, self.stream.isatty()
         self.last_time, self.last_step = time.time(), start_step
+        self.learning_starts = learning_starts
 
     def show(self, global_step: int, line: str) -> None:
         now = time.time()
         rate = (global_step - self.last_step) / max(now - self.last_time, 1e-9)  # steps/s since the last line
         self.last_time, self.last_step = now, global_step
         left = (self.total_timesteps - global_step) / rate if rate > 0 else math.inf
+        time_left = (f"time left known after step {self.learning_starts}" if global_step <= self.learning_starts
+                     else f"{format_duration(left)} left")
         if self.live:  # what matters first, the rest as the width allows
             rest = line.split(" | ", 1)[1] if line.startswith("step ") and " | " in line else line
-            text = f"step {global_step}/{self.total_timesteps} | {rate:.0f} steps/s | {format_duration(left)} left | {rest}"
+            text = f"step {global_step}/{self.total_timesteps} | {rate:.0f} steps/s | {time_left} | {rest}"
             width = shutil.get_terminal_size().columns
             self.stream.write("\r" + text[: width - 1] + "\x1b[K")
             self.stream.flush()
         else:
-            print(f"{line} | {format_duration(left)} left", file=self.stream, flush=True)
+            print(f"{line} | {time_left}", file=self.stream, flush=True)
 
     def close(self, run_dir: str) -> None:
         """End the live line; say where the run is (the same line as at the start)."""

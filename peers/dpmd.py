@@ -439,7 +439,7 @@ def main() -> None:
 
     stop = StopSignals()
     start_time, start_step, session_updates, last_print = time.time(), global_step, 0, global_step
-    progress = Progress(args.total_timesteps, global_step)
+    progress = Progress(args.total_timesteps, global_step, learning_starts=learning_starts)
     recent_returns = deque(maxlen=10)
     obs, _ = envs.reset(seed=args.seed)
     qf1_values = qf1_loss = qf2_loss = actor_loss = weights = torch.tensor(float("nan"))

@@ -95,6 +95,28 @@ def test_whole_rollouts_rounds_up_and_says_so(capsys):
     assert "running 6144" in capsys.readouterr().out
 
 
+def test_progress_gives_no_time_left_during_random_steps_then_the_learning_rate(monkeypatch):
+    """Random steps run far faster than learning ones: an estimate from them (seconds for a run of hours) is
+    not shown; once learning runs, the time left is the steps left at the rate since the previous line."""
+    import io
+    import types
+    clock = iter([0.0, 1.0, 2.0, 102.0])
+    monkeypatch.setattr(runs, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    stream = io.StringIO()
+    progress = runs.Progress(10_000, 0, stream=stream, learning_starts=5000)
+    progress.show(1000, "step 1000 | random")
+    progress.show(5000, "step 5000 | random")
+    progress.show(6000, "step 6000 | learning")  # 1000 steps in 100 s: 4000 left take 400 s
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "step 1000 | random | time left known after step 5000"
+    assert lines[1] == "step 5000 | random | time left known after step 5000"
+    assert lines[2] == "step 6000 | learning | 0:06:40 left"
+    clock = iter([0.0, 10.0])
+    without_random_steps = runs.Progress(10_000, 0, stream=io.StringIO())  # on-policy scripts: from the start
+    without_random_steps.show(1000, "step 1000")
+    assert without_random_steps.stream.getvalue().strip() == "step 1000 | 0:01:30 left"
+
+
 def test_memory_check_counts_parameters_on_the_meta_device_and_refuses_what_cannot_fit():
     diffsac = importlib.import_module("diffsac")
     count = runs.count_parameters(lambda: [diffsac.SoftQNetwork(11, 3, 256)])
