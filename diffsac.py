@@ -595,8 +595,9 @@ def main() -> None:
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
             writer.add_scalar("charts/SPS", sps, global_step)
             recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
+            entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"  # nan: no actor update yet
             progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-                  f"| entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e} | SPS {sps} "
+                  f"| entropy estimate {entropy_text} | alpha {alpha:.2e} | SPS {sps} "
                   f"| updates/s {updates_per_second:.1f}")
             if updates:
                 writer.add_scalar("charts/updates_per_second", updates_per_second, global_step)

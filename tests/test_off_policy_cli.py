@@ -67,7 +67,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, repo_root, script, flags, expe
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_divergence_is_detected_and_reported(tmp_path, repo_root, script):
     """Absurd learning rates blow the critics up; training stops with a clear message, exit 1."""
-    result = run_script([os.path.join(repo_root, script), "--env-id", "Pendulum-v1", "--total-timesteps", "1000",
+    result = run_script([os.path.join(repo_root, script), "--env-id", "Pendulum-v1", "--total-timesteps", "1200",
                          "--q-lr", "1e30", "--policy-lr", "1e30", *SMALL], cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(rf"{script}: training diverged: (critic|actor) loss is (nan|inf) at step \d+", result.stderr), result.stderr
@@ -138,3 +138,12 @@ def test_diffwpo_variant_smoke_training_logs_every_tag(tmp_path, repo_root, vari
     for tag in TAGS:
         _, values = read_scalars(run_dir, tag)
         assert len(values) > 0 and all(map(math.isfinite, values)), f"{tag} missing or not finite in {run_dir}"
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "baselines/sac.py", "baselines/wpo.py"])
+def test_progress_line_says_n_a_for_the_entropy_before_the_first_actor_update(tmp_path, repo_root, script):
+    result = run_script([os.path.join(repo_root, script), "--env-id", "Pendulum-v1", "--total-timesteps", "1200",
+                         "--learning-starts", "1100", "--eval-episodes", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("step      1000/1200"))
+    assert "entropy estimate     n/a |" in line and "nan" not in line, line

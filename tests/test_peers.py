@@ -22,6 +22,23 @@ def make_policy(module=dpmd, steps=20, scale=0.8):
 
 
 @pytest.mark.parametrize("module", [dpmd, sdac])
+def test_mish_matches_torch_mish_in_value_and_gradient_with_and_without_autograd(module):
+    x = torch.cat([torch.linspace(-60.0, 60.0, 24001), torch.tensor([0.0, 19.999, 20.0, 20.001, 88.0, 1e4, -1e4])])
+    expected = torch.nn.functional.mish(x.double())
+    with torch.no_grad():  # the in-place branch
+        assert torch.allclose(module.Mish()(x).double(), expected, rtol=1e-5, atol=1e-6)
+    leaf = x.clone().requires_grad_()
+    value = module.Mish()(leaf)
+    assert torch.allclose(value.double(), expected, rtol=1e-5, atol=1e-6)
+    value.sum().backward()
+    reference = x.double().requires_grad_()
+    torch.nn.functional.mish(reference).sum().backward()
+    assert torch.allclose(leaf.grad.double(), reference.grad, rtol=1e-4, atol=1e-5)
+    assert torch.equal(leaf.detach(), x)  # the input is never overwritten
+    assert not any(isinstance(layer, torch.nn.Mish) for layer in make_policy(module).modules())
+
+
+@pytest.mark.parametrize("module", [dpmd, sdac])
 def test_forward_marginal_is_the_composition_of_the_noising_kernels(module):
     policy = make_policy(module)
     betas = 0.8 * torch.linspace(1e-4, 0.999, 20, dtype=torch.float64)
