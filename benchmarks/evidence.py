@@ -285,6 +285,11 @@ def runs_table(runs: dict, experiment: Experiment) -> str:
     return "\n".join(lines)
 
 
+def task_names(env_ids) -> str:
+    """"Hopper, Walker2d" for Hopper-v4 and Walker2d-v4."""
+    return ", ".join(env_id.split("-")[0] for env_id in env_ids)
+
+
 def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_algorithm: bool = True) -> tuple[str, dict]:
     """IQM / mean with intervals per algorithm and P(X > Y) per pair; returns the text and the pair results."""
     pair_results = {}
@@ -295,7 +300,7 @@ def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_al
         for algorithm in available:
             own_tasks = complete_tasks(runs, experiment, (algorithm,))
             result = aggregate_with_intervals({algorithm: score_matrix(runs, experiment, algorithm, own_tasks, references)})[algorithm]
-            lines.append(f"| {label(algorithm)} | {', '.join(task.split('-')[0] for task in own_tasks)} | "
+            lines.append(f"| {label(algorithm)} | {task_names(own_tasks)} | "
                          f"{len(own_tasks) * len(experiment.seeds)} | "
                          + " | ".join(f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in result.values()) + " |")
         lines.append("")
@@ -308,7 +313,7 @@ def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_al
         result = improvement_probability(score_matrix(runs, experiment, x, pair_tasks, references),
                                          score_matrix(runs, experiment, y, pair_tasks, references))
         pair_results[(x, y)] = (result, pair_tasks)
-        lines.append(f"| {label(x)} vs {label(y)} | {', '.join(task.split('-')[0] for task in pair_tasks)} | "
+        lines.append(f"| {label(x)} vs {label(y)} | {task_names(pair_tasks)} | "
                      f"{result[0]:.2f} [{result[1]:.2f}, {result[2]:.2f}] | {ordering(result[1], result[2])} |")
     return "\n".join(lines), pair_results
 
@@ -474,8 +479,7 @@ def claims_table(pair_results: dict, short: bool = False) -> str:
         (point, low, high), tasks = pair_results[(x, y)]
         missing = [task for task in experiment.env_ids if task not in tasks]
         # A verdict from part of the grid says so: "Hopper only; Walker2d not measured yet".
-        scope = (f" ({', '.join(task.split('-')[0] for task in tasks)} only; "
-                 f"{', '.join(task.split('-')[0] for task in missing)} not measured yet)") if missing else ""
+        scope = f" ({task_names(tasks)} only; {task_names(missing)} not measured yet)" if missing else ""
         if short:
             return f"{label(x)} vs {label(y)}: {verdict(low, high)} (P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}]){scope}"
         return f"{label(x)} vs {label(y)}: P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}], {verdict(low, high)}{scope}"
