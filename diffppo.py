@@ -1,87 +1,45 @@
 """DiffPPO: PPO on the diffusion-augmented MDP (DA-MDP) with a K-step diffusion policy.
 
-Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffPPO; "DA-MDP: PPO" in v3). The maths
-is written out in docs/method.md; "method.md §n" below names its sections.
+Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffPPO; "DA-MDP: PPO" in v3). The maths is in docs/method.md
+("method.md §n" below).
 
     python diffppo.py --env-id Humanoid-v4 --num-diffusion-steps 8
 
-The policy samples x_K ~ N(0, I), runs K Gaussian reverse kernels
-x_{k-1} ~ q(. | x_k, s, k) and executes a = c + h * tanh(x_0) (method.md §1). Each
-environment step becomes K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1) with
-soft reward -alpha * l_k, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) (method.md §2,
-§3); PPO then runs unchanged on the augmented MDP: one clipped importance ratio per
-diffusion step, a value function V(s, x_k, k), GAE over the augmented sequence.
-With --alpha 0 this is DPPO (Ren et al., arXiv 2409.00588) trained from scratch.
-
-Choices the design leaves open, made here:
-- Reverse kernel: mean = sqrt(alpha_k) * x_k + f_theta(s, x_k, k) with f's last layer
-  initialised near zero, and sigma_k^2 initialised to beta_k (one of DDPM's two
-  posterior variances: the exact one for x_0 ~ N(0, I)). At initialisation the chain
-  is therefore the exact reverse process of x_0 ~ N(0, I): the pre-tanh policy starts
-  as N(0, I) (CleanRL's Gaussian PPO also starts with std 1) and the path log-ratio L
-  equals log pi(a|s) exactly. sigma_k is learnable per step and dimension, clamped to
-  [--min-std, 1] so that the last step stays stochastic and L stays finite.
-- GAE over the augmented sequence: discount 1 and trace decay --chain-gae-lambda inside
-  the chain, gamma and --gae-lambda at the environment step.
-- Environment rewards are normalised as in CleanRL's PPO; the soft rewards are added
-  in that normalised scale, so --alpha is relative to it.
-- Episodes cut by a time limit are bootstrapped: gamma * V(final obs, x_K, K) is added
-  to the last augmented reward (CleanRL's PPO treats truncation as termination).
-- Observation-normalisation statistics are saved in the checkpoint and frozen when the
-  checkpoint is evaluated (python -m common.evaluation CHECKPOINT).
+The policy samples x_K ~ N(0, I), runs K Gaussian reverse kernels x_{k-1} ~ q(. | x_k, s, k) and executes
+a = c + h tanh(x_0) (method.md §1). Each environment step becomes K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1)
+with soft reward -alpha l_k, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) (method.md §2, §3); PPO runs
+unchanged on the augmented MDP: one clipped ratio per diffusion step, a value V(s, x_k, k), GAE over the
+augmented sequence. With --alpha 0 this is DPPO (Ren et al., arXiv 2409.00588) trained from scratch.
+Choices the paper leaves open:
+- at initialisation the chain is the exact reverse process of x_0 ~ N(0, I), so L = log pi(a|s) exactly;
+- GAE inside the chain has discount 1 and trace decay --chain-gae-lambda; gamma and --gae-lambda at env steps;
+- environment rewards are normalised as in CleanRL's PPO, and --alpha acts in that scale;
+- episodes cut by a time limit are bootstrapped with gamma V(final obs, x_K, K) (CleanRL's PPO ends them).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
-import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from common.checkpoint import save_checkpoint
-from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
-from common.evaluation import evaluate
+from common.cli import at_least_one, in_unit_interval, positive, run_cli
+from common.envs import true_next_observations
 from common.normalization import ObservationNormalizer, RewardNormalizer
-from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths,
-                         whole_rollouts)
+from common.runs import Run, RunArgs, check_memory, count_parameters, whole_rollouts
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    torch_threads: int = 1
-    """CPU threads for torch (1 is fastest for these small networks)"""
-    capture_video: bool = False
-    """whether to capture videos of the agent (see the `videos` folder)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
-    wandb_project_name: str = "diffusion-maxent-rl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """save a checkpoint every --checkpoint-frequency iterations and at the end, then evaluate it"""
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
-    resume: str | None = None
-    """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
-    eval_episodes: int = 10
-    """episodes of deterministic evaluation of the saved model at the end"""
-
     # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
@@ -139,51 +97,23 @@ class Args:
     """width of the two hidden layers of the mean and value networks"""
 
 
-def validate_args(args: Args) -> None:
-    """One clear ConfigError per impossible flag, before any environment or network is built."""
-    if args.num_diffusion_steps < 1:
-        raise ConfigError(f"--num-diffusion-steps must be at least 1 (got {args.num_diffusion_steps}).")
-    for flag, value in [("--num-envs", args.num_envs), ("--num-steps", args.num_steps),
-                        ("--num-minibatches", args.num_minibatches), ("--update-epochs", args.update_epochs),
-                        ("--hidden-dim", args.hidden_dim), ("--checkpoint-frequency", args.checkpoint_frequency),
-                        ("--torch-threads", args.torch_threads)]:
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
-    augmented_batch = args.num_envs * args.num_steps * args.num_diffusion_steps
-    if augmented_batch % args.num_minibatches != 0:
-        raise ConfigError(
-            f"--num-minibatches {args.num_minibatches} does not divide the augmented batch "
-            f"--num-envs * --num-steps * --num-diffusion-steps = {augmented_batch}; allowed: a divisor of {augmented_batch}."
-        )
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        raise ConfigError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
-                          f"(--num-envs * --num-steps = {args.num_envs * args.num_steps}).")
-    if args.alpha < 0:
-        raise ConfigError(f"--alpha must be >= 0 (got {args.alpha}).")
-    if args.autotune and args.alpha <= 0:
-        raise ConfigError("--autotune needs a positive initial --alpha (it tunes log(alpha)).")
-    if not 0 < args.gamma <= 1:
-        raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
-    for flag, value in [("--gae-lambda", args.gae_lambda), ("--chain-gae-lambda", args.chain_gae_lambda)]:
-        if not 0 <= value <= 1:
-            raise ConfigError(f"{flag} must be in [0, 1] (got {value}).")
-    for flag, value in [("--learning-rate", args.learning_rate), ("--clip-coef", args.clip_coef),
-                        ("--min-std", args.min_std)]:
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive (got {value}).")
-    if args.min_std >= 1:
-        raise ConfigError(f"--min-std must be below 1, the largest sigma_k (got {args.min_std}).")
-    if not (math.isfinite(args.behaviour_noise_scale) and args.behaviour_noise_scale > 0):
-        raise ConfigError(f"--behaviour-noise-scale must be a positive number (got {args.behaviour_noise_scale}).")
+CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
+    *at_least_one("num_diffusion_steps", "num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
+    (lambda a: a.num_envs * a.num_steps * a.num_diffusion_steps % a.num_minibatches == 0,
+     "--num-minibatches {num_minibatches} does not divide the augmented batch --num-envs * --num-steps * "
+     "--num-diffusion-steps; allowed: a divisor of it."),
+    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
+     "--total-timesteps {total_timesteps} is less than one rollout (--num-envs * --num-steps)."),
+    (lambda a: a.alpha >= 0, "--alpha must be >= 0 (got {alpha})."),
+    (lambda a: a.alpha > 0 or not a.autotune, "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
+    *in_unit_interval("gamma"),
+    *in_unit_interval("gae_lambda", "chain_gae_lambda", closed=True),
+    *positive("learning_rate", "clip_coef", "min_std", "behaviour_noise_scale"),
+    (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
+]
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Diffusion policy maths (method.md §1, §2)
-# ----------------------------------------------------------------------------------------------
+# ---- diffusion actor: identical in every diffusion script (tests/test_actor_copies.py); method.md §1, §2 ----
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -218,8 +148,9 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 
 class DiffusionActor(nn.Module):
     """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (method.md §1).
 
-    Chains are stored in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K and
-    chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
+    mean = sqrt(alpha_k) x_k + f(s, x_k, k), f's last layer near zero and sigma_k^2 = beta_k at initialisation:
+    the exact reverse process of x_0 ~ N(0, I). Chains are stored in time order: chain[:, j] = x_{K-j}, so
+    chain[:, 0] = x_K and chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
@@ -238,8 +169,7 @@ class DiffusionActor(nn.Module):
             layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
-        # sigma_k^2 = beta_k at initialisation: the exact reverse process of x_0 ~ N(0, I).
-        self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))
+        self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
         self.log_std_min = math.log(min_std)
 
     def clamp_log_std_(self) -> None:
@@ -254,7 +184,7 @@ class DiffusionActor(nn.Module):
         std = self.log_std[k - 1].clamp(self.log_std_min, 0.0).exp()
         return mean, std
 
-    def log_prob(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor):
         """log q(x_{k-1} | x_k, s, k) for a batch of augmented samples (any mix of k)."""
         mean, std = self.kernel(obs, x_k, k)
         return gaussian_log_prob(x_previous, mean, std)
@@ -263,27 +193,24 @@ class DiffusionActor(nn.Module):
         """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
         return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
 
-    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False,
-                     noise_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order).
+    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False, noise_scale: float = 1.0):
+        """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order): ``kernel`` run K times, fused.
 
-        deterministic: x_K = 0 and every step takes the kernel mean (no noise).
-        noise_scale: x_{k-1} = mean + noise_scale * sigma_k * eps (widened paths; log q stays the kernels').
-        The mean network's first layer is split so that its observation part is computed
-        once per chain rather than once per step (same numbers as ``kernel``, faster).
+        deterministic: x_K = 0 and every step takes the kernel mean. noise_scale: x_{k-1} = mean + noise_scale *
+        sigma_k * eps (widened paths; log q stays the kernels'). The same numbers as ``kernel`` step by step
+        (tests/test_diffusion_log_probability.py), with the observation's and k's parts of the first layer
+        computed once per chain and log q read off the noise.
         """
-        batch, K = obs.shape[0], self.num_diffusion_steps
+        batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
-        obs_dim = obs.shape[1]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
-        x_weight, time_weight = first.weight[:, obs_dim:obs_dim + self.action_dim], first.weight[:, obs_dim + self.action_dim:]
-        time_part = self.time_embedding.weight @ time_weight.T  # [K+1, H], row k
+        x_weight = first.weight[:, obs_dim:obs_dim + self.action_dim]
+        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim:].T  # [K+1, H], row k
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
-        std = noise_scale * log_std.exp()  # the widened paths' step size; log q below keeps the kernels' own sigma
+        std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
         noise_shape = (K + 1, batch, self.action_dim)
-        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
-        # What does not depend on x is computed for every step at once, outside the loop, and the layers are
-        # called as functions: the same numbers as ``kernel`` with far fewer tensor operations per step.
+        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device,
+                                                                             dtype=obs.dtype)
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
         step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
         activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
@@ -293,27 +220,23 @@ class DiffusionActor(nn.Module):
             hidden = activation(nn.functional.linear(hidden, second.weight, second.bias))
             x = sqrt_alphas[k - 1] * x + nn.functional.linear(hidden, last.weight, last.bias) + step_noise[j - 1]
             chain.append(x)
-        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise enters the quadratic term.
+        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise is quadratic.
         step_log_std = log_std.flip(0).sum(-1)  # [K], time order
         step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
         return torch.stack(chain, dim=1), step_log_q
 
-    def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
-        """The three parts of L(s, x_{0:K}) (method.md §2), per sample:
-
-        step_log_ratio [B, K] (time order): l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1});
-        log_prior [B]: log N(x_K; 0, I);
-        squash_log_det [B]: sum_i log h_i + log(1 - tanh(x_{0,i})^2), the log-Jacobian of a = c + h tanh(x_0).
-        L = log_prior + step_log_ratio.sum(1) - squash_log_det.
-        """
-        return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
-
-    def chain_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(step_log_ratio [B, K], log_prior [B]): the parts of L that do not involve the squash."""
+    def chain_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor):
+        """(step_log_ratio [B, K] in time order, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}); log_prior [B],
+        log N(x_K; 0, I)): the parts of the path log-ratio L that do not involve the squash (method.md §2)."""
         step_k = self.step_k.expand(chain.shape[0], -1)
         step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], step_k)
         log_prior = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0]))
         return step_log_ratio, log_prior
+
+    def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
+        """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""
+        return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
+# ---- end of the diffusion actor ----
 
 
 class ValueNetwork(nn.Module):
@@ -427,25 +350,14 @@ def augmented_rewards(soft_rewards: np.ndarray, env_rewards: np.ndarray, bootstr
 
 
 def main() -> None:
-    args, checkpoint = parse_args(Args, "diffppo", "diffppo.py")
-    validate_args(args)
+    run = Run(Args, "diffppo", CHECKS)
+    args, envs, device = run.args, run.envs, run.device
     batch_size = args.num_envs * args.num_steps
     augmented_batch_size = batch_size * args.num_diffusion_steps
     minibatch_size = augmented_batch_size // args.num_minibatches
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim,
-                        action_low=envs.single_action_space.low.tolist(),
+    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
                         action_high=envs.single_action_space.high.tolist(),
                         num_diffusion_steps=args.num_diffusion_steps, hidden_dim=args.hidden_dim, min_std=args.min_std)
     check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
@@ -453,36 +365,16 @@ def main() -> None:
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune)
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device,
+                             requires_grad=args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
     target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)
-    global_step, start_iteration = 0, 1
-    if checkpoint:
-        if checkpoint["agent_kwargs"] != agent_kwargs:
-            raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint['agent_kwargs']}) "
-                              "differs from the flags given; allowed: the same --env-id, --num-diffusion-steps, --hidden-dim, --min-std.")
-        agent.load_state_dict(checkpoint["agent"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        obs_normalizer.load_state_dict(checkpoint["obs_normalizer"])
-        reward_normalizer.load_state_dict(checkpoint["reward_normalizer"])
-        with torch.no_grad():
-            log_alpha.fill_(checkpoint["log_alpha"])
-        if alpha_optimizer and checkpoint.get("alpha_optimizer"):
-            alpha_optimizer.load_state_dict(checkpoint["alpha_optimizer"])
-        global_step, start_iteration = checkpoint["global_step"], checkpoint["iteration"] + 1
-        print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
+    checkpoint = run.restore({"agent": agent, "optimizer": optimizer, "obs_normalizer": obs_normalizer,
+                              "reward_normalizer": reward_normalizer, "log_alpha": log_alpha,
+                              **({"alpha_optimizer": alpha_optimizer} if args.autotune else {})},
+                             agent_kwargs=agent_kwargs)
+    global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha = log_alpha.exp().item()
-
-    run_dir, model_path = run_paths(args, run_name)
-    writer = open_writer(run_dir, args, checkpoint)
-    stop = StopSignals()
-
-    def checkpoint_state(iteration: int) -> dict:
-        return {"script": "diffppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "run_name": run_name,
-                "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-                "obs_normalizer": obs_normalizer.state_dict(), "reward_normalizer": reward_normalizer.state_dict(),
-                "log_alpha": log_alpha.item(), "alpha_optimizer": alpha_optimizer.state_dict() if alpha_optimizer else None,
-                "global_step": global_step, "iteration": iteration}
 
     # Rollout storage. Augmented steps are in time order: index j is diffusion step k = K - j.
     K = args.num_diffusion_steps
@@ -495,21 +387,12 @@ def main() -> None:
     squash_log_det_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
     step_k = agent.actor.step_k  # [K], diffusion index of each augmented step
     first_k = torch.full((args.num_envs,), K, dtype=torch.long, device=device)
-
-    start_time, start_step = time.time(), global_step
-    progress = Progress(args.total_timesteps, global_step)
-    recent_returns = deque(maxlen=10)
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    for iteration in range(start_iteration, num_iterations + 1):
-        if stop.requested:  # SIGINT / SIGTERM: stop between iterations, with a checkpoint of the last whole one
-            envs.close()
-            if args.save_model:
-                save_checkpoint(model_path, checkpoint_state(iteration - 1))
-            writer.close()
-            stop.exit("diffppo.py", global_step, model_path if args.save_model else None)
+    while iteration < num_iterations and not run.stop.requested:  # a signal stops between iterations
+        iteration += 1
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
 
@@ -518,8 +401,7 @@ def main() -> None:
             obs_buffer[step] = next_obs
             with torch.inference_mode():
                 chain, step_log_q = agent.actor.sample_chain(next_obs, noise_scale=args.behaviour_noise_scale)
-                # The squash term here, at the rollout's batch size: transcendental kernels can round differently
-                # on long tensors (vectorised) than on short ones, and this keeps the numbers of a step-by-step rollout.
+                # The squash term at the rollout's batch size keeps the numbers of a step-by-step rollout.
                 squash_log_det_buffer[step] = squash_log_det(chain[:, -1], agent.action_half_width)
             chain_buffer[step], log_q_buffer[step] = chain, step_log_q
             next_obs_raw, env_reward_buffer[step], bootstrap_buffer[step], done, infos = step_with_bootstrap(
@@ -527,19 +409,14 @@ def main() -> None:
             done_buffer[step] = done
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
-
-            for episode_return, episode_length in finished_episodes(infos):
-                recent_returns.append(episode_return)
-                writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            run.episodes(infos, global_step)
 
         # What the actions did not depend on, for the whole rollout in one pass (the same numbers as step by step):
         with torch.no_grad():
             step_log_ratio, log_prior = agent.actor.chain_log_ratio_terms(chain_buffer.view(-1, K + 1, action_dim),
                                                                           log_q_buffer.view(-1, K))
             squash_terms = squash_log_det_buffer.view(-1)
-            # V(s, x_k, k) of every augmented state of the rollout.
-            value_buffer = agent.critic(obs_buffer.view(-1, obs_dim).repeat_interleave(K, 0),
+            value_buffer = agent.critic(obs_buffer.view(-1, obs_dim).repeat_interleave(K, 0),  # V(s, x_k, k)
                                         chain_buffer[:, :, :-1].reshape(-1, action_dim),
                                         step_k.repeat(batch_size)).view(args.num_steps, args.num_envs, K)
             # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (method.md §3).
@@ -590,11 +467,8 @@ def main() -> None:
                     v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
 
                 loss = pg_loss + args.vf_coef * v_loss
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at step {global_step} (iteration {iteration}, epoch {epoch}): "
-                        f"policy loss {pg_loss.item()}, value loss {v_loss.item()}. "
-                        + (f"Last checkpoint: {model_path}" if args.save_model else "Use --save-model to keep checkpoints."))
+                run.check_finite("loss", loss, global_step, f" (iteration {iteration}, epoch {epoch}): policy loss "
+                                 f"{pg_loss.item()}, value loss {v_loss.item()}")
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -606,52 +480,28 @@ def main() -> None:
 
         # Entropy estimate H_est = -E[L], a lower bound on the policy entropy (method.md §2).
         entropy_estimate = -path_log_ratio_buffer.mean()
-        if args.autotune:
-            # d alpha_loss / d log(alpha) = H_est - target: alpha falls when the entropy is above target.
+        if args.autotune:  # d alpha_loss / d log(alpha) = H_est - target: alpha falls when the entropy is above it
             alpha_loss = log_alpha * (entropy_estimate - target_entropy)
             alpha_optimizer.zero_grad()
             alpha_loss.backward()
             alpha_optimizer.step()
             alpha = log_alpha.exp().item()
-            writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
+            run.log(global_step, {"losses/alpha_loss": alpha_loss})
 
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("charts/entropy_estimate", entropy_estimate.item(), global_step)
-        writer.add_scalar("charts/alpha", alpha, global_step)
-        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-        progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-              f"| entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e} | SPS {sps}")
+        run.log(global_step, {"charts/learning_rate": optimizer.param_groups[0]["lr"],
+                              "charts/entropy_estimate": entropy_estimate, "charts/alpha": alpha,
+                              "losses/value_loss": v_loss, "losses/policy_loss": pg_loss,
+                              "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl,
+                              "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var})
+        run.show(global_step, f"entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
-            save_checkpoint(model_path, checkpoint_state(iteration))
+            run.save(global_step, iteration=iteration)
 
-    progress.close(run_dir)
-    envs.close()
-    if stop.requested:  # during the last iteration, whose checkpoint is written: skip the evaluation
-        writer.close()
-        stop.exit("diffppo.py", global_step, model_path if args.save_model else None)
-    if args.save_model:
-        print(f"model saved to {model_path}")
-        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
-        for index, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, index)
-        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
-    writer.close()
+    run.finish(global_step, agent, obs_normalizer, iteration=iteration)
 
 
 if __name__ == "__main__":
-    try:
-        run_cli(main, "diffppo.py")
-    except TrainingDiverged as error:
-        print(f"diffppo.py: training diverged: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, "diffppo.py")

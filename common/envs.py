@@ -1,16 +1,8 @@
-"""Environment construction shared by every script.
+"""Environments: checked ids and spaces, seeded vector envs with same-step autoreset, episode statistics.
 
-- Input checks that turn bad flags into one clear line (``ConfigError``), never a
-  stack trace from deep inside gymnasium or torch.
-- Vector environments with an explicit autoreset mode (gymnasium >= 1.1,
-  ``AutoresetMode.SAME_STEP``): when an episode ends, ``step`` returns the first
-  observation of the next episode and puts the true last observation in
-  ``infos["final_obs"]``, so that truncated episodes can be bootstrapped from it.
-- Episode statistics (``infos["episode"]``) are recorded on the raw rewards.
-
-Observation and reward normalisation are not wrappers here: they live in
-``common/normalization.py`` so that their statistics are saved in checkpoints and
-frozen at evaluation time.
+When an episode ends, ``step`` returns the next episode's first observation and puts the true last one in
+``infos["final_obs"]`` (gymnasium's ``AutoresetMode.SAME_STEP``), so that time-limit cuts can be bootstrapped.
+Normalisation is not a wrapper here: common/normalization.py keeps its statistics in checkpoints.
 """
 
 from __future__ import annotations
@@ -18,29 +10,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-import sys
 from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 
-from common import multimodal_envs
-
-# DoubleWellBandit-v0, RingBandit-v0, TurnLeftOrRight-v0: every script can train on them by id.
-multimodal_envs.register()
-
-
-class ConfigError(ValueError):
-    """A flag or a combination of flags that cannot work. The message names the flag."""
-
-
-def run_cli(main: Callable[[], None], script_name: str) -> None:
-    """Run ``main`` and turn a ``ConfigError`` into one line on stderr and exit code 2."""
-    try:
-        main()
-    except ConfigError as error:
-        print(f"{script_name}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+from common.cli import ConfigError
 
 
 def check_env_id(env_id: str) -> None:
@@ -64,7 +39,7 @@ def check_env_id(env_id: str) -> None:
     raise ConfigError(
         f"--env-id {env_id!r} is not a registered gymnasium environment.{hint} "
         "Allowed: any gymnasium id with a continuous (Box) action space, e.g. Hopper-v4, "
-        "Humanoid-v5, InvertedPendulum-v4, Pendulum-v1, DoubleWellBandit-v0."
+        "Humanoid-v5, InvertedPendulum-v4, Pendulum-v1."
     )
 
 

@@ -2,10 +2,9 @@
 
     python -m common.evaluation runs/Hopper-v4__diffppo__1__1700000000/diffppo.cleanrl_model --episodes 10
 
-The checkpoint names the script that defines its ``Agent``; the agent must offer
-``act(normalized_obs, deterministic) -> action`` (actions already in the env's bounds).
-Deterministic evaluation of a diffusion policy starts the chain at x_K = 0 and
-follows the reverse-kernel means without noise.
+The checkpoint names the script that defines its ``Agent``, whose ``act(normalized_obs, deterministic)`` returns
+actions in the env's bounds. A diffusion policy's deterministic action starts the chain at x_K = 0 and follows
+the reverse-kernel means without noise.
 """
 
 from __future__ import annotations
@@ -21,19 +20,18 @@ import torch
 import tyro
 
 from common.checkpoint import load_checkpoint
-from common.envs import check_continuous_action_space, check_env_id, run_cli
+from common.cli import run_cli
+from common.envs import check_continuous_action_space, check_env_id
 from common.normalization import ObservationNormalizer
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_agent(checkpoint_path: str, device: torch.device | str = "cpu", flag: str = "checkpoint"):
     """(agent in eval mode, frozen ObservationNormalizer, checkpoint dict)."""
     checkpoint = load_checkpoint(checkpoint_path, flag=flag)
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    module = importlib.import_module(checkpoint["script"])
-    agent = module.Agent(**checkpoint["agent_kwargs"]).to(device)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding common/ and the scripts
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    agent = importlib.import_module(checkpoint["script"]).Agent(**checkpoint["agent_kwargs"]).to(device)
     agent.load_state_dict(checkpoint["agent"])
     agent.eval()
     obs_normalizer = ObservationNormalizer(shape=checkpoint["obs_normalizer"]["mean"].shape)
@@ -42,16 +40,9 @@ def load_agent(checkpoint_path: str, device: torch.device | str = "cpu", flag: s
 
 
 @torch.no_grad()
-def evaluate(
-    agent,
-    obs_normalizer: ObservationNormalizer,
-    env_id: str,
-    episodes: int = 10,
-    seed: int = 0,
-    deterministic: bool = True,
-    device: torch.device | str = "cpu",
-) -> list[float]:
-    """Undiscounted returns of ``episodes`` episodes; the normaliser is only read, never updated."""
+def evaluate(agent, obs_normalizer: ObservationNormalizer, env_id: str, episodes: int = 10, seed: int = 0,
+             deterministic: bool = True, device: torch.device | str = "cpu") -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes (seeds seed, seed + 1, ...); the normaliser is only read."""
     check_env_id(env_id)
     env = gym.make(env_id)
     check_continuous_action_space(env_id, env.action_space)
@@ -60,9 +51,8 @@ def evaluate(
         obs, _ = env.reset(seed=seed + episode)
         done, episode_return = False, 0.0
         while not done:
-            obs_tensor = torch.as_tensor(obs_normalizer(obs[None]), device=device)
-            action = agent.act(obs_tensor, deterministic=deterministic)[0].cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = agent.act(torch.as_tensor(obs_normalizer(obs[None]), device=device), deterministic=deterministic)
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             episode_return += float(reward)
             done = terminated or truncated
         returns.append(episode_return)

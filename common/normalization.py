@@ -1,11 +1,5 @@
-"""Observation and reward normalisation with statistics that travel in checkpoints.
-
-These do what gymnasium's NormalizeObservation / NormalizeReward wrappers do in
-CleanRL's PPO, but as plain objects used explicitly in the training loop:
-- their state is saved with the model and restored on resume;
-- evaluation loads the observation statistics and keeps them frozen;
-- they work with same-step autoreset (gymnasium's vector NormalizeObservation
-  only accepts next-step autoreset).
+"""Observation and reward normalisation as in gymnasium's NormalizeObservation / NormalizeReward (CleanRL's PPO),
+as plain objects whose statistics travel in checkpoints, stay frozen at evaluation and work with same-step autoreset.
 """
 
 from __future__ import annotations

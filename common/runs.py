@@ -1,17 +1,12 @@
-"""The plumbing of a run that every training script shares: its flags, its folder, its end.
+"""A training run's plumbing behind one object, so that a script shows only its algorithm.
 
-- ``parse_args``: the command line, checked before any work. With ``--resume PATH`` the run's
-  saved configuration is the starting point: only the flags in ``CHANGEABLE_ON_RESUME`` may be
-  given anew, any other that differs is refused with one line naming it, and so is a
-  ``--total-timesteps`` at or below the saved step or a checkpoint of another script.
-- ``run_paths``: the run folder and checkpoint file; a resumed run reuses both (the checkpoint
-  is rewritten in place) and its TensorBoard log drops the events past the checkpoint's step.
-- ``StopSignals``: SIGINT (Ctrl-C) and SIGTERM (what Slurm sends before preemption) end the run
-  between two steps: a checkpoint at the current step when --save-model is set, one line, exit
-  code 128 + the signal (130, 143).
-- ``save_with_replay_buffer`` / ``load_replay_buffer``: the off-policy scripts' checkpoints with
-  their buffers beside them, written as a pair a kill cannot split, so that a resumed run continues
-  learning where it stopped.
+    run = Run(Args, "diffsac", CHECKS)      # flags checked, seeded, device, vector envs
+    checkpoint = run.restore({"agent": agent, ...}, agent_kwargs=...)   # --resume loads; run folder, writer
+    run.episodes(infos, global_step); run.check_finite("critic loss", loss, global_step); run.show(global_step, "...")
+    run.save(global_step); run.finish(global_step, agent, obs_normalizer)  # checkpoint, signal exit, evaluation
+
+SIGINT (Ctrl-C) and SIGTERM (Slurm's preemption) set ``run.stop``; the loop ends between steps and ``finish``
+writes a checkpoint (with --save-model) and exits with 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -19,130 +14,172 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import glob
-import importlib.util
 import math
 import os
+import random
 import re
 import shutil
 import signal
 import sys
 import threading
 import time
-from typing import Any
+from collections import deque
 
+import numpy as np
 import torch
-import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.envs import ConfigError
-
-# Flags that do not change what the run computes, or only where it stops: they may differ on --resume.
-CHANGEABLE_ON_RESUME = ("resume", "total_timesteps", "cuda", "torch_threads", "eval_episodes",
-                        "checkpoint_frequency", "capture_video", "track", "wandb_project_name", "wandb_entity")
+from common.checkpoint import save_checkpoint
+from common.replay_buffer import load_replay_buffer, save_with_replay_buffer
+from common.cli import ConfigError, TrainingDiverged, parse_args
+from common.envs import finished_episodes, make_vector_env
 
 
-def flag_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
+@dataclasses.dataclass
+class RunArgs:
+    """The flags every training script shares (CleanRL's), before its own."""
+
+    exp_name: str = "run"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    torch_threads: int = 1
+    """CPU threads for torch (1 is fastest for these small networks)"""
+    capture_video: bool = False
+    """whether to capture videos of the agent (see the `videos` folder)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
+    wandb_project_name: str = "diffusion-maxent-rl"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    save_model: bool = False
+    """save a checkpoint every --checkpoint-frequency and at the end, then evaluate it"""
+    resume: str | None = None
+    """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation of the saved model at the end"""
 
 
-def resume_path_in(argv: list[str]) -> str | None:
-    """The value of --resume on a command line (``--resume PATH`` or ``--resume=PATH``), else None."""
-    for index, token in enumerate(argv):
-        if token == "--resume" and index + 1 < len(argv):
-            return argv[index + 1]
-        if token.startswith("--resume="):
-            return token.split("=", 1)[1]
-    return None
+class Run:
+    def __init__(self, args_class: type, script: str, checks: list[tuple]):
+        self.args, self.checkpoint = parse_args(args_class, script, checks)
+        self.script, args = script, self.args
+        env_name = args.env_id.rpartition(":")[2]  # module:EnvId names the run by EnvId
+        self.name = self.checkpoint["run_name"] if self.checkpoint else \
+            f"{env_name}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        torch.set_num_threads(args.torch_threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        self.envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, self.name)
+        self.recent_returns, self.saved_step = deque(maxlen=10), None
+
+    def restore(self, state: dict, **kwargs) -> dict:
+        """Name what a checkpoint holds (modules, optimisers, normalisers: state_dict; tensors: values) and the
+        constructor arguments it must match; on --resume load it. Opens the run folder. Returns the checkpoint or {}."""
+        self.state, self.kwargs, checkpoint, args = state, kwargs, self.checkpoint, self.args
+        for name, value in kwargs.items() if checkpoint else ():
+            if checkpoint[name] != value:
+                raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint[name]}) "
+                                  f"differs from the flags given ({value}); allowed: the same --env-id and network flags.")
+        for name, item in state.items() if checkpoint else ():
+            if isinstance(item, torch.Tensor):
+                with torch.no_grad():
+                    item.copy_(torch.as_tensor(checkpoint[name]))
+            else:
+                item.load_state_dict(checkpoint[name])
+        if checkpoint:
+            print(f"resumed {self.name} at step {checkpoint['global_step']}")
+        self.run_dir, self.model_path = (os.path.dirname(os.path.abspath(args.resume)), args.resume) if args.resume \
+            else (f"runs/{self.name}", f"runs/{self.name}/{args.exp_name}.cleanrl_model")
+        if args.track:
+            start_tracking(args, self.name, resumed=checkpoint is not None)
+        self.writer = SummaryWriter(self.run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+        if not checkpoint:
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
+                                 "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()))
+        print(f"run folder: {self.run_dir}  (tensorboard --logdir {os.path.dirname(self.run_dir) or '.'})", flush=True)
+        self.stop = StopSignals()
+        self.start_step = checkpoint["global_step"] if checkpoint else 0
+        self.start_time, self.progress = time.time(), Progress(args.total_timesteps, self.start_step)
+        return checkpoint or {}
+
+    def resume_replay_buffer(self, buffer, learning_starts: int) -> int:
+        """The step after which updates start: at once when the buffer saved beside the checkpoint loaded, else
+        after --learning-starts more steps of the loaded policy refill it."""
+        if not self.checkpoint:
+            return learning_starts
+        loaded = load_replay_buffer(self.args.resume, buffer, self.start_step)
+        print(f"resumed with {buffer.size} transitions in the replay buffer")
+        return learning_starts if loaded else self.start_step + self.args.learning_starts
+
+    def episodes(self, infos: dict, global_step: int) -> None:
+        for episode_return, episode_length in finished_episodes(infos):
+            self.recent_returns.append(episode_return)
+            self.writer.add_scalar("charts/episodic_return", episode_return, global_step)
+            self.writer.add_scalar("charts/episodic_length", episode_length, global_step)
+
+    def log(self, global_step: int, scalars: dict) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value.item() if isinstance(value, torch.Tensor) else value, global_step)
+
+    def show(self, global_step: int, text: str, learning_starts: int = 0) -> None:
+        """Log SPS; the progress line: step, recent return, ``text``, SPS, time left."""
+        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        self.writer.add_scalar("charts/SPS", sps, global_step)
+        recent = f"{np.mean(self.recent_returns):9.1f}" if self.recent_returns else "      n/a"
+        self.progress.learning_starts = learning_starts
+        self.progress.show(global_step, f"step {global_step:>9d}/{self.args.total_timesteps} | return (last "
+                           f"{len(self.recent_returns)} episodes) {recent} | {text} | SPS {sps}")
+
+    def check_finite(self, what: str, loss: torch.Tensor, global_step: int, detail: str = "") -> None:
+        if not torch.isfinite(loss):
+            saved = f"Last checkpoint: {self.model_path}" if self.saved_step is not None else \
+                "No checkpoint was written" + ("." if self.args.save_model else "; use --save-model to keep them.")
+            raise TrainingDiverged(f"{what} is {loss.item()} at step {global_step}{detail}. {saved}")
+
+    def save(self, global_step: int, replay_buffer=None, **extra) -> None:
+        state = {"script": self.script, "args": dataclasses.asdict(self.args), "run_name": self.name, **self.kwargs,
+                 **{name: item.detach().clone() if isinstance(item, torch.Tensor) else item.state_dict()
+                    for name, item in self.state.items()}, "global_step": global_step, **extra}
+        if replay_buffer is None:
+            save_checkpoint(self.model_path, state)
+        else:
+            save_with_replay_buffer(self.model_path, state, replay_buffer, global_step)
+        self.saved_step = global_step
+
+    def finish(self, global_step: int, agent, obs_normalizer, replay_buffer=None, **extra) -> None:
+        """Close; checkpoint; on a signal exit 128 + its number, else evaluate the saved model."""
+        self.progress.close(self.run_dir)
+        self.envs.close()
+        if self.args.save_model and self.saved_step != global_step:
+            self.save(global_step, replay_buffer, **extra)
+        if self.stop.requested:
+            self.writer.close()
+            self.stop.exit(self.script.replace(".", "/") + ".py", global_step,
+                           self.model_path if self.args.save_model else None)
+        if self.args.save_model:
+            from common.evaluation import evaluate
+
+            print(f"model saved to {self.model_path}")
+            returns = evaluate(agent, obs_normalizer, self.args.env_id, self.args.eval_episodes, self.args.seed,
+                               device=self.device)
+            for index, episodic_return in enumerate(returns):
+                self.writer.add_scalar("eval/episodic_return", episodic_return, index)
+            print(f"evaluation ({self.args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
+        self.writer.close()
 
 
-def check_finite_floats(args: Any) -> None:
-    """Every float flag must be a number: NaN and infinity pass every range check written as a comparison."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{flag_name(field.name)} must be a finite number (got {value}).")
-
-
-def parse_args(args_class: type, script_module: str, script_name: str, argv: list[str] | None = None):
-    """(args, checkpoint or None) from the command line, with the resume rules of this module's docstring.
-
-    script_module is what the script writes as its checkpoints' "script" (e.g. "diffsac", "peers.dpmd").
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    path = resume_path_in(argv)
-    checkpoint, saved = None, None
-    names = {field.name for field in dataclasses.fields(args_class)}
-    if path is not None:
-        checkpoint = load_checkpoint(path)
-        saved_script = checkpoint.get("script")
-        if saved_script != script_module:
-            saved_name = saved_script.replace(".", "/") + ".py" if saved_script else "an unknown script"
-            raise ConfigError(f"--resume {path} is a checkpoint of {saved_name}, "
-                              f"not of {script_name}; resume it with that script.")
-        saved = args_class(**{key: value for key, value in checkpoint["args"].items() if key in names})
-    args = tyro.cli(args_class, args=argv, default=saved)
-    check_finite_floats(args)
-    check_tracking_available(args)
-    if args.eval_episodes < 1:
-        raise ConfigError(f"--eval-episodes must be at least 1 (got {args.eval_episodes}).")
-    if checkpoint is None:
-        return args, None
-    for field in dataclasses.fields(args_class):
-        if field.name in CHANGEABLE_ON_RESUME:
-            continue
-        given, kept = getattr(args, field.name), getattr(saved, field.name)
-        if given != kept:
-            raise ConfigError(f"{flag_name(field.name)} {given} differs from the resumed run's {kept}; --resume continues "
-                              f"the saved run with its own flags (allowed to change: "
-                              f"{', '.join(flag_name(name) for name in CHANGEABLE_ON_RESUME[1:] if name in names)}).")
-    if args.total_timesteps <= checkpoint["global_step"]:
-        raise ConfigError(f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step "
-                          f"{checkpoint['global_step']}; allowed: a larger target, e.g. --total-timesteps "
-                          f"{2 * checkpoint['global_step']}.")
-    return args, checkpoint
-
-
-def whole_rollouts(total_timesteps: int, rollout_steps: int) -> int:
-    """Iterations that cover --total-timesteps; a target that is not a whole number of rollouts is rounded up, with a line."""
-    iterations = -(-total_timesteps // rollout_steps)
-    if iterations * rollout_steps != total_timesteps:
-        print(f"--total-timesteps {total_timesteps} is not a whole number of rollouts of {rollout_steps} steps "
-              f"(--num-envs x --num-steps); running {iterations * rollout_steps}.", flush=True)
-    return iterations
-
-
-def run_paths(args: Any, run_name: str) -> tuple[str, str]:
-    """(run folder, checkpoint file): runs/{run_name}/{exp_name}.cleanrl_model, or the resumed checkpoint's own."""
-    if args.resume:
-        return os.path.dirname(os.path.abspath(args.resume)), args.resume
-    run_dir = f"runs/{run_name}"
-    return run_dir, f"{run_dir}/{args.exp_name}.cleanrl_model"
-
-
-def open_writer(run_dir: str, args: Any, checkpoint: dict | None) -> SummaryWriter:
-    """TensorBoard writer; a resumed run purges the events logged after its checkpoint (one curve, no overlap).
-    With --track, Weights and Biases is started first, so that it mirrors this writer."""
-    if getattr(args, "track", False):
-        start_tracking(args, os.path.basename(os.path.normpath(run_dir)), resumed=checkpoint is not None)
-    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
-    if checkpoint is None:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    print(f"run folder: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", flush=True)
-    return writer
-
-
-def check_tracking_available(args: Any) -> None:
-    """--track needs wandb: one line with the install command when it is missing (checked before any work)."""
-    if getattr(args, "track", False) and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("--track needs the wandb package, which is not installed: pip install wandb")
-
-
-def start_tracking(args: Any, run_name: str, resumed: bool) -> None:
-    """wandb.init the CleanRL way (TensorBoard synced, the flags as config); the run's videos are uploaded at exit.
-
-    The wandb run id is derived from the run name, so a resumed run continues the same wandb run.
-    """
+def start_tracking(args, run_name: str, resumed: bool) -> None:
+    """wandb.init the CleanRL way (TensorBoard synced, flags as config, videos at exit); a resumed run continues
+    the wandb run of the same name."""
     import wandb
 
     wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
@@ -176,7 +213,6 @@ class StopSignals:
         return self.signal_number is not None
 
     def exit(self, script_name: str, global_step: int, model_path: str | None) -> None:
-        """One line (where the checkpoint is, if one was written), then exit 128 + the signal's number."""
         name = signal.Signals(self.signal_number).name
         saved = f"checkpoint at step {global_step} saved to {model_path}; continue with --resume {model_path}" \
             if model_path else "no checkpoint (run with --save-model to keep one)"
@@ -184,120 +220,28 @@ class StopSignals:
         sys.exit(128 + self.signal_number)
 
 
-# ----------------------------------------------------------------------------------------------
-# Replay buffers (the off-policy scripts): the filled rows, beside the checkpoint
-# ----------------------------------------------------------------------------------------------
-def replay_fields(buffer: Any) -> list[str]:
-    """The buffer's storage tensors (obs, next_obs, actions or chains, rewards, terminations)."""
-    return [name for name, value in vars(buffer).items() if isinstance(value, torch.Tensor)]
+def check_memory(parameter_count: int, buffer_bytes: int, device: torch.device, flags: str) -> None:
+    """ConfigError when the parameters (with gradients and Adam's moments: 16 bytes each) and buffers exceed the
+    memory available now; ``flags`` names what to lower."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        meminfo = open("/proc/meminfo").read() if os.path.exists("/proc/meminfo") else ""
+        found = re.search(r"MemAvailable:\s+(\d+)", meminfo)
+        available = int(found.group(1)) * 1024 if found else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    needed = 16 * parameter_count + buffer_bytes
+    if needed > available:
+        raise ConfigError(f"{parameter_count / 1e6:.0f}M network parameters and {buffer_bytes / 2**30:.1f} GiB of "
+                          f"buffers need about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
+                          f"available on {device.type}; lower {flags}.")
 
 
-def replay_buffer_path(model_path: str) -> str:
-    return f"{model_path}.replay_buffer"
-
-
-def replay_buffer_bytes(buffer_size: int, obs_dim: int, action_values: int) -> int:
-    """Bytes of a full buffer of float32 rows (s, s', a, r, terminated), a of action_values numbers: in memory and on disk."""
-    return 4 * buffer_size * (2 * obs_dim + action_values + 2)
-
-
-def pending_replay_buffer_path(model_path: str) -> str:
-    """Where a new buffer waits, complete, until its checkpoint is in place (see ``save_with_replay_buffer``)."""
-    return f"{replay_buffer_path(model_path)}.pending"
-
-
-def save_with_replay_buffer(model_path: str, state: dict, buffer: Any, global_step: int) -> None:
-    """Write the checkpoint and the buffer's filled rows as one pair that a kill -9 cannot split.
-
-    The buffer (tagged with its step) is written in full under its pending name, then the checkpoint
-    replaces the old one atomically, then the buffer takes its place. Killed before the checkpoint is
-    replaced, the old pair is untouched; killed after it, the checkpoint's buffer is the pending file,
-    which ``replay_buffer_state`` reads. Writing the buffer first and the checkpoint second, the
-    earlier order, left a newer buffer beside an older checkpoint when the kill fell in between."""
-    rows = {"global_step": global_step, "position": buffer.position, "size": buffer.size,
-            "buffer_size": buffer.buffer_size,
-            **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in replay_fields(buffer)}}
-    os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
-    torch.save(rows, pending_replay_buffer_path(model_path))
-    save_checkpoint(model_path, state)
-    os.replace(pending_replay_buffer_path(model_path), replay_buffer_path(model_path))
-
-
-def replay_buffer_state(model_path: str, global_step: int) -> dict | None:
-    """The saved buffer that belongs to the checkpoint at ``global_step``, or None when there is none."""
-    found = None
-    for path in (replay_buffer_path(model_path), pending_replay_buffer_path(model_path)):
-        if not os.path.isfile(path):
-            continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a pending file cut short by a kill belongs to no checkpoint
-            continue
-        if state["global_step"] == global_step:
-            return state
-        found = found or state
-    if found is not None:
-        print(f"the replay buffer beside {model_path} belongs to step {found['global_step']}, not {global_step}")
-    return None
-
-
-def load_replay_buffer(model_path: str, buffer: Any, global_step: int) -> bool:
-    """Fill ``buffer`` from the file beside the checkpoint; False (with a line) when it is missing or of another step."""
-    state = replay_buffer_state(model_path, global_step)
-    if state is None or state["buffer_size"] != buffer.buffer_size:
-        print(f"no replay buffer of step {global_step} beside {model_path}: "
-              "it refills with the loaded policy before updates resume")
-        return False
-    for name in replay_fields(buffer):
-        getattr(buffer, name)[: state["size"]] = state[name].to(getattr(buffer, name).device)
-    buffer.position, buffer.size = state["position"], state["size"]
-    return True
-
-
-def resume_replay_buffer(args: Any, buffer: Any, global_step: int, learning_starts: int, run_name: str) -> int:
-    """Load the buffer beside the resumed checkpoint; the step after which updates start: at once when it
-    loaded, else after --learning-starts more steps with the loaded policy to refill it."""
-    loaded = load_replay_buffer(args.resume, buffer, global_step)
-    print(f"resumed {run_name} at step {global_step} with {buffer.size} transitions in the replay buffer")
-    return learning_starts if loaded else global_step + args.learning_starts
-
-
-# ----------------------------------------------------------------------------------------------
-# Memory: refuse up front what cannot fit, instead of an allocator traceback later
-# ----------------------------------------------------------------------------------------------
 def count_parameters(build) -> int:
     """Parameters of the modules that ``build()`` returns, built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
-        modules = build()
-    return sum(parameter.numel() for module in modules for parameter in module.parameters())
+        return sum(parameter.numel() for module in build() for parameter in module.parameters())
 
 
-def available_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def check_memory(parameter_count: int, buffer_bytes: int, device: torch.device, flags: str) -> None:
-    """ConfigError when the parameters (with gradients and Adam's two moments: 16 bytes each) and buffers
-    exceed the memory available now; ``flags`` names what the user can lower."""
-    needed, available = 16 * parameter_count + buffer_bytes, available_memory_bytes(device)
-    if needed > available:
-        raise ConfigError(f"{parameter_count / 1e6:.0f}M network parameters and {buffer_bytes / 2**30:.1f} GiB of buffers "
-                          f"need about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available "
-                          f"on {device.type}; lower {flags}.")
-
-
-# ----------------------------------------------------------------------------------------------
-# Progress: one live line in a terminal, plain lines in a cluster log
-# ----------------------------------------------------------------------------------------------
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -306,16 +250,14 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """The training line (steps, return, SPS, ...) with the time left at the current rate. In a terminal it
-    rewrites one live line; when stdout is not a terminal (a file, a cluster log) each update is a plain line.
-    Off-policy scripts pass learning_starts: their random steps run hundreds of times faster than the learning
-    ones, so until then the line names the step the estimate waits for instead of a time that would be wrong."""
+    """The training line with the time left at the current rate: one live line in a terminal, plain lines in a
+    log. Off-policy scripts' random first steps run far faster than learning ones, so until ``learning_starts``
+    the line names the step the estimate waits for."""
 
     def __init__(self, total_timesteps: int, start_step: int, stream=None, learning_starts: int = 0):
         self.stream = stream or sys.stdout
-        self.total_timesteps, self.live = total_timesteps, self.stream.isatty()
+        self.total_timesteps, self.live, self.learning_starts = total_timesteps, self.stream.isatty(), learning_starts
         self.last_time, self.last_step = time.time(), start_step
-        self.learning_starts = learning_starts
 
     def show(self, global_step: int, line: str) -> None:
         now = time.time()
@@ -327,14 +269,22 @@ class Progress:
         if self.live:  # what matters first, the rest as the width allows
             rest = line.split(" | ", 1)[1] if line.startswith("step ") and " | " in line else line
             text = f"step {global_step}/{self.total_timesteps} | {rate:.0f} steps/s | {time_left} | {rest}"
-            width = shutil.get_terminal_size().columns
-            self.stream.write("\r" + text[: width - 1] + "\x1b[K")
+            self.stream.write("\r" + text[: shutil.get_terminal_size().columns - 1] + "\x1b[K")
             self.stream.flush()
         else:
             print(f"{line} | {time_left}", file=self.stream, flush=True)
 
     def close(self, run_dir: str) -> None:
-        """End the live line; say where the run is (the same line as at the start)."""
         if self.live:
             self.stream.write("\n")
-        print(f"run folder: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", file=self.stream, flush=True)
+        print(f"run folder: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", file=self.stream,
+              flush=True)
+
+
+def whole_rollouts(total_timesteps: int, rollout_steps: int) -> int:
+    """Iterations that cover --total-timesteps, rounded up to whole rollouts (with a line when rounded)."""
+    iterations = -(-total_timesteps // rollout_steps)
+    if iterations * rollout_steps != total_timesteps:
+        print(f"--total-timesteps {total_timesteps} is not a whole number of rollouts of {rollout_steps} steps "
+              f"(--num-envs x --num-steps); running {iterations * rollout_steps}.", flush=True)
+    return iterations
