@@ -47,54 +47,26 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
-import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoint import save_checkpoint
-from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
-from common.evaluation import evaluate
+from common.cli import at_least_one, in_unit_interval, positive, run_cli
+from common.envs import true_next_observations
 from common.normalization import ObservationNormalizer, RewardNormalizer
-from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths,
-                         whole_rollouts)
+from common.runs import Run, RunArgs, check_memory, count_parameters, whole_rollouts
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
-    capture_video: bool = False
-    """whether to capture videos of the agent (see the `videos` folder)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
-    wandb_project_name: str = "diffusion-maxent-rl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """save a checkpoint every --checkpoint-frequency iterations and at the end, then evaluate it"""
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
-    resume: str | None = None
-    """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
-    eval_episodes: int = 10
-    """episodes of deterministic evaluation of the saved model at the end"""
-
     # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
@@ -154,55 +126,27 @@ class Args:
     """Adam learning rate of log(alpha) and log(beta) (the official value)"""
 
 
-def validate_args(args: Args) -> None:
-    """One clear ConfigError per impossible flag, before any environment or network is built."""
-    for flag, value in [("--num-diffusion-steps", args.num_diffusion_steps), ("--num-envs", args.num_envs),
-                        ("--num-steps", args.num_steps), ("--minibatch-size", args.minibatch_size),
-                        ("--update-epochs", args.update_epochs), ("--hidden-dim", args.hidden_dim),
-                        ("--actor-hidden-dim", args.actor_hidden_dim), ("--checkpoint-frequency", args.checkpoint_frequency),
-                        ("--torch-threads", args.torch_threads), ("--eval-episodes", args.eval_episodes)]:
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
-    if args.num_bins < 2:
-        raise ConfigError(f"--num-bins must be at least 2 (got {args.num_bins}).")
-    augmented_batch = args.num_envs * args.num_steps * args.num_diffusion_steps
-    if args.minibatch_size > augmented_batch:
-        raise ConfigError(f"--minibatch-size {args.minibatch_size} exceeds the rollout's {augmented_batch} augmented "
-                          "transitions (--num-envs x --num-steps x --num-diffusion-steps); allowed: at most that.")
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        raise ConfigError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
-                          f"(--num-envs x --num-steps = {args.num_envs * args.num_steps}).")
-    positive = [("--learning-rate", args.learning_rate), ("--multiplier-lr", args.multiplier_lr), ("--alpha", args.alpha),
-                ("--max-grad-norm", args.max_grad_norm), ("--kl-bound", args.kl_bound), ("--beta", args.beta), ("--min-std", args.min_std)]
-    for flag, value in positive + [("--v-min", args.v_min), ("--v-max", args.v_max), ("--gamma", args.gamma),
-                                   ("--gae-lambda", args.gae_lambda), ("--aux-loss-coef", args.aux_loss_coef),
-                                   ("--target-entropy-scale", args.target_entropy_scale)]:
-        if not math.isfinite(value):
-            raise ConfigError(f"{flag} must be a finite number (got {value}).")
-    for flag, value in positive:
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive (got {value}).")
-    if args.min_std >= 1:
-        raise ConfigError(f"--min-std must be below 1, the largest sigma_k (got {args.min_std}).")
-    if args.v_min >= args.v_max:
-        raise ConfigError(f"--v-min {args.v_min} must be below --v-max {args.v_max}.")
-    if not 0 < args.gamma <= 1:
-        raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
-    if args.augmented_gamma is not None and not 0 < args.augmented_gamma <= 1:
-        raise ConfigError(f"--augmented-gamma must be in (0, 1] (got {args.augmented_gamma}).")
-    if not 0 <= args.gae_lambda <= 1:
-        raise ConfigError(f"--gae-lambda must be in [0, 1] (got {args.gae_lambda}).")
-    if args.aux_loss_coef < 0:
-        raise ConfigError(f"--aux-loss-coef must be >= 0 (got {args.aux_loss_coef}).")
+CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
+    *at_least_one("num_diffusion_steps", "num_steps", "minibatch_size", "update_epochs", "hidden_dim",
+                  "actor_hidden_dim"),
+    (lambda a: a.num_bins >= 2, "--num-bins must be at least 2 (got {num_bins})."),
+    (lambda a: a.minibatch_size <= a.num_envs * a.num_steps * a.num_diffusion_steps,
+     "--minibatch-size {minibatch_size} exceeds the rollout's augmented transitions (--num-envs x --num-steps x "
+     "--num-diffusion-steps); allowed: at most that."),
+    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
+     "--total-timesteps {total_timesteps} is less than one rollout (--num-envs x --num-steps)."),
+    *positive("learning_rate", "multiplier_lr", "alpha", "max_grad_norm", "kl_bound", "beta", "min_std"),
+    (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
+    (lambda a: a.v_min < a.v_max, "--v-min {v_min} must be below --v-max {v_max}."),
+    *in_unit_interval("gamma"),
+    (lambda a: a.augmented_gamma is None or 0 < a.augmented_gamma <= 1,
+     "--augmented-gamma must be in (0, 1] (got {augmented_gamma})."),
+    *in_unit_interval("gae_lambda", closed=True),
+    (lambda a: a.aux_loss_coef >= 0, "--aux-loss-coef must be >= 0 (got {aux_loss_coef})."),
+]
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Diffusion policy maths (method.md §1, §2)
-# ----------------------------------------------------------------------------------------------
+# ---- diffusion actor: identical in every diffusion script (tests/test_actor_copies.py); method.md §1, §2 ----
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -223,6 +167,11 @@ def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
     return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
 
 
+def squash_log_det(x_0: torch.Tensor, action_half_width: torch.Tensor) -> torch.Tensor:
+    """sum_i log h_i + log(1 - tanh(x_0i)^2): the log-Jacobian of a = c + h tanh(x_0), per sample."""
+    return (torch.log(action_half_width) + log_one_minus_tanh_squared(x_0)).sum(-1)
+
+
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -232,8 +181,9 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 
 class DiffusionActor(nn.Module):
     """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (method.md §1).
 
-    Chains are stored in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K and
-    chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
+    mean = sqrt(alpha_k) x_k + f(s, x_k, k), f's last layer near zero and sigma_k^2 = beta_k at initialisation:
+    the exact reverse process of x_0 ~ N(0, I). Chains are stored in time order: chain[:, j] = x_{K-j}, so
+    chain[:, 0] = x_K and chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
@@ -252,8 +202,7 @@ class DiffusionActor(nn.Module):
             layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
-        # sigma_k^2 = beta_k at initialisation: the exact reverse process of x_0 ~ N(0, I).
-        self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))
+        self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
         self.log_std_min = math.log(min_std)
 
     def clamp_log_std_(self) -> None:
@@ -268,7 +217,7 @@ class DiffusionActor(nn.Module):
         std = self.log_std[k - 1].clamp(self.log_std_min, 0.0).exp()
         return mean, std
 
-    def log_prob(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor):
         """log q(x_{k-1} | x_k, s, k) for a batch of augmented samples (any mix of k)."""
         mean, std = self.kernel(obs, x_k, k)
         return gaussian_log_prob(x_previous, mean, std)
@@ -277,29 +226,26 @@ class DiffusionActor(nn.Module):
         """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
         return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
 
-    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False,
-                     noise_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order).
+    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False, noise_scale: float = 1.0):
+        """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order): ``kernel`` run K times, fused.
 
-        deterministic: x_K = 0 and every step takes the kernel mean (no noise).
-        noise_scale: x_{k-1} = mean + noise_scale * sigma_k * eps (widened paths; log q stays the kernels').
-        The mean network's first layer is split so that its observation part is computed
-        once per chain rather than once per step (same numbers as ``kernel``, faster).
+        deterministic: x_K = 0 and every step takes the kernel mean. noise_scale: x_{k-1} = mean + noise_scale *
+        sigma_k * eps (widened paths; log q stays the kernels'). The same numbers as ``kernel`` step by step
+        (tests/test_diffusion_log_probability.py), with the observation's and k's parts of the first layer
+        computed once per chain and log q read off the noise.
         """
-        batch, K = obs.shape[0], self.num_diffusion_steps
+        batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
-        obs_dim = obs.shape[1]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
-        x_weight, time_weight = first.weight[:, obs_dim:obs_dim + self.action_dim], first.weight[:, obs_dim + self.action_dim:]
-        time_part = self.time_embedding.weight @ time_weight.T  # [K+1, H], row k
+        x_weight = first.weight[:, obs_dim:obs_dim + self.action_dim]
+        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim:].T  # [K+1, H], row k
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
-        std = log_std.exp()
+        std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
         noise_shape = (K + 1, batch, self.action_dim)
-        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
-        # What does not depend on x is computed for every step at once, outside the loop, and the layers are
-        # called as functions: the same numbers as ``kernel`` with far fewer tensor operations per step.
+        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device,
+                                                                             dtype=obs.dtype)
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
-        step_noise = ((noise_scale * std).flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
+        step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
         activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
         x, chain = noise[0], [noise[0]]
         for j, k in enumerate(range(K, 0, -1), start=1):
@@ -307,26 +253,23 @@ class DiffusionActor(nn.Module):
             hidden = activation(nn.functional.linear(hidden, second.weight, second.bias))
             x = sqrt_alphas[k - 1] * x + nn.functional.linear(hidden, last.weight, last.bias) + step_noise[j - 1]
             chain.append(x)
-        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise enters the quadratic term.
+        # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise is quadratic.
         step_log_std = log_std.flip(0).sum(-1)  # [K], time order
         step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
         return torch.stack(chain, dim=1), step_log_q
 
-    def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
-        """The three parts of L(s, x_{0:K}) (method.md §2), per sample:
-
-        step_log_ratio [B, K] (time order): l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1});
-        log_prior [B]: log N(x_K; 0, I);
-        squash_log_det [B]: sum_i log h_i + log(1 - tanh(x_{0,i})^2), the log-Jacobian of a = c + h tanh(x_0).
-        L = log_prior + step_log_ratio.sum(1) - squash_log_det.
-        """
+    def chain_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor):
+        """(step_log_ratio [B, K] in time order, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}); log_prior [B],
+        log N(x_K; 0, I)): the parts of the path log-ratio L that do not involve the squash (method.md §2)."""
         step_k = self.step_k.expand(chain.shape[0], -1)
         step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], step_k)
         log_prior = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0]))
-        squash_log_det = (torch.log(action_half_width) + log_one_minus_tanh_squared(chain[:, -1])).sum(-1)
-        return step_log_ratio, log_prior, squash_log_det
+        return step_log_ratio, log_prior
 
-
+    def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
+        """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""
+        return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
+# ---- end of the diffusion actor ----
 
 
 def step_log_ratio_term(actor: DiffusionActor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor,
@@ -336,7 +279,7 @@ def step_log_ratio_term(actor: DiffusionActor, x_k: torch.Tensor, k: torch.Tenso
     K = actor.num_diffusion_steps
     term = log_q - actor.forward_log_prob(x_k, x_previous, k)
     prior = gaussian_log_prob(x_k, torch.zeros_like(x_k), torch.ones_like(x_k))
-    squash = (torch.log(action_half_width) + log_one_minus_tanh_squared(x_previous)).sum(-1)
+    squash = squash_log_det(x_previous, action_half_width)
     return term + torch.where(k == K, prior, 0.0) - torch.where(k == 1, squash, 0.0)
 
 
@@ -467,12 +410,6 @@ def actor_losses(agent: Agent, old_actor: DiffusionActor, critic: Distributional
     return loss, log_ratio_term, kl
 
 
-def check_finite(name: str, loss: torch.Tensor, global_step: int, iteration: int, epoch: int, model_path: str | None):
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"{name} loss is {loss.item()} at step {global_step} (iteration {iteration}, epoch {epoch}). "
-                               + (f"Last checkpoint: {model_path}" if model_path else "Use --save-model to keep checkpoints."))
-
-
 def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tensor):
     """Flatten a rollout into augmented samples (s, x_k, k) -> x_{k-1}, in the order of the [T, N, K] buffers."""
     num_steps, num_envs, K = chain.shape[0], chain.shape[1], chain.shape[2] - 1
@@ -482,22 +419,12 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
 
 
 def main() -> None:
-    args, checkpoint = parse_args(Args, "diffreppo", "diffreppo.py")
-    validate_args(args)
+    run = Run(Args, "diffreppo", CHECKS)
+    args, envs, device = run.args, run.envs, run.device
     K = args.num_diffusion_steps
     batch_size = args.num_envs * args.num_steps
     augmented_batch_size = batch_size * K
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
                         action_high=envs.single_action_space.high.tolist(), num_diffusion_steps=K,
@@ -516,32 +443,14 @@ def main() -> None:
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    modules = {"agent": agent, "critic": critic, "actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer,
-               "multiplier_optimizer": multiplier_optimizer, "obs_normalizer": obs_normalizer,
-               "reward_normalizer": reward_normalizer}
-    global_step, start_iteration = 0, 1
-    if checkpoint:
-        if checkpoint["agent_kwargs"] != agent_kwargs or checkpoint["critic_kwargs"] != critic_kwargs:
-            raise ConfigError(f"--resume {args.resume}: the checkpoint is not a diffreppo.py run with these networks; "
-                              "allowed: a diffreppo.py checkpoint with the same --env-id, --num-diffusion-steps, "
-                              "--actor-hidden-dim, --min-std, --hidden-dim, --num-bins, --v-min, --v-max.")
-        for name, module in modules.items():
-            module.load_state_dict(checkpoint[name])
-        with torch.no_grad():
-            log_alpha.fill_(checkpoint["log_alpha"])
-            log_beta.fill_(checkpoint["log_beta"])
-        global_step, start_iteration = checkpoint["global_step"], checkpoint["iteration"] + 1
-        print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
+    checkpoint = run.restore({"agent": agent, "critic": critic, "actor_optimizer": actor_optimizer,
+                              "critic_optimizer": critic_optimizer, "multiplier_optimizer": multiplier_optimizer,
+                              "obs_normalizer": obs_normalizer, "reward_normalizer": reward_normalizer,
+                              "log_alpha": log_alpha, "log_beta": log_beta},
+                             agent_kwargs=agent_kwargs, critic_kwargs=critic_kwargs)
+    global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
 
-    run_dir, model_path = run_paths(args, run_name)
-    writer = open_writer(run_dir, args, checkpoint)
-    stop = StopSignals()
-
-    def checkpoint_state(iteration: int) -> dict:
-        return {"script": "diffreppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "critic_kwargs": critic_kwargs,
-                "run_name": run_name, **{name: module.state_dict() for name, module in modules.items()},
-                "log_alpha": log_alpha.item(), "log_beta": log_beta.item(), "global_step": global_step, "iteration": iteration}
 
     # Rollout storage; augmented step j of env step t is diffusion step k = K - j.
     obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
@@ -560,23 +469,13 @@ def main() -> None:
     if args.augmented_gamma is not None:
         discounts.fill_(args.augmented_gamma)
 
-    start_time, start_step = time.time(), global_step
-    progress = Progress(args.total_timesteps, global_step)
     update_seconds, num_updates = 0.0, 0  # the update phase alone: its cost per minibatch
-    recent_returns = deque(maxlen=10)
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
-    nan = torch.tensor(float("nan"))
-    critic_loss = cross_entropy = aux_loss = actor_loss = entropy_estimate = kl = nan
 
-    for iteration in range(start_iteration, num_iterations + 1):
-        if stop.requested:  # SIGINT / SIGTERM: stop between iterations, with a checkpoint of the last whole one
-            envs.close()
-            if args.save_model:
-                save_checkpoint(model_path, checkpoint_state(iteration - 1))
-            writer.close()
-            stop.exit("diffreppo.py", global_step, model_path if args.save_model else None)
+    while iteration < num_iterations and not run.stop.requested:  # a signal stops between iterations
+        iteration += 1
         for step in range(args.num_steps):
             global_step += args.num_envs
             obs_buffer[step] = next_obs
@@ -610,10 +509,7 @@ def main() -> None:
             saturated_buffer[step] = (chain[:, -1].abs() > 3.0).float().mean(-1)  # |tanh(x_0)| > 0.995
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
-            for episode_return, episode_length in finished_episodes(infos):
-                recent_returns.append(episode_return)
-                writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            run.episodes(infos, global_step)
 
         returns = augmented_lambda_returns(reward_buffer, next_value_buffer, termination_buffer, truncation_buffer,
                                            args.gamma, args.gae_lambda, args.augmented_gamma)
@@ -633,7 +529,7 @@ def main() -> None:
                 prediction = critic.prediction_head(embedding)
                 aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(prediction[:, -1], b_rewards[mb])
                 critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
-                check_finite("critic", critic_loss, global_step, iteration, epoch, model_path if args.save_model else None)
+                run.check_finite("critic loss", critic_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 critic_optimizer.zero_grad()
                 critic_loss.backward()
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
@@ -641,7 +537,7 @@ def main() -> None:
                 # Actor: one reparameterised step per augmented state, through the updated critic (frozen).
                 actor_loss, log_ratio_term, kl = actor_losses(agent, old_actor, critic, b_obs[mb], b_x_k[mb], b_k[mb],
                                                               alpha, beta, args.kl_bound)
-                check_finite("actor", actor_loss, global_step, iteration, epoch, model_path if args.save_model else None)
+                run.check_finite("actor loss", actor_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 actor_optimizer.zero_grad()
                 actor_loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -660,39 +556,19 @@ def main() -> None:
         update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)
 
         rollout_entropy = -path_log_ratio_buffer.mean().item()
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        scalars = {"charts/SPS": sps, "charts/entropy_estimate": rollout_entropy, "charts/alpha": alpha, "charts/beta": beta,
-                   "charts/saturated_action_fraction": saturated_buffer.mean().item(),
-                   "charts/latent_abs_max": chain_buffer.abs().amax().item(), "losses/critic_loss": critic_loss.item(),
-                   "losses/critic_cross_entropy": cross_entropy.item(), "losses/aux_loss": aux_loss.item(),
-                   "losses/actor_loss": actor_loss.item(), "losses/kl": kl.mean().item(),
-                   "losses/kl_over_bound": float(np.mean(kl_over_bound)), "losses/returns_mean": b_returns.mean().item()}
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, global_step)
-        recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-        progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-              f"| entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | SPS {sps} "
-              f"| updates/s {num_updates / update_seconds:.1f}")
+        run.log(global_step, {"charts/entropy_estimate": rollout_entropy, "charts/alpha": alpha, "charts/beta": beta,
+                              "charts/saturated_action_fraction": saturated_buffer.mean(),
+                              "charts/latent_abs_max": chain_buffer.abs().amax(), "losses/critic_loss": critic_loss,
+                              "losses/critic_cross_entropy": cross_entropy, "losses/aux_loss": aux_loss,
+                              "losses/actor_loss": actor_loss, "losses/kl": kl.mean(),
+                              "losses/kl_over_bound": np.mean(kl_over_bound), "losses/returns_mean": b_returns.mean()})
+        run.show(global_step, f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "
+                 f"| updates/s {num_updates / update_seconds:.1f}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
-            save_checkpoint(model_path, checkpoint_state(iteration))
+            run.save(global_step, iteration=iteration)
 
-    progress.close(run_dir)
-    envs.close()
-    if stop.requested:  # during the last iteration, whose checkpoint is written: skip the evaluation
-        writer.close()
-        stop.exit("diffreppo.py", global_step, model_path if args.save_model else None)
-    if args.save_model:
-        print(f"model saved to {model_path}")
-        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
-        for index, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, index)
-        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
-    writer.close()
+    run.finish(global_step, agent, obs_normalizer, iteration=iteration)
 
 
 if __name__ == "__main__":
-    try:
-        run_cli(main, "diffreppo.py")
-    except TrainingDiverged as error:
-        print(f"diffreppo.py: training diverged: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, "diffreppo.py")
