@@ -27,58 +27,30 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 if __name__ == "__main__" and not __package__:  # run as a file (python baselines/sac.py): make common/ importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
-from common.evaluation import evaluate
-from common.normalization import ObservationNormalizer
-from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args,
-                         replay_buffer_bytes, resume_replay_buffer, run_paths, save_with_replay_buffer)
-
-SCRIPT_NAME = "baselines/sac.py"
+from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
+from common.envs import true_next_observations  # noqa: E402
+from common.normalization import ObservationNormalizer  # noqa: E402
+from common.replay_buffer import ReplayBuffer  # noqa: E402
+from common.runs import Run, RunArgs, check_memory, count_parameters  # noqa: E402
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = "sac"
     """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
-    capture_video: bool = False
-    """whether to capture videos of the agent (see the `videos` folder)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
-    wandb_project_name: str = "diffusion-maxent-rl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """save a checkpoint and the replay buffer (filled rows; Hopper 108 MB, Humanoid 3.1 GB at 1M) every --checkpoint-frequency steps and at the end, then evaluate"""
     checkpoint_frequency: int = 50000
     """environment steps between checkpoints when --save-model is set"""
-    resume: str | None = None
-    """path of a checkpoint to continue: its run, flags, folder and replay buffer (only --total-timesteps and the like may change)"""
-    eval_episodes: int = 10
-    """episodes of deterministic evaluation of the saved model at the end"""
-
     # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
@@ -117,37 +89,20 @@ class Args:
     """width of the two hidden layers of the Gaussian actor"""
 
 
-def validate_args(args: Args) -> None:
-    """One clear ConfigError per impossible flag, before any environment or network is built."""
-    for flag, value in [("--num-envs", args.num_envs), ("--batch-size", args.batch_size),
-                        ("--buffer-size", args.buffer_size), ("--policy-frequency", args.policy_frequency),
-                        ("--target-network-frequency", args.target_network_frequency),
-                        ("--hidden-dim", args.hidden_dim), ("--actor-hidden-dim", args.actor_hidden_dim),
-                        ("--checkpoint-frequency", args.checkpoint_frequency),
-                        ("--torch-threads", args.torch_threads)]:
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
-    if args.batch_size > args.buffer_size:
-        raise ConfigError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
-                          "allowed: --batch-size <= --buffer-size.")
-    if args.learning_starts < args.batch_size:
-        raise ConfigError(f"--learning-starts {args.learning_starts} is below --batch-size {args.batch_size}; "
-                          "allowed: --learning-starts >= --batch-size (the first batch must exist).")
-    if args.total_timesteps <= args.learning_starts:
-        raise ConfigError(f"--total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
-    if args.alpha < 0 or (args.autotune and args.alpha <= 0):
-        raise ConfigError(f"--alpha must be >= 0, and > 0 with --autotune (got {args.alpha}).")
-    if not 0 < args.gamma <= 1:
-        raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
-    if not 0 < args.tau <= 1:
-        raise ConfigError(f"--tau must be in (0, 1] (got {args.tau}).")
-    for flag, value in [("--policy-lr", args.policy_lr), ("--q-lr", args.q_lr)]:
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive (got {value}).")
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
+CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
+    *at_least_one("batch_size", "buffer_size", "policy_frequency", "target_network_frequency", "hidden_dim",
+                  "actor_hidden_dim"),
+    (lambda a: a.batch_size <= a.buffer_size, "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; "
+     "allowed: --batch-size <= --buffer-size."),
+    (lambda a: a.learning_starts >= a.batch_size, "--learning-starts {learning_starts} is below --batch-size "
+     "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist)."),
+    (lambda a: a.total_timesteps > a.learning_starts,
+     "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}."),
+    (lambda a: a.alpha >= 0 and (a.alpha > 0 or not a.autotune),
+     "--alpha must be >= 0, and > 0 with --autotune (got {alpha})."),
+    *in_unit_interval("gamma", "tau"),
+    *positive("policy_lr", "q_lr"),
+]
 
 
 LOG_2PI = math.log(2 * math.pi)
@@ -227,47 +182,6 @@ class Agent(nn.Module):
         return self.squash(self.actor(obs)[0]) if deterministic else self.sample(obs)[0]
 
 
-class ReplayBuffer:
-    """Transitions (s, a, r, s', terminated) in preallocated tensors on the training device.
-
-    s' is the observation the environment actually reached, also when the episode was cut
-    by a time limit; only `terminated` (not truncation) stops bootstrapping.
-    """
-
-    def __init__(self, buffer_size: int, obs_dim: int, action_dim: int, device: torch.device):
-        self.obs = torch.zeros((buffer_size, obs_dim), device=device)
-        self.next_obs = torch.zeros((buffer_size, obs_dim), device=device)
-        self.actions = torch.zeros((buffer_size, action_dim), device=device)
-        self.rewards = torch.zeros(buffer_size, device=device)
-        self.terminations = torch.zeros(buffer_size, device=device)
-        self.buffer_size, self.position, self.size, self.device = buffer_size, 0, 0, device
-
-    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
-        """Store one row per environment: one copy per field, whatever the number of envs."""
-        rows = (self.position + torch.arange(len(obs), device=self.device)) % self.buffer_size
-        for storage, values in ((self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
-                               (self.rewards, rewards), (self.terminations, terminations)):
-            storage[rows] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
-        self.position = (self.position + len(obs)) % self.buffer_size
-        self.size = min(self.size + len(obs), self.buffer_size)
-
-    def sample(self, batch_size: int):
-        index = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminations[index]
-
-
-def step_and_store(envs, obs: np.ndarray, actions: np.ndarray, replay_buffer: ReplayBuffer):
-    """Step the envs and store (s, a, r, s', terminated) with s' the state actually reached.
-
-    When an episode ends the envs return the next episode's first observation; the replay
-    buffer gets the true final observation instead, and a truncation (time limit) is not
-    stored as a termination, so its target still bootstraps from Q(s', a').
-    """
-    next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-    replay_buffer.add(obs, true_next_observations(next_obs, infos), actions, rewards, terminations)
-    return next_obs, infos
-
-
 def soft_bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_min_q: torch.Tensor,
                         next_log_pi: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
     """y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha log pi(a'|s'))."""
@@ -293,87 +207,52 @@ def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_e
 
 
 def main() -> None:
-    args, checkpoint = parse_args(Args, "baselines.sac", SCRIPT_NAME)
-    validate_args(args)
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    run = Run(Args, "baselines.sac", CHECKS)
+    args, envs, device = run.args, run.envs, run.device
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
                         action_high=envs.single_action_space.high.tolist(), hidden_dim=args.actor_hidden_dim)
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4),
-                 replay_buffer_bytes(args.buffer_size, obs_dim, action_dim), device, "--hidden-dim or --buffer-size")
+    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim,
+                                                                                  args.hidden_dim)] * 4),
+                 ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim), device,
+                 "--hidden-dim or --buffer-size")
     agent = Agent(**agent_kwargs).to(device)
-    qf1, qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device), SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
-    qf1_target, qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device), SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
+    qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
+    qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
+    qf1_target = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
+    qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune)
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device,
+                             requires_grad=args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
-    obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # SAC does not normalise; kept for common.evaluation
-    global_step, learning_starts = 0, args.learning_starts
-    networks = {"qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,
-                "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer}
-    if checkpoint:
-        if checkpoint["agent_kwargs"] != agent_kwargs:
-            raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint['agent_kwargs']}) "
-                              "differs from the flags given; allowed: the same --env-id and --actor-hidden-dim.")
-        agent.load_state_dict(checkpoint["agent"])
-        for name, module in networks.items():
-            module.load_state_dict(checkpoint[name])
-        with torch.no_grad():
-            log_alpha.fill_(checkpoint["log_alpha"])
-        if alpha_optimizer and checkpoint.get("alpha_optimizer"):
-            alpha_optimizer.load_state_dict(checkpoint["alpha_optimizer"])
-        global_step = checkpoint["global_step"]
+    obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # SAC does not normalise; checkpoints stay uniform
+    checkpoint = run.restore({"agent": agent, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target,
+                              "qf2_target": qf2_target, "q_optimizer": q_optimizer,
+                              "actor_optimizer": actor_optimizer, "obs_normalizer": obs_normalizer,
+                              "log_alpha": log_alpha, **({"alpha_optimizer": alpha_optimizer} if args.autotune else {})},
+                             agent_kwargs=agent_kwargs)
+    global_step = checkpoint.get("global_step", 0)
     alpha = log_alpha.exp().item()
-
-    run_dir, model_path = run_paths(args, run_name)
-    writer = open_writer(run_dir, args, checkpoint)
-
-    def checkpoint_state() -> dict:
-        return {"script": "baselines.sac", "args": asdict(args), "agent_kwargs": agent_kwargs, "run_name": run_name,
-                "agent": agent.state_dict(), **{name: module.state_dict() for name, module in networks.items()},
-                "obs_normalizer": obs_normalizer.state_dict(), "log_alpha": log_alpha.item(),
-                "alpha_optimizer": alpha_optimizer.state_dict() if alpha_optimizer else None, "global_step": global_step}
-
-    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
-    if checkpoint:  # the buffer saved beside the checkpoint; without it, refill before updating again
-        learning_starts = resume_replay_buffer(args, replay_buffer, global_step, learning_starts, run_name)
-
-    def save() -> None:
-        save_with_replay_buffer(model_path, checkpoint_state(), replay_buffer, global_step)
-
-    stop = StopSignals()
-    start_time, start_step, updates, last_print = time.time(), global_step, 0, global_step
-    progress = Progress(args.total_timesteps, global_step, learning_starts=learning_starts)
-    recent_returns = deque(maxlen=10)
+    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
+    learning_starts = run.resume_replay_buffer(replay_buffer, args.learning_starts)
+    updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
     obs, _ = envs.reset(seed=args.seed)
-    nan = torch.tensor(float("nan"))
-    entropy_estimate = qf1_values = qf2_values = qf1_loss = qf2_loss = qf_loss = actor_loss = loss_alpha = nan
-    next_checkpoint = global_step + args.checkpoint_frequency
+    entropy_estimate = torch.tensor(float("nan"))
 
-    while global_step < args.total_timesteps and not stop.requested:
+    while global_step < args.total_timesteps and not run.stop.requested:
         global_step += args.num_envs
         if global_step <= learning_starts and not checkpoint:
             actions = envs.action_space.sample()
         else:
             actions = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        next_obs, infos = step_and_store(envs, obs, actions, replay_buffer)
-        for episode_return, episode_length in finished_episodes(infos):
-            recent_returns.append(episode_return)
-            writer.add_scalar("charts/episodic_return", episode_return, global_step)
-            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        # s' is the state actually reached, also where the episode ended (the envs already show the next one's).
+        replay_buffer.add(obs, true_next_observations(next_obs, infos), actions, rewards, terminations)
+        run.episodes(infos, global_step)
         obs = next_obs
 
         if global_step > learning_starts:
@@ -384,13 +263,12 @@ def main() -> None:
             with torch.no_grad():
                 next_actions, next_log_pi, _ = agent.sample(b_next_obs)
                 next_min_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                target_q = soft_bellman_target(b_rewards, b_terminations, next_min_q, next_log_pi, alpha, args.gamma)
+                target_q = soft_bellman_target(b_rewards, b_terminations, next_min_q, next_log_pi, alpha,
+                                               args.gamma)
             qf1_values, qf2_values = qf1(b_obs, b_actions), qf2(b_obs, b_actions)
             qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
             qf_loss = qf1_loss + qf2_loss
-            if not torch.isfinite(qf_loss):
-                raise TrainingDiverged(f"critic loss is {qf_loss.item()} at step {global_step}. "
-                                       + (f"Last checkpoint: {model_path}" if args.save_model else "Use --save-model to keep checkpoints."))
+            run.check_finite("critic loss", qf_loss, global_step)
             q_optimizer.zero_grad()
             qf_loss.backward()
             q_optimizer.step()
@@ -398,8 +276,7 @@ def main() -> None:
             if updates % args.policy_frequency == 0:  # TD3-style delayed update, compensated by repeating it
                 for _ in range(args.policy_frequency):
                     actor_loss, entropy_estimate = actor_loss_and_entropy(agent, qf1, qf2, b_obs, alpha)
-                    if not torch.isfinite(actor_loss):
-                        raise TrainingDiverged(f"actor loss is {actor_loss.item()} at step {global_step}.")
+                    run.check_finite("actor loss", actor_loss, global_step)
                     actor_optimizer.zero_grad()
                     actor_loss.backward()
                     actor_optimizer.step()
@@ -417,50 +294,23 @@ def main() -> None:
 
         if global_step - last_print >= 1000 or global_step >= args.total_timesteps:
             last_print = global_step
-            elapsed = time.time() - start_time
-            sps = int((global_step - start_step) / elapsed)
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
-            writer.add_scalar("charts/SPS", sps, global_step)
-            recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-            entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"  # nan: no actor update yet
-            progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-                  f"| entropy estimate {entropy_text} | alpha {alpha:.2e} | SPS {sps} "
-                  f"| updates/s {updates_per_second:.1f}")
-            if updates:
-                writer.add_scalar("charts/updates_per_second", updates_per_second, global_step)
-                writer.add_scalar("losses/qf1_values", qf1_values.mean().item(), global_step)
-                writer.add_scalar("losses/qf2_values", qf2_values.mean().item(), global_step)
-                writer.add_scalar("losses/qf1_loss", qf1_loss.item(), global_step)
-                writer.add_scalar("losses/qf2_loss", qf2_loss.item(), global_step)
-                writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
-                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
-                writer.add_scalar("charts/entropy_estimate", entropy_estimate.item(), global_step)
-                writer.add_scalar("charts/alpha", alpha, global_step)
-                if args.autotune:
-                    writer.add_scalar("losses/alpha_loss", loss_alpha.item(), global_step)
+            entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"
+            run.show(global_step, f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s "
+                     f"{updates_per_second:.1f}", learning_starts)
+            if updates >= args.policy_frequency:
+                run.log(global_step, {"charts/updates_per_second": updates_per_second, "charts/alpha": alpha,
+                                      "losses/qf1_values": qf1_values.mean(), "losses/qf2_values": qf2_values.mean(),
+                                      "losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss,
+                                      "losses/qf_loss": qf_loss / 2.0, "losses/actor_loss": actor_loss,
+                                      "charts/entropy_estimate": entropy_estimate,
+                                      **({"losses/alpha_loss": loss_alpha} if args.autotune else {})})
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
-            save()
+            run.save(global_step, replay_buffer)
 
-    progress.close(run_dir)
-    envs.close()
-    if args.save_model:
-        save()
-    if stop.requested:
-        writer.close()
-        stop.exit(SCRIPT_NAME, global_step, model_path if args.save_model else None)
-    if args.save_model:
-        print(f"model saved to {model_path}")
-        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
-        for index, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, index)
-        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
-    writer.close()
+    run.finish(global_step, agent, obs_normalizer, replay_buffer)
 
 
 if __name__ == "__main__":
-    try:
-        run_cli(main, SCRIPT_NAME)
-    except TrainingDiverged as error:
-        print(f"{SCRIPT_NAME}: training diverged: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, "baselines/sac.py")
