@@ -30,56 +30,28 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import sys
-import time
-from collections import deque
-from dataclasses import asdict, dataclass
-
-import numpy as np
-import torch
-from torch import nn
+from dataclasses import dataclass
 
 if __name__ == "__main__" and not __package__:  # run as a file (python baselines/ppo.py): make common/ importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.checkpoint import save_checkpoint  # noqa: I001 (after the path fix above)
-from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
-from common.evaluation import evaluate
-from common.normalization import ObservationNormalizer, RewardNormalizer
-from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths,
-                         whole_rollouts)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
+from common.envs import true_next_observations  # noqa: E402
+from common.normalization import ObservationNormalizer, RewardNormalizer  # noqa: E402
+from common.runs import Run, RunArgs, check_memory, count_parameters, whole_rollouts  # noqa: E402
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    torch_threads: int = 1
-    """CPU threads for torch (1 is fastest for these small networks)"""
-    capture_video: bool = False
-    """whether to capture videos of the agent (see the `videos` folder)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
-    wandb_project_name: str = "diffusion-maxent-rl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """save a checkpoint every --checkpoint-frequency iterations and at the end, then evaluate it"""
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
-    resume: str | None = None
-    """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
-    eval_episodes: int = 10
-    """episodes of deterministic evaluation of the saved model at the end"""
-
     # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
@@ -131,36 +103,19 @@ class Args:
     """width of the two hidden layers of the mean and value networks"""
 
 
-def validate_args(args: Args) -> None:
-    """One clear ConfigError per impossible flag, before any environment or network is built."""
-    for flag, value in [("--num-envs", args.num_envs), ("--num-steps", args.num_steps), ("--num-minibatches", args.num_minibatches),
-                        ("--update-epochs", args.update_epochs), ("--hidden-dim", args.hidden_dim),
-                        ("--checkpoint-frequency", args.checkpoint_frequency), ("--torch-threads", args.torch_threads)]:
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
-    batch = args.num_envs * args.num_steps
-    if batch % args.num_minibatches != 0:
-        raise ConfigError(f"--num-minibatches {args.num_minibatches} does not divide the batch "
-                          f"--num-envs * --num-steps = {batch}; allowed: a divisor of {batch}.")
-    if args.total_timesteps < batch:
-        raise ConfigError(f"--total-timesteps {args.total_timesteps} is less than one rollout (--num-envs * --num-steps = {batch}).")
-    if args.alpha < 0:
-        raise ConfigError(f"--alpha must be >= 0 (got {args.alpha}).")
-    if args.autotune and args.alpha <= 0:
-        raise ConfigError("--autotune needs a positive initial --alpha (it tunes log(alpha)).")
-    if not 0 < args.gamma <= 1:
-        raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
-    if not 0 <= args.gae_lambda <= 1:
-        raise ConfigError(f"--gae-lambda must be in [0, 1] (got {args.gae_lambda}).")
-    for flag, value in [("--learning-rate", args.learning_rate), ("--clip-coef", args.clip_coef), ("--min-std", args.min_std)]:
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive (got {value}).")
-    if args.min_std >= 1:
-        raise ConfigError(f"--min-std must be below 1, the largest sigma (got {args.min_std}).")
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
+CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
+    *at_least_one("num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
+    (lambda a: a.num_envs * a.num_steps % a.num_minibatches == 0,
+     "--num-minibatches {num_minibatches} does not divide the batch --num-envs * --num-steps; allowed: a divisor."),
+    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
+     "--total-timesteps {total_timesteps} is less than one rollout (--num-envs * --num-steps)."),
+    (lambda a: a.alpha >= 0, "--alpha must be >= 0 (got {alpha})."),
+    (lambda a: a.alpha > 0 or not a.autotune, "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
+    *in_unit_interval("gamma"),
+    *in_unit_interval("gae_lambda", closed=True),
+    *positive("learning_rate", "clip_coef", "min_std"),
+    (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma (got {min_std})."),
+]
 
 
 LOG_2PI = math.log(2 * math.pi)
@@ -274,19 +229,11 @@ def step_with_bootstrap(envs, agent: Agent, x: torch.Tensor, soft_rewards: np.nd
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, checkpoint = parse_args(Args, "baselines.ppo", "baselines/ppo.py", argv)
-    validate_args(args)
+    run = Run(Args, "baselines.ppo", CHECKS, argv)
+    args, envs, device = run.args, run.envs, run.device
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "action_low": envs.single_action_space.low.tolist(),
                     "action_high": envs.single_action_space.high.tolist(), "hidden_dim": args.hidden_dim, "min_std": args.min_std}
@@ -298,32 +245,12 @@ def main(argv: list[str] | None = None) -> None:
     log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
     target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)
-    global_step, start_iteration = 0, 1
-    if checkpoint:
-        if checkpoint["agent_kwargs"] != agent_kwargs:
-            raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint['agent_kwargs']}) "
-                              "differs from the flags given; allowed: the same --env-id, --hidden-dim, --min-std.")
-        for key, state_owner in [("agent", agent), ("optimizer", optimizer), ("obs_normalizer", obs_normalizer),
-                                 ("reward_normalizer", reward_normalizer)]:
-            state_owner.load_state_dict(checkpoint[key])
-        with torch.no_grad():
-            log_alpha.fill_(checkpoint["log_alpha"])
-        if alpha_optimizer and checkpoint.get("alpha_optimizer"):
-            alpha_optimizer.load_state_dict(checkpoint["alpha_optimizer"])
-        global_step, start_iteration = checkpoint["global_step"], checkpoint["iteration"] + 1
-        print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
+    checkpoint = run.restore({"agent": agent, "optimizer": optimizer, "obs_normalizer": obs_normalizer,
+                              "reward_normalizer": reward_normalizer, "log_alpha": log_alpha,
+                              **({"alpha_optimizer": alpha_optimizer} if args.autotune else {})},
+                             agent_kwargs=agent_kwargs)
+    global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha = log_alpha.exp().item()
-    run_dir, model_path = run_paths(args, run_name)
-    writer = open_writer(run_dir, args, checkpoint)
-    stop = StopSignals()
-
-    def checkpoint_state(iteration: int) -> dict:
-        # "script" is the module common.evaluation imports to rebuild the Agent.
-        return {"script": "baselines.ppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "run_name": run_name,
-                "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-                "obs_normalizer": obs_normalizer.state_dict(), "reward_normalizer": reward_normalizer.state_dict(),
-                "log_alpha": log_alpha.item(), "alpha_optimizer": alpha_optimizer.state_dict() if alpha_optimizer else None,
-                "global_step": global_step, "iteration": iteration}
 
     # Rollout storage: the pre-tanh sample x and its old log N(x; mu, sigma) for the importance ratio.
     obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
@@ -331,20 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     log_prob_buffer, value_buffer, log_pi_buffer = (torch.zeros((args.num_steps, args.num_envs), device=device) for _ in range(3))
     reward_buffer, done_buffer = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(2))
 
-    start_time, start_step = time.time(), global_step
-    progress = Progress(args.total_timesteps, global_step)
-    recent_returns = deque(maxlen=10)
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    for iteration in range(start_iteration, num_iterations + 1):
-        if stop.requested:  # SIGINT / SIGTERM: stop between iterations, with a checkpoint of the last whole one
-            envs.close()
-            if args.save_model:
-                save_checkpoint(model_path, checkpoint_state(iteration - 1))
-            writer.close()
-            stop.exit("baselines/ppo.py", global_step, model_path if args.save_model else None)
+    while iteration < num_iterations and not run.stop.requested:  # a signal stops between iterations
+        iteration += 1
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
         for step in range(args.num_steps):
@@ -360,10 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             reward_buffer[step], done_buffer[step] = rewards, done
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
-            for episode_return, episode_length in finished_episodes(infos):
-                recent_returns.append(episode_return)
-                writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            run.episodes(infos, global_step)
 
         # GAE, bootstrapped with V(s_T).
         with torch.no_grad():
@@ -399,11 +315,8 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
                 loss = pg_loss + args.vf_coef * v_loss
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at step {global_step} (iteration {iteration}, epoch {epoch}): "
-                        f"policy loss {pg_loss.item()}, value loss {v_loss.item()}. "
-                        + (f"Last checkpoint: {model_path}" if args.save_model else "Use --save-model to keep checkpoints."))
+                run.check_finite("loss", loss, global_step, f" (iteration {iteration}, epoch {epoch}): policy loss "
+                                 f"{pg_loss.item()}, value loss {v_loss.item()}")
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -421,45 +334,25 @@ def main(argv: list[str] | None = None) -> None:
             alpha_loss.backward()
             alpha_optimizer.step()
             alpha = log_alpha.exp().item()
-            writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
+            run.log(global_step, {"losses/alpha_loss": alpha_loss})
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        for tag, value in [("charts/learning_rate", optimizer.param_groups[0]["lr"]),
-                           ("charts/entropy_estimate", entropy_estimate.item()), ("charts/alpha", alpha),
-                           ("losses/value_loss", v_loss.item()), ("losses/policy_loss", pg_loss.item()),
-                           ("losses/old_approx_kl", old_approx_kl.item()), ("losses/approx_kl", approx_kl.item()),
-                           ("losses/clipfrac", np.mean(clipfracs)), ("losses/explained_variance", explained_var),
-                           ("charts/SPS", sps)]:
-            writer.add_scalar(tag, value, global_step)
-        recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-        progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-              f"| entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e} | SPS {sps}")
+        run.log(global_step, {"charts/learning_rate": optimizer.param_groups[0]["lr"],
+                              "charts/entropy_estimate": entropy_estimate, "charts/alpha": alpha,
+                              "losses/value_loss": v_loss, "losses/policy_loss": pg_loss,
+                              "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl,
+                              "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var})
+        run.show(global_step, f"entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
-            save_checkpoint(model_path, checkpoint_state(iteration))
+            run.save(global_step, iteration=iteration)
 
-    progress.close(run_dir)
-    envs.close()
-    if stop.requested:  # during the last iteration, whose checkpoint is written: skip the evaluation
-        writer.close()
-        stop.exit("baselines/ppo.py", global_step, model_path if args.save_model else None)
-    if args.save_model:
-        print(f"model saved to {model_path}")
-        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
-        for index, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, index)
-        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
-    writer.close()
+    run.finish(global_step, agent, obs_normalizer, iteration=iteration)
 
 
 def cli(argv: list[str] | None = None) -> None:
     """Bad flags: one line on stderr ("baselines/ppo.py: error: ...") and exit 2; a diverged training: exit 1."""
-    try:
-        run_cli(lambda: main(argv), "baselines/ppo.py")
-    except TrainingDiverged as error:
-        print(f"baselines/ppo.py: training diverged: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(lambda: main(argv), "baselines/ppo.py")
 
 
 if __name__ == "__main__":

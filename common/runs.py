@@ -66,8 +66,8 @@ class RunArgs:
 
 
 class Run:
-    def __init__(self, args_class: type, script: str, checks: list[tuple]):
-        self.args, self.checkpoint = parse_args(args_class, script, checks)
+    def __init__(self, args_class: type, script: str, checks: list[tuple], argv: list[str] | None = None):
+        self.args, self.checkpoint = parse_args(args_class, script, checks, argv)
         self.script, args = script, self.args
         env_name = args.env_id.rpartition(":")[2]  # module:EnvId names the run by EnvId
         self.name = self.checkpoint["run_name"] if self.checkpoint else \
