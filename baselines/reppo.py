@@ -25,57 +25,30 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
-
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from dataclasses import dataclass
 
 if __name__ == "__main__" and not __package__:  # run as a file (python baselines/reppo.py): make common/ importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.checkpoint import save_checkpoint  # noqa: I001 (after the path fix above)
-from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
-from common.evaluation import evaluate
-from common.normalization import ObservationNormalizer, RewardNormalizer
-from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args, run_paths,
-                         whole_rollouts)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
+from common.envs import true_next_observations  # noqa: E402
+from common.normalization import ObservationNormalizer, RewardNormalizer  # noqa: E402
+from common.runs import Run, RunArgs, check_memory, count_parameters, whole_rollouts  # noqa: E402
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
-    capture_video: bool = False
-    """whether to capture videos of the agent (see the `videos` folder)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
-    wandb_project_name: str = "diffusion-maxent-rl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """save a checkpoint every --checkpoint-frequency iterations and at the end, then evaluate it"""
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
-    resume: str | None = None
-    """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
-    eval_episodes: int = 10
-    """episodes of deterministic evaluation of the saved model at the end"""
-
     # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
@@ -129,48 +102,19 @@ class Args:
     """Adam learning rate of log(alpha) and log(beta) (the official value)"""
 
 
-def validate_args(args: Args) -> None:
-    """One clear ConfigError per impossible flag, before any environment or network is built."""
-    for flag, value in [("--num-envs", args.num_envs),
-                        ("--num-steps", args.num_steps), ("--minibatch-size", args.minibatch_size),
-                        ("--update-epochs", args.update_epochs), ("--hidden-dim", args.hidden_dim),
-                        ("--actor-hidden-dim", args.actor_hidden_dim), ("--checkpoint-frequency", args.checkpoint_frequency),
-                        ("--torch-threads", args.torch_threads), ("--eval-episodes", args.eval_episodes)]:
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
-    if args.num_bins < 2:
-        raise ConfigError(f"--num-bins must be at least 2 (got {args.num_bins}).")
-    if args.minibatch_size > args.num_envs * args.num_steps:
-        raise ConfigError(f"--minibatch-size {args.minibatch_size} exceeds the rollout's {args.num_envs * args.num_steps} "
-                          "transitions (--num-envs x --num-steps); allowed: at most that.")
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        raise ConfigError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
-                          f"(--num-envs x --num-steps = {args.num_envs * args.num_steps}).")
-    finite = [("--learning-rate", args.learning_rate), ("--multiplier-lr", args.multiplier_lr),
-              ("--max-grad-norm", args.max_grad_norm), ("--alpha", args.alpha), ("--kl-bound", args.kl_bound),
-              ("--beta", args.beta),
-              ("--v-min", args.v_min), ("--v-max", args.v_max), ("--gamma", args.gamma), ("--gae-lambda", args.gae_lambda),
-              ("--aux-loss-coef", args.aux_loss_coef), ("--target-entropy-scale", args.target_entropy_scale)]
-    for flag, value in finite:
-        if not math.isfinite(value):
-            raise ConfigError(f"{flag} must be a finite number (got {value}).")
-    for flag, value in [("--learning-rate", args.learning_rate), ("--max-grad-norm", args.max_grad_norm),
-                        ("--multiplier-lr", args.multiplier_lr),
-                        ("--alpha", args.alpha), ("--kl-bound", args.kl_bound), ("--beta", args.beta)]:
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive (got {value}).")
-    if args.v_min >= args.v_max:
-        raise ConfigError(f"--v-min {args.v_min} must be below --v-max {args.v_max}.")
-    if not 0 < args.gamma <= 1:
-        raise ConfigError(f"--gamma must be in (0, 1] (got {args.gamma}).")
-    if not 0 <= args.gae_lambda <= 1:
-        raise ConfigError(f"--gae-lambda must be in [0, 1] (got {args.gae_lambda}).")
-    if args.aux_loss_coef < 0:
-        raise ConfigError(f"--aux-loss-coef must be >= 0 (got {args.aux_loss_coef}).")
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
+CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
+    *at_least_one("num_steps", "minibatch_size", "update_epochs", "hidden_dim", "actor_hidden_dim"),
+    (lambda a: a.num_bins >= 2, "--num-bins must be at least 2 (got {num_bins})."),
+    (lambda a: a.minibatch_size <= a.num_envs * a.num_steps, "--minibatch-size {minibatch_size} exceeds the "
+     "rollout's transitions (--num-envs x --num-steps); allowed: at most that."),
+    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
+     "--total-timesteps {total_timesteps} is less than one rollout (--num-envs x --num-steps)."),
+    *positive("learning_rate", "max_grad_norm", "multiplier_lr", "alpha", "kl_bound", "beta"),
+    (lambda a: a.v_min < a.v_max, "--v-min {v_min} must be below --v-max {v_max}."),
+    *in_unit_interval("gamma"),
+    *in_unit_interval("gae_lambda", closed=True),
+    (lambda a: a.aux_loss_coef >= 0, "--aux-loss-coef must be >= 0 (got {aux_loss_coef})."),
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,27 +251,11 @@ def actor_losses(agent: Agent, old_actor: GaussianActor, critic: DistributionalC
     return loss, log_pi, kl
 
 
-def check_finite(name: str, loss: torch.Tensor, global_step: int, iteration: int, epoch: int, model_path: str | None):
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"{name} loss is {loss.item()} at step {global_step} (iteration {iteration}, epoch {epoch}). "
-                               + (f"Last checkpoint: {model_path}" if model_path else "Use --save-model to keep checkpoints."))
-
-
 def main() -> None:
-    args, checkpoint = parse_args(Args, "baselines.reppo", "baselines/reppo.py")
-    validate_args(args)
+    run = Run(Args, "baselines.reppo", CHECKS)
+    args, envs, device = run.args, run.envs, run.device
     batch_size = args.num_envs * args.num_steps
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
                         action_high=envs.single_action_space.high.tolist(), hidden_dim=args.actor_hidden_dim)
@@ -345,32 +273,14 @@ def main() -> None:
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    modules = {"agent": agent, "critic": critic, "actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer,
-               "multiplier_optimizer": multiplier_optimizer, "obs_normalizer": obs_normalizer,
-               "reward_normalizer": reward_normalizer}
-    global_step, start_iteration = 0, 1
-    if checkpoint:
-        if checkpoint["agent_kwargs"] != agent_kwargs or checkpoint["critic_kwargs"] != critic_kwargs:
-            raise ConfigError(f"--resume {args.resume}: the checkpoint is not a baselines/reppo.py run with these networks; "
-                              "allowed: a baselines/reppo.py checkpoint with the same --env-id, --actor-hidden-dim, "
-                              "--hidden-dim, --num-bins, --v-min, --v-max.")
-        for name, module in modules.items():
-            module.load_state_dict(checkpoint[name])
-        with torch.no_grad():
-            log_alpha.fill_(checkpoint["log_alpha"])
-            log_beta.fill_(checkpoint["log_beta"])
-        global_step, start_iteration = checkpoint["global_step"], checkpoint["iteration"] + 1
-        print(f"resumed {run_name} at step {global_step} (iteration {checkpoint['iteration']})")
+    checkpoint = run.restore({"agent": agent, "critic": critic, "actor_optimizer": actor_optimizer,
+                              "critic_optimizer": critic_optimizer, "multiplier_optimizer": multiplier_optimizer,
+                              "obs_normalizer": obs_normalizer, "reward_normalizer": reward_normalizer,
+                              "log_alpha": log_alpha, "log_beta": log_beta},
+                             agent_kwargs=agent_kwargs, critic_kwargs=critic_kwargs)
+    global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
 
-    run_dir, model_path = run_paths(args, run_name)
-    writer = open_writer(run_dir, args, checkpoint)
-    stop = StopSignals()
-
-    def checkpoint_state(iteration: int) -> dict:
-        return {"script": "baselines.reppo", "args": asdict(args), "agent_kwargs": agent_kwargs, "critic_kwargs": critic_kwargs,
-                "run_name": run_name, **{name: module.state_dict() for name, module in modules.items()},
-                "log_alpha": log_alpha.item(), "log_beta": log_beta.item(), "global_step": global_step, "iteration": iteration}
 
     obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
     x_buffer = torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
@@ -382,23 +292,13 @@ def main() -> None:
     log_pi_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
     saturated_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
 
-    start_time, start_step = time.time(), global_step
-    progress = Progress(args.total_timesteps, global_step)
     update_seconds, num_updates = 0.0, 0  # the update phase alone: its cost per minibatch
-    recent_returns = deque(maxlen=10)
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
-    nan = torch.tensor(float("nan"))
-    critic_loss = cross_entropy = aux_loss = actor_loss = kl = nan
 
-    for iteration in range(start_iteration, num_iterations + 1):
-        if stop.requested:  # SIGINT / SIGTERM: stop between iterations, with a checkpoint of the last whole one
-            envs.close()
-            if args.save_model:
-                save_checkpoint(model_path, checkpoint_state(iteration - 1))
-            writer.close()
-            stop.exit("baselines/reppo.py", global_step, model_path if args.save_model else None)
+    while iteration < num_iterations and not run.stop.requested:  # a signal stops between iterations
+        iteration += 1
         for step in range(args.num_steps):
             global_step += args.num_envs
             obs_buffer[step] = next_obs
@@ -421,10 +321,7 @@ def main() -> None:
             saturated_buffer[step] = (x.abs() > 3.0).float().mean(-1)  # |tanh(x)| > 0.995
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
-            for episode_return, episode_length in finished_episodes(infos):
-                recent_returns.append(episode_return)
-                writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            run.episodes(infos, global_step)
 
         returns = lambda_returns(reward_buffer, next_value_buffer, termination_buffer, truncation_buffer,
                                  args.gamma, args.gae_lambda)
@@ -443,13 +340,13 @@ def main() -> None:
                 prediction = critic.prediction_head(embedding)
                 aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(prediction[:, -1], b_rewards[mb])
                 critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
-                check_finite("critic", critic_loss, global_step, iteration, epoch, model_path if args.save_model else None)
+                run.check_finite("critic loss", critic_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 critic_optimizer.zero_grad()
                 critic_loss.backward()
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
                 critic_optimizer.step()
                 actor_loss, log_pi, kl = actor_losses(agent, old_actor, critic, b_obs[mb], alpha, beta, args.kl_bound)
-                check_finite("actor", actor_loss, global_step, iteration, epoch, model_path if args.save_model else None)
+                run.check_finite("actor loss", actor_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 actor_optimizer.zero_grad()
                 actor_loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -466,43 +363,18 @@ def main() -> None:
         update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)
 
         rollout_entropy = -log_pi_buffer.mean().item()
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("charts/entropy_estimate", rollout_entropy, global_step)
-        writer.add_scalar("charts/alpha", alpha, global_step)
-        writer.add_scalar("charts/beta", beta, global_step)
-        writer.add_scalar("charts/saturated_action_fraction", saturated_buffer.mean().item(), global_step)
-        writer.add_scalar("losses/critic_loss", critic_loss.item(), global_step)
-        writer.add_scalar("losses/critic_cross_entropy", cross_entropy.item(), global_step)
-        writer.add_scalar("losses/aux_loss", aux_loss.item(), global_step)
-        writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
-        writer.add_scalar("losses/kl", kl.mean().item(), global_step)
-        writer.add_scalar("losses/kl_over_bound", float(np.mean(kl_over_bound)), global_step)
-        writer.add_scalar("losses/returns_mean", b_returns.mean().item(), global_step)
-        recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-        progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-              f"| entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | SPS {sps} "
-              f"| updates/s {num_updates / update_seconds:.1f}")
+        run.log(global_step, {"charts/entropy_estimate": rollout_entropy, "charts/alpha": alpha, "charts/beta": beta,
+                              "charts/saturated_action_fraction": saturated_buffer.mean(),
+                              "losses/critic_loss": critic_loss, "losses/critic_cross_entropy": cross_entropy,
+                              "losses/aux_loss": aux_loss, "losses/actor_loss": actor_loss, "losses/kl": kl.mean(),
+                              "losses/kl_over_bound": np.mean(kl_over_bound), "losses/returns_mean": b_returns.mean()})
+        run.show(global_step, f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "
+                 f"| updates/s {num_updates / update_seconds:.1f}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
-            save_checkpoint(model_path, checkpoint_state(iteration))
+            run.save(global_step, iteration=iteration)
 
-    progress.close(run_dir)
-    envs.close()
-    if stop.requested:  # during the last iteration, whose checkpoint is written: skip the evaluation
-        writer.close()
-        stop.exit("baselines/reppo.py", global_step, model_path if args.save_model else None)
-    if args.save_model:
-        print(f"model saved to {model_path}")
-        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
-        for index, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, index)
-        print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
-    writer.close()
+    run.finish(global_step, agent, obs_normalizer, iteration=iteration)
 
 
 if __name__ == "__main__":
-    try:
-        run_cli(main, "baselines/reppo.py")
-    except TrainingDiverged as error:
-        print(f"baselines/reppo.py: training diverged: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, "baselines/reppo.py")
