@@ -48,58 +48,32 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 if __name__ == "__main__" and not __package__:  # run as a file (python peers/sdac.py): make common/ importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.envs import ConfigError, finished_episodes, make_vector_env, run_cli, true_next_observations
-from common.evaluation import evaluate
-from common.normalization import ObservationNormalizer
-from common.runs import (Progress, StopSignals, check_memory, count_parameters, open_writer, parse_args,
-                         replay_buffer_bytes, resume_replay_buffer, run_paths, save_with_replay_buffer)
+from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
+from common.envs import true_next_observations  # noqa: E402
+from common.normalization import ObservationNormalizer  # noqa: E402
+from common.replay_buffer import ReplayBuffer  # noqa: E402
+from common.runs import Run, RunArgs, check_memory, count_parameters  # noqa: E402
 
 SCRIPT_NAME = "peers/sdac.py"
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = "sdac"
     """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
-    capture_video: bool = False
-    """whether to capture videos of the agent (see the `videos` folder)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases (pip install wandb)"""
-    wandb_project_name: str = "diffusion-maxent-rl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """save a checkpoint and the replay buffer (filled rows; Hopper 108 MB, Humanoid 3.1 GB at 1M) every --checkpoint-frequency steps and at the end, then evaluate"""
     checkpoint_frequency: int = 50000
     """environment steps between checkpoints when --save-model is set"""
-    resume: str | None = None
-    """path of a checkpoint to continue: its run, flags, folder and replay buffer (only --total-timesteps and the like may change)"""
-    eval_episodes: int = 10
-    """episodes of evaluation of the saved model at the end (best of N, no exploration noise)"""
-
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
@@ -159,44 +133,20 @@ class Args:
     """M, reconstructions of the clean action per noised policy action (the reference: 64)"""
 
 
-def validate_args(args: Args) -> None:
-    """One clear ConfigError per impossible flag, before any environment or network is built."""
-    for flag, value in [("--num-envs", args.num_envs), ("--updates-per-iteration", args.updates_per_iteration),
-                        ("--batch-size", args.batch_size), ("--buffer-size", args.buffer_size),
-                        ("--policy-frequency", args.policy_frequency), ("--alpha-frequency", args.alpha_frequency),
-                        ("--num-diffusion-steps", args.num_diffusion_steps), ("--num-particles", args.num_particles),
-                        ("--hidden-dim", args.hidden_dim), ("--num-hidden-layers", args.num_hidden_layers),
-                        ("--checkpoint-frequency", args.checkpoint_frequency), ("--torch-threads", args.torch_threads),
-                        ("--policy-lr-decay-steps", args.policy_lr_decay_steps),
-                        ("--num-reconstructions", args.num_reconstructions)]:
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1 (got {value}).")
-    if args.batch_size > args.buffer_size:
-        raise ConfigError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
-                          "allowed: --batch-size <= --buffer-size.")
-    if args.learning_starts < args.batch_size:
-        raise ConfigError(f"--learning-starts {args.learning_starts} is below --batch-size {args.batch_size}; "
-                          "allowed: --learning-starts >= --batch-size (the first batch must exist).")
-    if args.total_timesteps <= args.learning_starts:
-        raise ConfigError(f"--total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
-    for flag, value in [("--alpha", args.alpha), ("--q-lr", args.q_lr), ("--policy-lr", args.policy_lr),
-                        ("--policy-lr-end", args.policy_lr_end), ("--alpha-lr", args.alpha_lr),
-                        ("--exploration-noise", args.exploration_noise), ("--reward-scale", args.reward_scale)]:
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{flag} must be a positive number (got {value}).")
-    if not 0 < args.beta_schedule_scale <= 1:
-        raise ConfigError(f"--beta-schedule-scale must be in (0, 1] (got {args.beta_schedule_scale}).")
-    if args.policy_lr_decay_start < 0:
-        raise ConfigError(f"--policy-lr-decay-start must be >= 0 (got {args.policy_lr_decay_start}).")
-    for flag, value in [("--gamma", args.gamma), ("--tau", args.tau)]:
-        if not 0 < value <= 1:
-            raise ConfigError(f"{flag} must be in (0, 1] (got {value}).")
-    if not math.isfinite(args.target_entropy_scale):
-        raise ConfigError(f"--target-entropy-scale must be a number (got {args.target_entropy_scale}).")
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
+CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
+    *at_least_one("updates_per_iteration", "batch_size", "buffer_size", "policy_frequency", "alpha_frequency",
+                  "num_diffusion_steps", "num_particles", "hidden_dim", "num_hidden_layers",
+                  "policy_lr_decay_steps", "num_reconstructions"),
+    (lambda a: a.batch_size <= a.buffer_size, "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; "
+     "allowed: --batch-size <= --buffer-size."),
+    (lambda a: a.learning_starts >= a.batch_size, "--learning-starts {learning_starts} is below --batch-size "
+     "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist)."),
+    (lambda a: a.total_timesteps > a.learning_starts,
+     "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}."),
+    *positive("alpha", "q_lr", "policy_lr", "policy_lr_end", "alpha_lr", "exploration_noise", "reward_scale"),
+    *in_unit_interval("beta_schedule_scale", "gamma", "tau"),
+    (lambda a: a.policy_lr_decay_start >= 0, "--policy-lr-decay-start must be >= 0 (got {policy_lr_decay_start})."),
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,30 +288,6 @@ class Agent(nn.Module):
         return self.scale(self.best_of_n(obs) if deterministic else self.explore(obs))
 
 
-class ReplayBuffer:
-    """Transitions (s, x, r, s', terminated), x the executed action normalised to [-1, 1]; s' the state reached."""
-
-    def __init__(self, buffer_size: int, obs_dim: int, action_dim: int, device: torch.device):
-        self.obs = torch.zeros((buffer_size, obs_dim), device=device)
-        self.next_obs = torch.zeros((buffer_size, obs_dim), device=device)
-        self.actions = torch.zeros((buffer_size, action_dim), device=device)
-        self.rewards = torch.zeros(buffer_size, device=device)
-        self.terminations = torch.zeros(buffer_size, device=device)
-        self.buffer_size, self.position, self.size, self.device = buffer_size, 0, 0, device
-
-    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
-        rows = (self.position + torch.arange(len(obs), device=self.device)) % self.buffer_size
-        for storage, values in ((self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
-                               (self.rewards, rewards), (self.terminations, terminations)):
-            storage[rows] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
-        self.position = (self.position + len(obs)) % self.buffer_size
-        self.size = min(self.size + len(obs), self.buffer_size)
-
-    def sample(self, batch_size: int):
-        index = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminations[index]
-
-
 def sdac_policy_loss(agent: Agent, obs: torch.Tensor, actions: torch.Tensor, alpha: float, alpha_initial: float,
                      num_reconstructions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(E[sum_m w_m ||eps_theta(s, x_t, t) - eps_m||^2] / M, weights [B, M]) for policy actions a at states s."""
@@ -389,18 +315,8 @@ def policy_learning_rate(args: Args, policy_updates: int) -> float:
 
 
 def main() -> None:
-    args, checkpoint = parse_args(Args, "peers.sdac", SCRIPT_NAME)
-    validate_args(args)
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    run = Run(Args, "peers.sdac", CHECKS)
+    args, envs, device = run.args, run.envs, run.device
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
     action_center, action_half_width = (action_high + action_low) / 2, (action_high - action_low) / 2
@@ -408,7 +324,7 @@ def main() -> None:
                         num_diffusion_steps=args.num_diffusion_steps, beta_schedule_scale=args.beta_schedule_scale,
                         num_particles=args.num_particles, hidden_dim=args.hidden_dim, num_hidden_layers=args.num_hidden_layers)
     check_memory(count_parameters(lambda: [Agent(**agent_kwargs)] + [QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers)] * 2),
-                 replay_buffer_bytes(args.buffer_size, obs_dim, action_dim), device, "--hidden-dim, --num-hidden-layers or --buffer-size")
+                 ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim), device, "--hidden-dim, --num-hidden-layers or --buffer-size")
     agent = Agent(**agent_kwargs).to(device)
     qf1_target, qf2_target = QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device), \
         QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device)
@@ -420,47 +336,21 @@ def main() -> None:
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # no normalisation (the reference's); for common.evaluation
-    global_step, learning_starts, updates, policy_updates = 0, args.learning_starts, 0, 0
-    modules = {"qf1_target": qf1_target, "qf2_target": qf2_target, "q_optimizer": q_optimizer,
-               "policy_optimizer": policy_optimizer, "alpha_optimizer": alpha_optimizer}
-    if checkpoint:
-        if checkpoint["agent_kwargs"] != agent_kwargs:
-            raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint['agent_kwargs']}) differs "
-                              "from the flags given; allowed: the same --env-id, --num-diffusion-steps, --beta-schedule-scale, "
-                              "--num-particles, --hidden-dim, --num-hidden-layers.")
-        agent.load_state_dict(checkpoint["agent"])
-        for name, module in modules.items():
-            module.load_state_dict(checkpoint[name])
-        with torch.no_grad():
-            log_alpha.fill_(checkpoint["log_alpha"])
-        global_step, updates, policy_updates = checkpoint["global_step"], checkpoint["updates"], checkpoint["policy_updates"]
+    checkpoint = run.restore({"agent": agent, "qf1_target": qf1_target, "qf2_target": qf2_target, "q_optimizer": q_optimizer,
+                              "policy_optimizer": policy_optimizer, "alpha_optimizer": alpha_optimizer,
+                              "obs_normalizer": obs_normalizer, "log_alpha": log_alpha}, agent_kwargs=agent_kwargs)
+    global_step, updates, policy_updates = (checkpoint.get(key, 0) for key in ("global_step", "updates", "policy_updates"))
     alpha = log_alpha.exp().item()
     agent.exploration_std.fill_(args.exploration_noise * alpha)
 
-    run_dir, model_path = run_paths(args, run_name)
-    writer = open_writer(run_dir, args, checkpoint)
+    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
+    learning_starts = run.resume_replay_buffer(replay_buffer, args.learning_starts)
 
-    def checkpoint_state() -> dict:
-        return {"script": "peers.sdac", "args": asdict(args), "agent_kwargs": agent_kwargs, "run_name": run_name,
-                "agent": agent.state_dict(), **{name: module.state_dict() for name, module in modules.items()},
-                "obs_normalizer": obs_normalizer.state_dict(), "log_alpha": log_alpha.item(), "updates": updates, "policy_updates": policy_updates, "global_step": global_step}
-
-    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, action_dim, device)
-    if checkpoint:  # the buffer saved beside the checkpoint; without it, refill before updating again
-        learning_starts = resume_replay_buffer(args, replay_buffer, global_step, learning_starts, run_name)
-
-    def save() -> None:
-        save_with_replay_buffer(model_path, checkpoint_state(), replay_buffer, global_step)
-
-    stop = StopSignals()
-    start_time, start_step, session_updates, last_print = time.time(), global_step, 0, global_step
-    progress = Progress(args.total_timesteps, global_step, learning_starts=learning_starts)
-    recent_returns = deque(maxlen=10)
+    session_updates, last_print = 0, global_step
     obs, _ = envs.reset(seed=args.seed)
-    qf1_values = qf1_loss = qf2_loss = actor_loss = weights = torch.tensor(float("nan"))
     next_checkpoint = global_step + args.checkpoint_frequency
 
-    while global_step < args.total_timesteps and not stop.requested:
+    while global_step < args.total_timesteps and not run.stop.requested:
         global_step += args.num_envs
         if global_step <= learning_starts and not checkpoint:
             x = (envs.action_space.sample() - action_center) / action_half_width  # uniform, normalised
@@ -469,10 +359,7 @@ def main() -> None:
                 x = agent.explore(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         next_obs, rewards, terminations, truncations, infos = envs.step(action_center + action_half_width * x)
         replay_buffer.add(obs, true_next_observations(next_obs, infos), x, rewards, terminations)
-        for episode_return, episode_length in finished_episodes(infos):
-            recent_returns.append(episode_return)
-            writer.add_scalar("charts/episodic_return", episode_return, global_step)
-            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+        run.episodes(infos, global_step)
         obs = next_obs
 
         for _ in range(args.updates_per_iteration if global_step > learning_starts else 0):
@@ -487,9 +374,7 @@ def main() -> None:
                 target_q = args.reward_scale * b_rewards + args.gamma * (1.0 - b_terminations) * next_min_q
             qf1_values, qf2_values = agent.qf1(b_obs, b_actions), agent.qf2(b_obs, b_actions)
             qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
-            if not torch.isfinite(qf1_loss + qf2_loss):
-                raise TrainingDiverged(f"critic loss is {(qf1_loss + qf2_loss).item()} at step {global_step}. "
-                                       + (f"Last checkpoint: {model_path}" if args.save_model else "Use --save-model to keep checkpoints."))
+            run.check_finite("critic loss", qf1_loss + qf2_loss, global_step)
             q_optimizer.zero_grad()
             (qf1_loss + qf2_loss).backward()
             q_optimizer.step()
@@ -498,8 +383,7 @@ def main() -> None:
                 with torch.no_grad():
                     policy_actions = agent.explore(b_obs)  # a ~ pi at the replayed states, drawn as executed actions
                 actor_loss, weights = sdac_policy_loss(agent, b_obs, policy_actions, alpha, args.alpha, args.num_reconstructions)
-                if not torch.isfinite(actor_loss):
-                    raise TrainingDiverged(f"actor loss is {actor_loss.item()} at step {global_step}.")
+                run.check_finite("actor loss", actor_loss, global_step)
                 policy_updates += 1
                 policy_optimizer.param_groups[0]["lr"] = policy_learning_rate(args, policy_updates - 1)
                 policy_optimizer.zero_grad()
@@ -519,14 +403,10 @@ def main() -> None:
 
         if global_step - last_print >= 1000 or global_step >= args.total_timesteps:
             last_print = global_step
-            sps = int((global_step - start_step) / (time.time() - start_time))
             updates_per_second = session_updates / (time.time() - update_start_time) if session_updates else 0.0
-            writer.add_scalar("charts/SPS", sps, global_step)
-            recent = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
             entropy = exploration_entropy(alpha, args.exploration_noise, action_dim)
-            progress.show(global_step, f"step {global_step:>9d}/{args.total_timesteps} | return (last {len(recent_returns)} episodes) {recent} "
-                  f"| exploration entropy {entropy:7.2f} | alpha {alpha:.2e} | SPS {sps} "
-                  f"| updates/s {updates_per_second:.1f}")
+            run.show(global_step, f"exploration entropy {entropy:7.2f} | alpha {alpha:.2e} "
+                     f"| updates/s {updates_per_second:.1f}", learning_starts)
             if session_updates:
                 for tag, value in [("charts/updates_per_second", updates_per_second), ("charts/alpha", alpha),
                                    ("charts/exploration_entropy", entropy),
@@ -534,31 +414,13 @@ def main() -> None:
                                    ("losses/qf1_values", qf1_values.mean().item()), ("losses/qf1_loss", qf1_loss.item()),
                                    ("losses/qf2_loss", qf2_loss.item()), ("losses/qf_loss", (qf1_loss + qf2_loss).item() / 2),
                                    ("losses/actor_loss", actor_loss.item())]:
-                    writer.add_scalar(tag, value, global_step)
+                    run.writer.add_scalar(tag, value, global_step)
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
-            save()
+            run.save(global_step, replay_buffer, updates=updates, policy_updates=policy_updates)
 
-    progress.close(run_dir)
-    envs.close()
-    if args.save_model:
-        save()
-    if stop.requested:
-        writer.close()
-        stop.exit(SCRIPT_NAME, global_step, model_path if args.save_model else None)
-    if args.save_model:
-        print(f"model saved to {model_path}")
-        returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, seed=args.seed, device=device)
-        for index, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, index)
-        print(f"evaluation ({args.eval_episodes} episodes, best of N without exploration noise): "
-              f"mean return {np.mean(returns):.2f}")
-    writer.close()
+    run.finish(global_step, agent, obs_normalizer, replay_buffer, updates=updates, policy_updates=policy_updates)
 
 
 if __name__ == "__main__":
-    try:
-        run_cli(main, SCRIPT_NAME)
-    except TrainingDiverged as error:
-        print(f"{SCRIPT_NAME}: training diverged: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, SCRIPT_NAME)
