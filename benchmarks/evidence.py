@@ -40,7 +40,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from common.envs import ConfigError, run_cli  # noqa: E402
+from common.cli import ConfigError, run_cli  # noqa: E402
 
 REFERENCE_SCORES = os.path.join(REPO_ROOT, "benchmarks", "reference_scores.json")
 BOOTSTRAP_REPS = 5000  # stratified-bootstrap draws for the IQM, mean and P(X > Y) intervals (curves and profiles: 1000)

@@ -57,7 +57,8 @@ if REPO_ROOT not in sys.path:  # `python benchmarks/grid.py` as well as `python 
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks.summaries import project_commit  # noqa: E402
-from common.envs import ConfigError, check_env_id, run_cli  # noqa: E402
+from common.cli import ConfigError, run_cli
+from common.envs import check_env_id  # noqa: E402
 
 KNOWN_SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "diffreppo.py", "baselines/ppo.py", "baselines/sac.py",
                  "baselines/wpo.py", "baselines/reppo.py", "peers/dpmd.py", "peers/sdac.py"]

@@ -40,9 +40,10 @@ import torch
 import tyro
 
 from benchmarks.grid import REPO_ROOT, Run, is_finished, run_one
-from common.envs import ConfigError, check_env_id, run_cli
+from common.cli import ConfigError, run_cli
+from common.envs import check_env_id
 from common.evaluation import load_agent
-from common.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly, histogram,
+from benchmarks.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly, histogram,
                                     mass_near_modes, mode_radius, mode_shares, target_mass_near_modes,
                                     target_mode_shares, target_probabilities, total_variation, weights_match)
 
@@ -101,7 +102,7 @@ def train(args: Args, seed: int) -> str:
     script = args.script if os.path.isabs(args.script) else os.path.join(REPO_ROOT, args.script)
     exp_name = os.path.splitext(os.path.basename(script))[0] + args.exp_suffix
     workdir = os.path.abspath(args.workdir)
-    command = [sys.executable, script, "--env-id", args.env_id, "--seed", str(seed), "--exp-name", exp_name,
+    command = [sys.executable, script, "--env-id", f"benchmarks.multimodal_envs:{args.env_id}", "--seed", str(seed), "--exp-name", exp_name,
                "--total-timesteps", str(args.total_timesteps), "--alpha", str(args.alpha), "--save-model",
                "--eval-episodes", "1", *fixed_temperature_flags(script, args.alpha), *shlex.split(args.extra)]
     key = f"{args.env_id}__{exp_name}__{seed}"

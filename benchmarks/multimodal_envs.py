@@ -257,3 +257,6 @@ def covers_every_mode_strictly(shares: np.ndarray, mass_near: np.ndarray, target
     samples evenly while putting them in the valley); the second condition does not.
     """
     return covers_every_mode(shares, target_shares) and bool(np.all(mass_near >= 0.5 * target_mass_near))
+
+
+register()  # importing this module is how a script asks for these ids: --env-id benchmarks.multimodal_envs:EnvId

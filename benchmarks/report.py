@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tyro
 
-from common.envs import ConfigError, run_cli
+from common.cli import ConfigError, run_cli
 from benchmarks.logs import read_scalars
 from benchmarks.plotting import algorithm_order, group_runs, plot_learning_curves
 

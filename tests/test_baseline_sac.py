@@ -15,7 +15,8 @@ from conftest import run_script, single_run_dir
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
 
 from baselines import sac
-from common.envs import make_vector_env, run_cli
+from common.cli import run_cli
+from common.envs import make_vector_env
 from benchmarks.logs import read_scalars
 
 SCRIPT = "baselines/sac.py"

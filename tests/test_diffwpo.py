@@ -88,26 +88,6 @@ def test_bellman_target_inside_chain_uses_next_augmented_state_without_reward():
     torch.testing.assert_close(target[last], expected_last)
 
 
-def test_last_step_samples_train_the_rewarded_step_with_its_own_target():
-    """--last-step-samples N: the last N rows of the critic batch sit at k = 1 (their target holds the
-    reward), the rest keep uniform k, and every row's target is the one uniform sampling would give it."""
-    num_diffusion_steps, batch, extra = 4, 600, 200
-    agent = make_agent(obs_dim=1, num_diffusion_steps=num_diffusion_steps)
-    critic = lambda obs, x_k, k, x: 100 * obs[:, 0] + k  # noqa: E731
-    obs, next_obs = torch.rand(batch, 1), torch.rand(batch, 1) + 5
-    chains = torch.randn(batch, num_diffusion_steps + 1, 2)
-    rewards, terminations = torch.randn(batch), (torch.rand(batch) < 0.5).float()
-    _, x_k, k, x_previous, target = diffwpo.critic_targets(agent, critic, critic, obs, chains, rewards, next_obs,
-                                                           terminations, alpha=0.0, gamma=0.9, last_step_samples=extra)
-    assert torch.all(k[-extra:] == 1)
-    assert set(k[:-extra].tolist()) == set(range(1, num_diffusion_steps + 1))
-    assert 0.15 < (k[:-extra] == 1).float().mean() < 0.35  # uniform over K = 4 steps elsewhere
-    torch.testing.assert_close(x_previous[-extra:], chains[-extra:, num_diffusion_steps])  # x_0, the executed action
-    last = k == 1
-    expected = torch.where(last, rewards + 0.9 * (1 - terminations) * (100 * next_obs[:, 0] + 1), 100 * obs[:, 0] + 1)
-    torch.testing.assert_close(target, expected)
-
-
 def test_augmented_bellman_target_by_hand():
     """Inside: y = V_next = 3. Last step: y = 1 + 0.5 * 3 = 2.5, or 1 when terminated."""
     target = diffwpo.augmented_bellman_target(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 1.0]),
@@ -146,58 +126,3 @@ def test_critic_gradient_vanishes_where_the_action_saturates():
     assert gradients[20.0].abs().max() < 1e-12
 
 
-def test_rollout_velocity_is_the_critic_velocity_when_every_step_is_the_last():
-    """K = 1: the only step is k = 1, where --inner-velocity rollout keeps the k = 1 critic, so the
-    loss (and its gradient) is the critic form's, draw for draw."""
-    agent, obs = make_agent(num_diffusion_steps=1), torch.randn(256, 2)
-    critic = diffwpo.AugmentedQNetwork(obs_dim=2, action_dim=2, num_diffusion_steps=1, hidden_dim=32)
-    min_q = lambda *inputs: critic(*inputs)  # noqa: E731
-    losses = []
-    for rollout_critics in (None, (critic, critic)):
-        torch.manual_seed(3)
-        losses.append(diffwpo.wpo_actor_loss(agent, min_q, obs, 0.3, True, rollout_critics)[0])
-    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
-
-
-def test_rolled_out_value_gradient_is_the_gradient_of_the_expected_last_step_value():
-    """--inner-velocity rollout differentiates soft_value through its roll-out. With alpha = 0 and a
-    last-step critic Q_1 = -|x_0 - c|^2, the value of (s, x_1, 1) is E_{x_0 ~ N(m(x_1), sigma^2)}[Q_1]
-    = -|m(x_1) - c|^2 - sum sigma^2, whose gradient is -2 J_m(x_1)^T (m(x_1) - c): the mean of the
-    roll-out gradients over many draws must match it (J_m by autograd of the kernel mean alone)."""
-    agent, center = make_agent(num_diffusion_steps=3), torch.tensor([0.4, -0.3])
-    quadratic = lambda obs, x_k, k, x: -((x - center) ** 2).sum(-1)  # noqa: E731
-    draws = 20000
-    obs, x_1 = torch.randn(1, 2).expand(draws, -1), torch.randn(1, 2).expand(draws, -1).clone().requires_grad_(True)
-    one = torch.ones(draws, dtype=torch.long)
-    value = diffwpo.soft_value(agent, quadratic, quadratic, obs, x_1, one, alpha=0.0)
-    (rollout_gradient,) = torch.autograd.grad(value.sum(), x_1)
-    x = x_1[:1].detach().clone().requires_grad_(True)
-    mean, _ = agent.actor.kernel(obs[:1], x, one[:1])
-    (expected,) = torch.autograd.grad((-((mean - center) ** 2).sum()), x)
-    torch.testing.assert_close(rollout_gradient.mean(0), expected[0], rtol=0.05, atol=0.02)
-
-
-def test_actor_all_steps_loss_is_the_mean_of_the_single_step_losses(monkeypatch):
-    """--actor-all-steps uses every step of every chain: on the same chains its loss and gradient are the
-    mean over k of the losses with every chain drawn at step k (the default's draw, fixed by hand)."""
-    agent = make_agent(num_diffusion_steps=3)
-    obs = torch.randn(64, 2)
-    critic = lambda obs, x_k, k, x: -((x - 0.3 * k[:, None]) ** 2).sum(-1) * (1 + obs[:, 0] ** 2)  # noqa: E731
-
-    def loss_and_gradient(**kwargs):
-        torch.manual_seed(5)  # the same fresh chains in every call
-        agent.zero_grad()
-        loss, entropy_estimate = diffwpo.wpo_actor_loss(agent, critic, obs, 0.2, True, **kwargs)
-        loss.backward()
-        return loss.detach(), entropy_estimate, agent.actor.mean_net[-1].weight.grad.clone()
-
-    all_loss, all_entropy, all_gradient = loss_and_gradient(all_steps=True)
-    single = []
-    for j in range(3):  # time-order index j: k = K - j
-        monkeypatch.setattr(diffwpo.torch, "randint", lambda low, high, size, device=None, j=j: torch.full(size, j, device=device))
-        single.append(loss_and_gradient())
-    monkeypatch.undo()
-    torch.testing.assert_close(all_loss, torch.stack([loss for loss, _, _ in single]).mean())
-    torch.testing.assert_close(all_gradient, torch.stack([gradient for _, _, gradient in single]).mean(0))
-    torch.testing.assert_close(all_entropy, single[0][1])
-    assert not torch.allclose(single[0][0], single[2][0])  # the steps differ: the mean is not trivially one of them

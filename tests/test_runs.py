@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from common.replay_buffer import replay_buffer_path
 from conftest import REPO_ROOT, run_script, single_run_dir
 from torch.utils.tensorboard import SummaryWriter
 
@@ -318,7 +320,7 @@ def test_resume_from_an_older_checkpoint_leaves_one_curve_in_tensorboard(tmp_pat
     assert run_script([script, *flags, "--total-timesteps", "1000"], cwd=tmp_path).returncode == 0
     run_dir = single_run_dir(tmp_path)
     model_path = os.path.join(run_dir, "sac.cleanrl_model")
-    saved = {path: open(path, "rb").read() for path in (model_path, runs.replay_buffer_path(model_path))}
+    saved = {path: open(path, "rb").read() for path in (model_path, replay_buffer_path(model_path))}
     time.sleep(1.1)  # event file names hold the time in seconds
     result = run_script([script, "--resume", model_path, "--total-timesteps", "2000"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -374,7 +376,7 @@ def submitit_task_pid(root_pid: int) -> int:
 
 def test_a_resumed_grid_run_takes_its_target_and_threads_from_the_grid_command_and_nothing_else(tmp_path):
     from benchmarks import grid as benchmark
-    from common.runs import CHANGEABLE_ON_RESUME
+    from common.cli import CHANGEABLE_ON_RESUME
     args = benchmark.Args(scripts=["baselines/sac.py"], env_ids=["Pendulum-v1"], seeds=[1], total_timesteps=3000,
                           workdir=str(tmp_path), extra="--learning-starts 1000 --torch-threads=2 --save-model "
                                                        "--eval-episodes 3 --torch-threads 4")
