@@ -99,10 +99,11 @@ class Args(RunArgs):
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
     *at_least_one("num_diffusion_steps", "num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
     (lambda a: a.num_envs * a.num_steps * a.num_diffusion_steps % a.num_minibatches == 0,
-     "--num-minibatches {num_minibatches} does not divide the augmented batch --num-envs * --num-steps * "
-     "--num-diffusion-steps; allowed: a divisor of it."),
-    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
-     "--total-timesteps {total_timesteps} is less than one rollout (--num-envs * --num-steps)."),
+     lambda a: f"--num-minibatches {a.num_minibatches} does not divide the augmented batch --num-envs * --num-steps "
+     f"* --num-diffusion-steps = {a.num_envs * a.num_steps * a.num_diffusion_steps}; allowed: a divisor of "
+     f"{a.num_envs * a.num_steps * a.num_diffusion_steps}."),
+    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps, lambda a: f"--total-timesteps {a.total_timesteps} is "
+     f"less than one rollout (--num-envs * --num-steps = {a.num_envs * a.num_steps})."),
     (lambda a: a.alpha >= 0, "--alpha must be >= 0 (got {alpha})."),
     (lambda a: a.alpha > 0 or not a.autotune, "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
     *in_unit_interval("gamma"),

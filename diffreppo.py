@@ -131,10 +131,11 @@ CHECKS = [  # (condition, message): flags that cannot work, refused before anyth
                   "actor_hidden_dim"),
     (lambda a: a.num_bins >= 2, "--num-bins must be at least 2 (got {num_bins})."),
     (lambda a: a.minibatch_size <= a.num_envs * a.num_steps * a.num_diffusion_steps,
-     "--minibatch-size {minibatch_size} exceeds the rollout's augmented transitions (--num-envs x --num-steps x "
+     lambda a: f"--minibatch-size {a.minibatch_size} exceeds the rollout's "
+     f"{a.num_envs * a.num_steps * a.num_diffusion_steps} augmented transitions (--num-envs x --num-steps x "
      "--num-diffusion-steps); allowed: at most that."),
-    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
-     "--total-timesteps {total_timesteps} is less than one rollout (--num-envs x --num-steps)."),
+    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps, lambda a: f"--total-timesteps {a.total_timesteps} is "
+     f"less than one rollout (--num-envs x --num-steps = {a.num_envs * a.num_steps})."),
     *positive("learning_rate", "multiplier_lr", "alpha", "max_grad_norm", "kl_bound", "beta", "min_std"),
     (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
     (lambda a: a.v_min < a.v_max, "--v-min {v_min} must be below --v-max {v_max}."),

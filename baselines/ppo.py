@@ -105,10 +105,11 @@ class Args(RunArgs):
 
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
     *at_least_one("num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
-    (lambda a: a.num_envs * a.num_steps % a.num_minibatches == 0,
-     "--num-minibatches {num_minibatches} does not divide the batch --num-envs * --num-steps; allowed: a divisor."),
-    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
-     "--total-timesteps {total_timesteps} is less than one rollout (--num-envs * --num-steps)."),
+    (lambda a: a.num_envs * a.num_steps % a.num_minibatches == 0, lambda a: f"--num-minibatches {a.num_minibatches} "
+     f"does not divide the batch --num-envs * --num-steps = {a.num_envs * a.num_steps}; allowed: a divisor of "
+     f"{a.num_envs * a.num_steps}."),
+    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps, lambda a: f"--total-timesteps {a.total_timesteps} is "
+     f"less than one rollout (--num-envs * --num-steps = {a.num_envs * a.num_steps})."),
     (lambda a: a.alpha >= 0, "--alpha must be >= 0 (got {alpha})."),
     (lambda a: a.alpha > 0 or not a.autotune, "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
     *in_unit_interval("gamma"),

@@ -38,7 +38,6 @@ import gymnasium as gym  # noqa: E402
 
 import benchmarks.multimodal_envs  # noqa: E402,F401  (registers the benchmark ids)
 from common.cli import ConfigError, run_cli  # noqa: E402
-import benchmarks.multimodal_envs  # noqa: F401  (registers the ids)
 from benchmarks.multimodal_envs import mode_shares, target_density_on_grid, target_mode_shares  # noqa: E402
 from diffsac import Agent  # noqa: E402
 

@@ -50,7 +50,7 @@ def at_least_one(*fields: str) -> list[tuple]:
 
 def positive(*fields: str) -> list[tuple]:
     """Check rows: each named flag is above 0."""
-    return [(lambda a, f=f: getattr(a, f) > 0, f"{flag(f)} must be positive (got {{{f}}}).") for f in fields]
+    return [(lambda a, f=f: getattr(a, f) > 0, f"{flag(f)} must be a positive number (got {{{f}}}).") for f in fields]
 
 
 def in_unit_interval(*fields: str, closed: bool = False) -> list[tuple]:
@@ -61,14 +61,15 @@ def in_unit_interval(*fields: str, closed: bool = False) -> list[tuple]:
 
 
 def check(args: Any, checks: list[tuple]) -> None:
-    """ConfigError with the message of the first failing (condition, message) row; messages use {field} names."""
+    """ConfigError with the message of the first failing (condition, message) row; a message is a format string
+    of the flags' names ({gamma}) or a function of the flags."""
     for field in dataclasses.fields(args):
         value = getattr(args, field.name)
         if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
             raise ConfigError(f"{flag(field.name)} must be a finite number (got {value}).")
     for condition, message in checks:
         if not condition(args):
-            raise ConfigError(message.format(**vars(args)))
+            raise ConfigError(message(args) if callable(message) else message.format(**vars(args)))
 
 
 def resume_path_in(argv: list[str]) -> str | None:

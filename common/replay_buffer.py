@@ -17,6 +17,7 @@ class ReplayBuffer:
     def __init__(self, buffer_size: int, obs_dim: int, x_shape: tuple[int, ...], device: torch.device):
         self.obs = torch.zeros((buffer_size, obs_dim), device=device)
         self.next_obs = torch.zeros((buffer_size, obs_dim), device=device)
+        x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
         self.actions = torch.zeros((buffer_size, *x_shape), device=device)
         self.rewards = torch.zeros(buffer_size, device=device)
         self.terminations = torch.zeros(buffer_size, device=device)
@@ -35,13 +36,15 @@ class ReplayBuffer:
         index = torch.randint(0, self.size, (batch_size,), device=self.device)
         return self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminations[index]
 
-    def fields(self) -> list[str]:
-        return [name for name, value in vars(self).items() if isinstance(value, torch.Tensor)]
-
     @staticmethod
     def bytes(buffer_size: int, obs_dim: int, x_values: int) -> int:
         """Bytes of a full buffer: in memory and on disk."""
         return 4 * buffer_size * (2 * obs_dim + x_values + 2)
+
+
+def fields(buffer) -> list[str]:
+    """The buffer's storage tensors."""
+    return [name for name, value in vars(buffer).items() if isinstance(value, torch.Tensor)]
 
 
 def replay_buffer_path(model_path: str) -> str:
@@ -57,7 +60,7 @@ def save_with_replay_buffer(model_path: str, state: dict, buffer: ReplayBuffer, 
     reads."""
     rows = {"global_step": global_step, "position": buffer.position, "size": buffer.size,
             "buffer_size": buffer.buffer_size,
-            **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in buffer.fields()}}
+            **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in fields(buffer)}}
     os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
     pending = f"{replay_buffer_path(model_path)}.pending"
     torch.save(rows, pending)
@@ -90,7 +93,7 @@ def load_replay_buffer(model_path: str, buffer: ReplayBuffer, global_step: int) 
         print(f"no replay buffer of step {global_step} beside {model_path}: "
               "it refills with the loaded policy before updates resume")
         return False
-    for name in buffer.fields():
+    for name in fields(buffer):
         getattr(buffer, name)[: state["size"]] = state[name].to(getattr(buffer, name).device)
     buffer.position, buffer.size = state["position"], state["size"]
     return True

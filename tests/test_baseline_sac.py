@@ -181,7 +181,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, capsys, flags, ex
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [SCRIPT, *flags])
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(sac.main, sac.SCRIPT_NAME)
+        run_cli(sac.main, "baselines/sac.py")
     assert exit_info.value.code == 2
     assert expected in one_error_line(capsys.readouterr().err)
     assert not os.path.exists(tmp_path / "runs")  # rejected before any run folder is made

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.replay_buffer import replay_buffer_path
+from common.cli import parse_args
+from common.replay_buffer import (ReplayBuffer, load_replay_buffer, replay_buffer_path, replay_buffer_state,
+                                  save_with_replay_buffer)
 from conftest import REPO_ROOT, run_script, single_run_dir
 from torch.utils.tensorboard import SummaryWriter
 
@@ -44,10 +46,10 @@ def test_resume_takes_the_saved_flags_without_repeating_them(tmp_path):
     diffppo = importlib.import_module("diffppo")
     path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffppo",
                            diffppo.Args(num_steps=256, env_id="Pendulum-v1", exp_name="mine"))
-    args, checkpoint = runs.parse_args(diffppo.Args, "diffppo", "diffppo.py", ["--resume", path])
+    args, checkpoint = parse_args(diffppo.Args, "diffppo", diffppo.CHECKS, ["--resume", path])
     assert (args.num_steps, args.env_id, args.exp_name, args.resume) == (256, "Pendulum-v1", "mine", path)
-    args, _ = runs.parse_args(diffppo.Args, "diffppo", "diffppo.py",
-                              [f"--resume={path}", "--total-timesteps", "5000", "--num-steps", "256"])
+    args, _ = parse_args(diffppo.Args, "diffppo", diffppo.CHECKS,
+                         [f"--resume={path}", "--total-timesteps", "5000", "--num-steps", "256"])
     assert args.total_timesteps == 5000 and args.num_steps == 256  # repeating a saved value is fine
 
 
@@ -64,14 +66,14 @@ def test_resume_refuses_a_changed_flag_or_a_target_already_reached(tmp_path, fla
     path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffppo",
                            diffppo.Args(num_steps=256, env_id="Pendulum-v1", exp_name="mine"))
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
-        runs.parse_args(diffppo.Args, "diffppo", "diffppo.py", ["--resume", path, *flags])
+        parse_args(diffppo.Args, "diffppo", diffppo.CHECKS, ["--resume", path, *flags])
 
 
 def test_resume_refuses_another_scripts_checkpoint_naming_both(tmp_path):
     diffsac, diffppo = importlib.import_module("diffsac"), importlib.import_module("diffppo")
     path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffsac", diffsac.Args())
     with pytest.raises(ConfigError, match="is a checkpoint of diffsac.py, not of diffppo.py"):
-        runs.parse_args(diffppo.Args, "diffppo", "diffppo.py", ["--resume", path])
+        parse_args(diffppo.Args, "diffppo", diffppo.CHECKS, ["--resume", path])
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -81,14 +83,14 @@ def test_every_float_flag_must_be_finite(value):
     assert {"alpha", "gamma", "tau", "policy_lr", "q_lr", "min_std"} <= set(float_flags)
     for name in float_flags:
         with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
-            runs.parse_args(diffsac.Args, "diffsac", "diffsac.py", [f"--{name.replace('_', '-')}", value])
+            parse_args(diffsac.Args, "diffsac", diffsac.CHECKS, [f"--{name.replace('_', '-')}", value])
 
 
 @pytest.mark.parametrize("script", ["diffsac.py", "peers/sdac.py", "baselines/reppo.py"])
 def test_eval_episodes_must_be_at_least_one(script):
     module = importlib.import_module(module_of(script))
     with pytest.raises(ConfigError, match="--eval-episodes must be at least 1"):
-        runs.parse_args(module.Args, module_of(script), script, ["--eval-episodes", "0"])
+        parse_args(module.Args, module_of(script), module.CHECKS, ["--eval-episodes", "0"])
 
 
 def test_whole_rollouts_rounds_up_and_says_so(capsys):
@@ -123,10 +125,10 @@ def test_memory_check_counts_parameters_on_the_meta_device_and_refuses_what_cann
     diffsac = importlib.import_module("diffsac")
     count = runs.count_parameters(lambda: [diffsac.SoftQNetwork(11, 3, 256)])
     assert count == sum(p.numel() for p in diffsac.SoftQNetwork(11, 3, 256).parameters())
-    runs.check_memory(count, runs.replay_buffer_bytes(1000, 11, 3), torch.device("cpu"), "--hidden-dim")
+    runs.check_memory(count, ReplayBuffer.bytes(1000, 11, 3), torch.device("cpu"), "--hidden-dim")
     with pytest.raises(ConfigError, match="lower --hidden-dim"):
         runs.check_memory(10**12, 0, torch.device("cpu"), "--hidden-dim")
-    assert runs.replay_buffer_bytes(1_000_000, 11, 3) == 108_000_000  # Hopper, as --help says
+    assert ReplayBuffer.bytes(1_000_000, 11, 3) == 108_000_000  # Hopper, as --help says
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def test_read_scalars_drops_the_events_a_resumed_run_purged(tmp_path):
     first.close()
     time.sleep(1.1)  # the event file's name holds the time in seconds
     checkpoint = {"global_step": 6}
-    resumed = runs.open_writer(str(tmp_path), None, checkpoint)  # purges steps > 6
+    resumed = SummaryWriter(str(tmp_path), purge_step=checkpoint["global_step"] + 1)  # as Run.restore: purges > 6
     for step in range(7, 15):
         resumed.add_scalar("x", 100.0 + step, step)
     resumed.close()
@@ -172,7 +174,7 @@ def state_equal(a, b) -> bool:
 
 def resume_and_stop_at_once(monkeypatch, tmp_path, script: str, checkpoint_path: str, extra=()):
     module = importlib.import_module(module_of(script))
-    monkeypatch.setattr(module, "StopSignals", StopAtOnce)
+    monkeypatch.setattr(runs, "StopSignals", StopAtOnce)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [script, "--resume", checkpoint_path, *extra])
     with pytest.raises(SystemExit) as exit_info:
@@ -200,7 +202,7 @@ def test_a_kill_anywhere_in_a_save_leaves_a_checkpoint_with_the_buffer_of_its_ow
     buffer = _Buffer()
     for value in range(3):
         buffer.add(float(value))
-    runs.save_with_replay_buffer(model_path, {"global_step": 3}, buffer, 3)
+    save_with_replay_buffer(model_path, {"global_step": 3}, buffer, 3)
     for value in range(3, 5):
         buffer.add(float(value))
 
@@ -222,16 +224,16 @@ def test_a_kill_anywhere_in_a_save_leaves_a_checkpoint_with_the_buffer_of_its_ow
     monkeypatch.setattr(torch, "save", save)
     monkeypatch.setattr(runs.os, "replace", replace)
     try:
-        runs.save_with_replay_buffer(model_path, {"global_step": 5}, buffer, 5)
+        save_with_replay_buffer(model_path, {"global_step": 5}, buffer, 5)
     except Killed:
         pass
     monkeypatch.undo()
     step = torch.load(model_path, weights_only=False)["global_step"]
     assert step == {"buffer_written": 3, "checkpoint_written": 5, "never": 5}[kill_at]
     restored = _Buffer()
-    assert runs.load_replay_buffer(model_path, restored, step)
+    assert load_replay_buffer(model_path, restored, step)
     assert restored.size == step and restored.rewards[:step].tolist() == list(map(float, range(step)))
-    assert not runs.load_replay_buffer(model_path, _Buffer(), step + 1)  # a step with no buffer: refill
+    assert not load_replay_buffer(model_path, _Buffer(), step + 1)  # a step with no buffer: refill
 
 
 @pytest.mark.parametrize("script", ["diffsac.py", "peers/sdac.py"])
@@ -251,7 +253,7 @@ def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step
     process.wait()
     model_path = glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model"))[0]
     saved = torch.load(model_path, weights_only=False)
-    saved_buffer = runs.replay_buffer_state(model_path, saved["global_step"])  # the kill may fall mid-save
+    saved_buffer = replay_buffer_state(model_path, saved["global_step"])  # the kill may fall mid-save
     assert saved["global_step"] >= 400 and saved_buffer is not None
     assert saved_buffer["size"] == saved["global_step"] and len(saved_buffer["obs"]) == saved_buffer["size"]
 
@@ -259,7 +261,7 @@ def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step
     assert code == 128 + signal.SIGTERM
     assert glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model")) == [model_path]  # rewritten in place
     restored = torch.load(model_path, weights_only=False)
-    restored_buffer = runs.replay_buffer_state(model_path, restored["global_step"])
+    restored_buffer = replay_buffer_state(model_path, restored["global_step"])
     assert state_equal(restored_buffer, saved_buffer)
     saved.pop("args"), restored.pop("args")  # args differ by --resume only
     assert state_equal(restored, saved)
@@ -475,7 +477,9 @@ def test_track_logs_to_weights_and_biases_offline(tmp_path):
 
 def test_track_without_wandb_is_one_line_with_the_install_command(monkeypatch):
     baseline_ppo = importlib.import_module("baselines.ppo")
-    real_find_spec = runs.importlib.util.find_spec
-    monkeypatch.setattr(runs.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
     with pytest.raises(ConfigError, match="--track needs the wandb package, which is not installed: pip install wandb"):
-        runs.parse_args(baseline_ppo.Args, "baselines.ppo", "baselines/ppo.py", ["--track"])
+        parse_args(baseline_ppo.Args, "baselines.ppo", baseline_ppo.CHECKS, ["--track"])
