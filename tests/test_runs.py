@@ -3,6 +3,7 @@ bad flags are refused before any work, TensorBoard holds one curve after a resum
 
 import glob
 import importlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -477,8 +478,6 @@ def test_track_logs_to_weights_and_biases_offline(tmp_path):
 
 def test_track_without_wandb_is_one_line_with_the_install_command(monkeypatch):
     baseline_ppo = importlib.import_module("baselines.ppo")
-    import importlib.util
-
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
     with pytest.raises(ConfigError, match="--track needs the wandb package, which is not installed: pip install wandb"):
