@@ -371,7 +371,7 @@ def main() -> None:
     target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)
     checkpoint = run.restore({"agent": agent, "optimizer": optimizer, "obs_normalizer": obs_normalizer,
                               "reward_normalizer": reward_normalizer, "log_alpha": log_alpha,
-                              **({"alpha_optimizer": alpha_optimizer} if args.autotune else {})},
+                              "alpha_optimizer": alpha_optimizer},
                              agent_kwargs=agent_kwargs)
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha = log_alpha.exp().item()

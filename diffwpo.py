@@ -54,9 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import at_least_one, in_unit_interval, positive, run_cli
-from common.envs import true_next_observations
 from common.normalization import ObservationNormalizer
-from common.replay_buffer import ReplayBuffer
+from common.replay_buffer import ReplayBuffer, step_and_store
 from common.runs import Run, RunArgs, check_memory, count_parameters
 
 
@@ -412,7 +411,7 @@ def main() -> None:
     checkpoint = run.restore({"agent": agent, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target,
                               "qf2_target": qf2_target, "q_optimizer": q_optimizer,
                               "actor_optimizer": actor_optimizer, "obs_normalizer": obs_normalizer,
-                              "log_alpha": log_alpha, **({"alpha_optimizer": alpha_optimizer} if args.autotune else {})},
+                              "log_alpha": log_alpha, "alpha_optimizer": alpha_optimizer},
                              agent_kwargs=agent_kwargs)
     global_step = checkpoint.get("global_step", 0)
     alpha = log_alpha.exp().item()
@@ -432,8 +431,7 @@ def main() -> None:
         # a random policy whose chains are consistent with the forward process.
         with torch.no_grad():
             chains, _ = agent.actor.sample_chain(torch.as_tensor(obs, dtype=torch.float32, device=device))
-        next_obs, rewards, terminations, truncations, infos = envs.step(agent.squash(chains[:, -1]).cpu().numpy())
-        replay_buffer.add(obs, true_next_observations(next_obs, infos), chains, rewards, terminations)
+        next_obs, infos = step_and_store(envs, obs, agent.squash(chains[:, -1]).cpu().numpy(), replay_buffer, chains)
         run.episodes(infos, global_step)
         obs = next_obs
 

@@ -39,9 +39,8 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
-from common.envs import true_next_observations  # noqa: E402
 from common.normalization import ObservationNormalizer  # noqa: E402
-from common.replay_buffer import ReplayBuffer  # noqa: E402
+from common.replay_buffer import ReplayBuffer, step_and_store  # noqa: E402
 from common.runs import Run, RunArgs, check_memory, count_parameters  # noqa: E402
 
 
@@ -233,7 +232,7 @@ def main() -> None:
     checkpoint = run.restore({"agent": agent, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target,
                               "qf2_target": qf2_target, "q_optimizer": q_optimizer,
                               "actor_optimizer": actor_optimizer, "obs_normalizer": obs_normalizer,
-                              "log_alpha": log_alpha, **({"alpha_optimizer": alpha_optimizer} if args.autotune else {})},
+                              "log_alpha": log_alpha, "alpha_optimizer": alpha_optimizer},
                              agent_kwargs=agent_kwargs)
     global_step = checkpoint.get("global_step", 0)
     alpha = log_alpha.exp().item()
@@ -249,9 +248,7 @@ def main() -> None:
             actions = envs.action_space.sample()
         else:
             actions = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        # s' is the state actually reached, also where the episode ended (the envs already show the next one's).
-        replay_buffer.add(obs, true_next_observations(next_obs, infos), actions, rewards, terminations)
+        next_obs, infos = step_and_store(envs, obs, actions, replay_buffer)
         run.episodes(infos, global_step)
         obs = next_obs
 

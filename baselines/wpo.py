@@ -45,9 +45,8 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
-from common.envs import true_next_observations  # noqa: E402
 from common.normalization import ObservationNormalizer  # noqa: E402
-from common.replay_buffer import ReplayBuffer  # noqa: E402
+from common.replay_buffer import ReplayBuffer, step_and_store  # noqa: E402
 from common.runs import Run, RunArgs, check_memory, count_parameters  # noqa: E402
 
 
@@ -245,7 +244,7 @@ def main() -> None:
     checkpoint = run.restore({"agent": agent, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target,
                               "qf2_target": qf2_target, "q_optimizer": q_optimizer,
                               "actor_optimizer": actor_optimizer, "obs_normalizer": obs_normalizer,
-                              "log_alpha": log_alpha, **({"alpha_optimizer": alpha_optimizer} if args.autotune else {})},
+                              "log_alpha": log_alpha, "alpha_optimizer": alpha_optimizer},
                              agent_kwargs=agent_kwargs)
     global_step = checkpoint.get("global_step", 0)
     alpha = log_alpha.exp().item()
@@ -263,8 +262,7 @@ def main() -> None:
         global_step += args.num_envs
         # Before learning starts the actor is untrained: its pre-tanh action is N(0, I), as diffwpo.py's.
         actions = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        replay_buffer.add(obs, true_next_observations(next_obs, infos), actions, rewards, terminations)
+        next_obs, infos = step_and_store(envs, obs, actions, replay_buffer)
         run.episodes(infos, global_step)
         obs = next_obs
 

@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gymnasium as gym  # noqa: E402
 
 import benchmarks.multimodal_envs  # noqa: E402,F401  (registers the benchmark ids)
-from common.cli import ConfigError, run_cli  # noqa: E402
 from benchmarks.multimodal_envs import mode_shares, target_density_on_grid, target_mode_shares  # noqa: E402
+from common.cli import ConfigError, run_cli  # noqa: E402
 from diffsac import Agent  # noqa: E402
 
 ONE_STEP_BANDITS = ["DoubleWellBandit-v0", "RingBandit-v0", "UnequalModesBandit-v0"]

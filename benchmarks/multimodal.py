@@ -40,12 +40,23 @@ import torch
 import tyro
 
 from benchmarks.grid import REPO_ROOT, Run, is_finished, run_one
+from benchmarks.multimodal_envs import (
+    MULTIMODAL_ENV_IDS,
+    covers_every_mode,
+    covers_every_mode_strictly,
+    histogram,
+    mass_near_modes,
+    mode_radius,
+    mode_shares,
+    target_mass_near_modes,
+    target_mode_shares,
+    target_probabilities,
+    total_variation,
+    weights_match,
+)
 from common.cli import ConfigError, run_cli
 from common.envs import check_env_id
 from common.evaluation import load_agent
-from benchmarks.multimodal_envs import (MULTIMODAL_ENV_IDS, covers_every_mode, covers_every_mode_strictly, histogram,
-                                    mass_near_modes, mode_radius, mode_shares, target_mass_near_modes,
-                                    target_mode_shares, target_probabilities, total_variation, weights_match)
 
 
 @dataclass

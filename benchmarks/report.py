@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import tyro
 
-from common.cli import ConfigError, run_cli
 from benchmarks.logs import read_scalars
 from benchmarks.plotting import algorithm_order, group_runs, plot_learning_curves
+from common.cli import ConfigError, run_cli
 
 
 def find_run_dirs(paths: list[str]) -> list[str]:

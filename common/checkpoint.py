@@ -8,6 +8,7 @@ resume. The off-policy scripts write their replay buffer beside it (common/repla
 from __future__ import annotations
 
 import os
+
 import torch
 
 from common.cli import ConfigError

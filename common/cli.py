@@ -60,13 +60,17 @@ def in_unit_interval(*fields: str, closed: bool = False) -> list[tuple]:
              f"{flag(f)} must be in {interval} (got {{{f}}}).") for f in fields]
 
 
+def check_finite(args: Any) -> None:
+    """Every float flag is a number: NaN passes every comparison of the check rows."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag(field.name)} must be a finite number (got {value}).")
+
+
 def check(args: Any, checks: list[tuple]) -> None:
     """ConfigError with the message of the first failing (condition, message) row; a message is a format string
     of the flags' names ({gamma}) or a function of the flags."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
-            raise ConfigError(f"{flag(field.name)} must be a finite number (got {value}).")
     for condition, message in checks:
         if not condition(args):
             raise ConfigError(message(args) if callable(message) else message.format(**vars(args)))
@@ -105,20 +109,26 @@ def parse_args(args_class: type, script: str, checks: list[tuple], argv: list[st
 
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError("--track needs the wandb package, which is not installed: pip install wandb")
+    check_finite(args)
+    if checkpoint is not None:
+        check_resume(args, saved, checkpoint, names)
     check(args, COMMON_CHECKS + checks)
-    if checkpoint is None:
-        return args, None
-    for name in [field.name for field in dataclasses.fields(args_class) if field.name not in CHANGEABLE_ON_RESUME]:
-        given, kept = getattr(args, name), getattr(saved, name)
-        if given != kept:
+    return args, checkpoint
+
+
+def check_resume(args: Any, saved: Any, checkpoint: dict, names: set[str]) -> None:
+    """--resume continues the saved run: no flag outside CHANGEABLE_ON_RESUME may differ, and the target must lie
+    beyond the checkpoint's step."""
+    for field in dataclasses.fields(args):
+        given, kept = getattr(args, field.name), getattr(saved, field.name)
+        if field.name not in CHANGEABLE_ON_RESUME and given != kept:
             allowed = ", ".join(flag(n) for n in CHANGEABLE_ON_RESUME[1:] if n in names)
-            raise ConfigError(f"{flag(name)} {given} differs from the resumed run's {kept}; --resume continues "
+            raise ConfigError(f"{flag(field.name)} {given} differs from the resumed run's {kept}; --resume continues "
                               f"the saved run with its own flags (allowed to change: {allowed}).")
     if args.total_timesteps <= checkpoint["global_step"]:
         raise ConfigError(f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step "
                           f"{checkpoint['global_step']}; allowed: a larger target, e.g. --total-timesteps "
                           f"{2 * checkpoint['global_step']}.")
-    return args, checkpoint
 
 
 COMMON_CHECKS = [

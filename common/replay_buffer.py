@@ -7,6 +7,7 @@ import os
 import torch
 
 from common.checkpoint import save_checkpoint
+from common.envs import true_next_observations
 
 
 class ReplayBuffer:
@@ -40,6 +41,16 @@ class ReplayBuffer:
     def bytes(buffer_size: int, obs_dim: int, x_values: int) -> int:
         """Bytes of a full buffer: in memory and on disk."""
         return 4 * buffer_size * (2 * obs_dim + x_values + 2)
+
+
+def step_and_store(envs, obs, actions, buffer: ReplayBuffer, stored=None):
+    """Step the envs with ``actions`` and store (s, x, r, s', terminated), x = ``stored`` (default: the actions).
+    s' is the state actually reached (``final_obs`` where an episode ended, not the next episode's first), and a
+    time-limit cut is not stored as a termination, so its target still bootstraps. Returns (next obs, infos)."""
+    next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+    buffer.add(obs, true_next_observations(next_obs, infos), actions if stored is None else stored, rewards,
+               terminations)
+    return next_obs, infos
 
 
 def fields(buffer) -> list[str]:

@@ -30,9 +30,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from common.checkpoint import save_checkpoint
-from common.replay_buffer import load_replay_buffer, save_with_replay_buffer
 from common.cli import ConfigError, TrainingDiverged, parse_args
 from common.envs import finished_episodes, make_vector_env
+from common.replay_buffer import load_replay_buffer, save_with_replay_buffer
 
 
 @dataclasses.dataclass
@@ -82,21 +82,24 @@ class Run:
         self.recent_returns, self.saved_step = deque(maxlen=10), None
 
     def restore(self, state: dict, **kwargs) -> dict:
-        """Name what a checkpoint holds (modules, optimisers, normalisers: state_dict; tensors: values) and the
-        constructor arguments it must match; on --resume load it. Opens the run folder. Returns the checkpoint or {}."""
+        """Name what a checkpoint holds (modules, optimisers, normalisers: state_dict; tensors: values; None: an
+        unused part) and the constructor arguments it must match; on --resume load it. Opens the run folder.
+        Returns the checkpoint or {}."""
         self.state, self.kwargs, checkpoint, args = state, kwargs, self.checkpoint, self.args
         for name, value in kwargs.items() if checkpoint else ():
             if checkpoint[name] != value:
                 raise ConfigError(f"--resume {args.resume}: the checkpoint's env or network ({checkpoint[name]}) "
                                   f"differs from the flags given ({value}); allowed: the same --env-id and network flags.")
         for name, item in state.items() if checkpoint else ():
+            if item is None:
+                continue
             if isinstance(item, torch.Tensor):
                 with torch.no_grad():
                     item.copy_(torch.as_tensor(checkpoint[name]))
             else:
                 item.load_state_dict(checkpoint[name])
-        if checkpoint:
-            print(f"resumed {self.name} at step {checkpoint['global_step']}")
+        if checkpoint and "iteration" in checkpoint:  # off-policy runs say it with their replay buffer
+            print(f"resumed {self.name} at step {checkpoint['global_step']} (iteration {checkpoint['iteration']})")
         self.run_dir, self.model_path = (os.path.dirname(os.path.abspath(args.resume)), args.resume) if args.resume \
             else (f"runs/{self.name}", f"runs/{self.name}/{args.exp_name}.cleanrl_model")
         if args.track:
@@ -117,7 +120,7 @@ class Run:
         if not self.checkpoint:
             return learning_starts
         loaded = load_replay_buffer(self.args.resume, buffer, self.start_step)
-        print(f"resumed with {buffer.size} transitions in the replay buffer")
+        print(f"resumed {self.name} at step {self.start_step} with {buffer.size} transitions in the replay buffer")
         return learning_starts if loaded else self.start_step + self.args.learning_starts
 
     def episodes(self, infos: dict, global_step: int) -> None:
@@ -147,7 +150,7 @@ class Run:
 
     def save(self, global_step: int, replay_buffer=None, **extra) -> None:
         state = {"script": self.script, "args": dataclasses.asdict(self.args), "run_name": self.name, **self.kwargs,
-                 **{name: item.detach().clone() if isinstance(item, torch.Tensor) else item.state_dict()
+                 **{name: item.detach().clone() if isinstance(item, torch.Tensor) else item and item.state_dict()
                     for name, item in self.state.items()}, "global_step": global_step, **extra}
         if replay_buffer is None:
             save_checkpoint(self.model_path, state)

@@ -60,9 +60,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
-from common.envs import true_next_observations  # noqa: E402
 from common.normalization import ObservationNormalizer  # noqa: E402
-from common.replay_buffer import ReplayBuffer  # noqa: E402
+from common.replay_buffer import ReplayBuffer, step_and_store  # noqa: E402
 from common.runs import Run, RunArgs, check_memory, count_parameters  # noqa: E402
 
 SCRIPT_NAME = "peers/sdac.py"
@@ -357,8 +356,7 @@ def main() -> None:
         else:
             with torch.inference_mode():
                 x = agent.explore(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        next_obs, rewards, terminations, truncations, infos = envs.step(action_center + action_half_width * x)
-        replay_buffer.add(obs, true_next_observations(next_obs, infos), x, rewards, terminations)
+        next_obs, infos = step_and_store(envs, obs, action_center + action_half_width * x, replay_buffer, x)
         run.episodes(infos, global_step)
         obs = next_obs
 

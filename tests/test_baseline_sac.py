@@ -15,9 +15,10 @@ from conftest import run_script, single_run_dir
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
 
 from baselines import sac
+from benchmarks.logs import read_scalars
 from common.cli import run_cli
 from common.envs import make_vector_env
-from benchmarks.logs import read_scalars
+from common.replay_buffer import ReplayBuffer, step_and_store
 
 SCRIPT = "baselines/sac.py"
 LOW, HIGH = [-1.0, -2.0, 0.0], [2.0, 0.0, 0.5]  # centres 0.5, -1, 0.25; half-widths 1.5, 1, 0.25
@@ -105,10 +106,10 @@ def test_soft_bellman_target_hand_computed():
 def test_time_limit_stores_true_final_observation_and_bootstraps():
     """Time limit 3: the third transition is 2 -> 3 (not the reset 0) and is not a termination."""
     envs = make_vector_env("tests/CountingTruncated-v0", num_envs=1, seed=0)
-    buffer = sac.ReplayBuffer(100, 1, 1, torch.device("cpu"))
+    buffer = ReplayBuffer(100, 1, 1, torch.device("cpu"))
     obs, _ = envs.reset(seed=0)
     for _ in range(5):
-        obs, _ = sac.step_and_store(envs, obs, np.zeros((1, 1), np.float32), buffer)
+        obs, _ = step_and_store(envs, obs, np.zeros((1, 1), np.float32), buffer)
     np.testing.assert_array_equal(buffer.obs[:5, 0].numpy(), [0, 1, 2, 0, 1])
     np.testing.assert_array_equal(buffer.next_obs[:5, 0].numpy(), [1, 2, 3, 1, 2])
     np.testing.assert_array_equal(buffer.terminations[:5].numpy(), [0, 0, 0, 0, 0])

@@ -13,8 +13,9 @@ import torch
 from conftest import run_script, single_run_dir
 
 from baselines import wpo
-from common.envs import make_vector_env
 from benchmarks.logs import read_scalars
+from common.envs import make_vector_env
+from common.replay_buffer import ReplayBuffer, step_and_store
 
 SCRIPT = os.path.join("baselines", "wpo.py")
 SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "64"]
@@ -130,10 +131,10 @@ def test_time_limit_bootstraps_from_true_final_observation_and_termination_does_
             ("tests/CountingTruncated-v0", 5, [0, 1, 2, 0, 1], [1, 2, 3, 1, 2], [0, 0, 0, 0, 0]),
             ("tests/CountingTerminated-v0", 4, [0, 1, 0, 1], [1, 2, 1, 2], [0, 1, 0, 1])):
         envs = make_vector_env(env_id, num_envs=1, seed=0)
-        buffer = wpo.ReplayBuffer(100, 1, 1, torch.device("cpu"))
+        buffer = ReplayBuffer(100, 1, 1, torch.device("cpu"))
         observation, _ = envs.reset(seed=0)
         for _ in range(steps):
-            observation, _ = wpo.step_and_store(envs, observation, np.zeros((1, 1), np.float32), buffer)
+            observation, _ = step_and_store(envs, observation, np.zeros((1, 1), np.float32), buffer)
         np.testing.assert_array_equal(buffer.obs[:steps, 0].numpy(), obs)
         np.testing.assert_array_equal(buffer.next_obs[:steps, 0].numpy(), next_obs)
         np.testing.assert_array_equal(buffer.terminations[:steps].numpy(), terminations)

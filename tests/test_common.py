@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import diffppo
+from benchmarks.plotting import group_runs
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.envs import ConfigError, check_env_id
 from common.evaluation import evaluate, load_agent
 from common.normalization import ObservationNormalizer, RewardNormalizer, RunningMeanStd
-from benchmarks.plotting import group_runs
 
 
 def test_running_mean_std_matches_numpy_over_batches():

@@ -9,6 +9,7 @@ import torch
 
 import diffsac
 from common.envs import make_vector_env
+from common.replay_buffer import ReplayBuffer, step_and_store
 
 
 def make_agent_and_critics(obs_dim=4, action_dim=2, num_diffusion_steps=5, seed=0):
@@ -93,10 +94,10 @@ def test_soft_bellman_target_bootstraps_unless_terminated():
 
 def collect(env_id, steps):
     envs = make_vector_env(env_id, num_envs=1, seed=0)
-    buffer = diffsac.ReplayBuffer(100, 1, 1, torch.device("cpu"))
+    buffer = ReplayBuffer(100, 1, 1, torch.device("cpu"))
     obs, _ = envs.reset(seed=0)
     for _ in range(steps):
-        obs, _ = diffsac.step_and_store(envs, obs, np.zeros((1, 1), np.float32), buffer)
+        obs, _ = step_and_store(envs, obs, np.zeros((1, 1), np.float32), buffer)
     return buffer
 
 

@@ -10,11 +10,28 @@ from conftest import run_script
 from gymnasium.utils.env_checker import check_env
 
 import benchmarks.multimodal_envs  # noqa: F401  (registers the ids)
-from benchmarks.multimodal_envs import (DOUBLE_WELL_MODES, MULTIMODAL_ENV_IDS, UNEQUAL_MODES, UNEQUAL_WEIGHTS, UNEQUAL_WIDTH,
-                                    covers_every_mode, covers_every_mode_strictly, double_well_reward, histogram,
-                                    mass_near_modes, mode_radius, mode_shares, ring_modes, ring_reward, target_mass_near_modes,
-                                    target_mode_shares, target_probabilities, total_variation, unequal_modes_reward,
-                                    weights_match)
+from benchmarks.multimodal_envs import (
+    DOUBLE_WELL_MODES,
+    MULTIMODAL_ENV_IDS,
+    UNEQUAL_MODES,
+    UNEQUAL_WEIGHTS,
+    UNEQUAL_WIDTH,
+    covers_every_mode,
+    covers_every_mode_strictly,
+    double_well_reward,
+    histogram,
+    mass_near_modes,
+    mode_radius,
+    mode_shares,
+    ring_modes,
+    ring_reward,
+    target_mass_near_modes,
+    target_mode_shares,
+    target_probabilities,
+    total_variation,
+    unequal_modes_reward,
+    weights_match,
+)
 
 
 @pytest.mark.parametrize("env_id", MULTIMODAL_ENV_IDS)

@@ -6,7 +6,6 @@ import os
 import pytest
 from conftest import run_script
 
-
 SCRIPTS = ["diffsac.py", "diffwpo.py"]
 SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "64"]
 TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/entropy_estimate", "charts/alpha",

@@ -13,17 +13,21 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from common.cli import parse_args
-from common.replay_buffer import (ReplayBuffer, load_replay_buffer, replay_buffer_path, replay_buffer_state,
-                                  save_with_replay_buffer)
 from conftest import REPO_ROOT, run_script, single_run_dir
 from torch.utils.tensorboard import SummaryWriter
 
-from common import runs
-from common.envs import ConfigError
 from benchmarks.logs import read_scalars
+from common import runs
+from common.cli import parse_args
+from common.envs import ConfigError
 from common.normalization import ObservationNormalizer
+from common.replay_buffer import (
+    ReplayBuffer,
+    load_replay_buffer,
+    replay_buffer_path,
+    replay_buffer_state,
+    save_with_replay_buffer,
+)
 
 SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "diffreppo.py", "baselines/ppo.py", "baselines/sac.py",
            "baselines/wpo.py", "baselines/reppo.py", "peers/dpmd.py", "peers/sdac.py"]
