@@ -108,7 +108,9 @@ CHECKS = [  # (condition, message): flags that cannot work, refused before anyth
     (lambda a: a.alpha > 0 or not a.autotune, "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
     *in_unit_interval("gamma"),
     *in_unit_interval("gae_lambda", "chain_gae_lambda", closed=True),
-    *positive("learning_rate", "clip_coef", "min_std", "behaviour_noise_scale"),
+    *positive("learning_rate", "clip_coef", "min_std"),
+    (lambda a: a.behaviour_noise_scale > 0,
+     "--behaviour-noise-scale must be a positive number (got {behaviour_noise_scale})."),
     (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
 ]
 

@@ -50,7 +50,7 @@ def at_least_one(*fields: str) -> list[tuple]:
 
 def positive(*fields: str) -> list[tuple]:
     """Check rows: each named flag is above 0."""
-    return [(lambda a, f=f: getattr(a, f) > 0, f"{flag(f)} must be a positive number (got {{{f}}}).") for f in fields]
+    return [(lambda a, f=f: getattr(a, f) > 0, f"{flag(f)} must be positive (got {{{f}}}).") for f in fields]
 
 
 def in_unit_interval(*fields: str, closed: bool = False) -> list[tuple]:
