@@ -75,7 +75,7 @@ class Args(RunArgs):
     target_kl: float | None = None
     """the target KL divergence threshold (early stop of the update epochs)"""
     norm_reward: bool = True
-    """scale env rewards by a running std of the discounted return (--no-norm-reward: raw rewards, alpha then acts on them)"""
+    """scale env rewards by a running std of the discounted return (--no-norm-reward: alpha acts on raw rewards)"""
 
     # Diffusion policy and maximum entropy
     num_diffusion_steps: int = 8
@@ -91,26 +91,37 @@ class Args(RunArgs):
     min_std: float = 0.01
     """floor of every reverse-kernel standard deviation sigma_k"""
     behaviour_noise_scale: float = 1.0
-    """rollout kernels' noise x this; ratios and soft rewards keep the kernels' densities (>1: mass-covering, method.md §4.1)"""
+    """rollout kernels' noise x this; ratios and soft rewards keep the kernels' densities (method.md §4.1)"""
     hidden_dim: int = 64
     """width of the two hidden layers of the mean and value networks"""
 
 
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
     *at_least_one("num_diffusion_steps", "num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
-    (lambda a: a.num_envs * a.num_steps * a.num_diffusion_steps % a.num_minibatches == 0,
-     lambda a: f"--num-minibatches {a.num_minibatches} does not divide the augmented batch --num-envs * --num-steps "
-     f"* --num-diffusion-steps = {a.num_envs * a.num_steps * a.num_diffusion_steps}; allowed: a divisor of "
-     f"{a.num_envs * a.num_steps * a.num_diffusion_steps}."),
-    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps, lambda a: f"--total-timesteps {a.total_timesteps} is "
-     f"less than one rollout (--num-envs * --num-steps = {a.num_envs * a.num_steps})."),
+    (
+        lambda a: a.num_envs * a.num_steps * a.num_diffusion_steps % a.num_minibatches == 0,
+        lambda a: (
+            f"--num-minibatches {a.num_minibatches} does not divide the augmented batch --num-envs * --num-steps "
+            f"* --num-diffusion-steps = {a.num_envs * a.num_steps * a.num_diffusion_steps}; allowed: a divisor of "
+            f"{a.num_envs * a.num_steps * a.num_diffusion_steps}."
+        ),
+    ),
+    (
+        lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
+        lambda a: (
+            f"--total-timesteps {a.total_timesteps} is "
+            f"less than one rollout (--num-envs * --num-steps = {a.num_envs * a.num_steps})."
+        ),
+    ),
     (lambda a: a.alpha >= 0, "--alpha must be >= 0 (got {alpha})."),
     (lambda a: a.alpha > 0 or not a.autotune, "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
     *in_unit_interval("gamma"),
     *in_unit_interval("gae_lambda", "chain_gae_lambda", closed=True),
     *positive("learning_rate", "clip_coef", "min_std"),
-    (lambda a: a.behaviour_noise_scale > 0,
-     "--behaviour-noise-scale must be a positive number (got {behaviour_noise_scale})."),
+    (
+        lambda a: a.behaviour_noise_scale > 0,
+        "--behaviour-noise-scale must be a positive number (got {behaviour_noise_scale}).",
+    ),
     (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
 ]
 
@@ -155,8 +166,16 @@ class DiffusionActor(nn.Module):
     chain[:, 0] = x_K and chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
-                 min_std: float = 0.01, time_embedding_dim: int = 16, activation: str = "tanh"):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_diffusion_steps: int,
+        hidden_dim: int = 64,
+        min_std: float = 0.01,
+        time_embedding_dim: int = 16,
+        activation: str = "tanh",
+    ):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
         Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
@@ -167,8 +186,10 @@ class DiffusionActor(nn.Module):
         self.register_buffer("step_k", torch.arange(num_diffusion_steps, 0, -1))  # k of step j = K - j
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.mean_net = nn.Sequential(
-            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), Activation(),
-            layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)),
+            Activation(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)),
+            Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
         self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
@@ -206,13 +227,16 @@ class DiffusionActor(nn.Module):
         batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
-        x_weight = first.weight[:, obs_dim:obs_dim + self.action_dim]
-        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim:].T  # [K+1, H], row k
+        x_weight = first.weight[:, obs_dim : obs_dim + self.action_dim]
+        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim :].T  # [K+1, H], row k
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
         std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
         noise_shape = (K + 1, batch, self.action_dim)
-        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device,
-                                                                             dtype=obs.dtype)
+        noise = (
+            obs.new_zeros(noise_shape)
+            if deterministic
+            else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
+        )
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
         step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
         activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
@@ -238,19 +262,29 @@ class DiffusionActor(nn.Module):
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
         """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""
         return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
+
+
 # ---- end of the diffusion actor ----
 
 
 class ValueNetwork(nn.Module):
     """V(s, x_k, k): the value of an augmented state (method.md §3)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
-                 time_embedding_dim: int = 16):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_diffusion_steps: int,
+        hidden_dim: int = 64,
+        time_embedding_dim: int = 16,
+    ):
         super().__init__()
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.net = nn.Sequential(
-            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), nn.Tanh(),
-            layer_init(nn.Linear(hidden_dim, hidden_dim)), nn.Tanh(),
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)),
+            nn.Tanh(),
             layer_init(nn.Linear(hidden_dim, 1), std=1.0),
         )
 
@@ -259,8 +293,16 @@ class ValueNetwork(nn.Module):
 
 
 class Agent(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
-                 num_diffusion_steps: int, hidden_dim: int = 64, min_std: float = 0.01):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        action_low: list[float],
+        action_high: list[float],
+        num_diffusion_steps: int,
+        hidden_dim: int = 64,
+        min_std: float = 0.01,
+    ):
         super().__init__()
         self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std)
         self.critic = ValueNetwork(obs_dim, action_dim, num_diffusion_steps, hidden_dim)
@@ -291,8 +333,15 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
     return flat_obs, x_k, step_k.repeat(num_steps * num_envs), x_previous
 
 
-def augmented_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: np.ndarray,
-                  gamma: float, gae_lambda: float, chain_gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+def augmented_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    dones: np.ndarray,
+    next_value: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+    chain_gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """GAE over the augmented sequence (method.md §3, §4.1).
 
     rewards, values: [T, N, K], augmented step j of env step t (j = 0 is k = K); the env
@@ -318,8 +367,14 @@ def augmented_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, ne
     return advantages, advantages + values
 
 
-def step_with_bootstrap(envs, agent: Agent, chain: torch.Tensor, obs_normalizer: ObservationNormalizer,
-                        reward_normalizer: RewardNormalizer, gamma: float):
+def step_with_bootstrap(
+    envs,
+    agent: Agent,
+    chain: torch.Tensor,
+    obs_normalizer: ObservationNormalizer,
+    reward_normalizer: RewardNormalizer,
+    gamma: float,
+):
     """Execute a = c + h tanh(x_0); return (next raw obs, normalised env reward [N], bootstrap [N], done, infos).
 
     Where an episode was cut by a time limit (truncated, not terminated) the bootstrap is
@@ -336,8 +391,11 @@ def step_with_bootstrap(envs, agent: Agent, chain: torch.Tensor, obs_normalizer:
         final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=chain.device)
         num_envs, num_diffusion_steps = chain.shape[0], chain.shape[1] - 1
         with torch.no_grad():
-            final_values = agent.critic(final_obs, torch.randn_like(chain[:, 0]),
-                                        torch.full((num_envs,), num_diffusion_steps, device=chain.device))
+            final_values = agent.critic(
+                final_obs,
+                torch.randn_like(chain[:, 0]),
+                torch.full((num_envs,), num_diffusion_steps, device=chain.device),
+            )
         bootstrap[truncated_only] = gamma * final_values.cpu().numpy()[truncated_only]
     return next_obs_raw, env_reward, bootstrap, done, infos
 
@@ -359,22 +417,36 @@ def main() -> None:
     minibatch_size = augmented_batch_size // args.num_minibatches
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
-                        action_high=envs.single_action_space.high.tolist(),
-                        num_diffusion_steps=args.num_diffusion_steps, hidden_dim=args.hidden_dim, min_std=args.min_std)
+    agent_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_low=envs.single_action_space.low.tolist(),
+        action_high=envs.single_action_space.high.tolist(),
+        num_diffusion_steps=args.num_diffusion_steps,
+        hidden_dim=args.hidden_dim,
+        min_std=args.min_std,
+    )
     check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device,
-                             requires_grad=args.autotune)
+    log_alpha = torch.tensor(
+        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
+    )
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
     target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)
-    checkpoint = run.restore({"agent": agent, "optimizer": optimizer, "obs_normalizer": obs_normalizer,
-                              "reward_normalizer": reward_normalizer, "log_alpha": log_alpha,
-                              "alpha_optimizer": alpha_optimizer},
-                             agent_kwargs=agent_kwargs)
+    checkpoint = run.restore(
+        {
+            "agent": agent,
+            "optimizer": optimizer,
+            "obs_normalizer": obs_normalizer,
+            "reward_normalizer": reward_normalizer,
+            "log_alpha": log_alpha,
+            "alpha_optimizer": alpha_optimizer,
+        },
+        agent_kwargs=agent_kwargs,
+    )
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha = log_alpha.exp().item()
 
@@ -407,7 +479,8 @@ def main() -> None:
                 squash_log_det_buffer[step] = squash_log_det(chain[:, -1], agent.action_half_width)
             chain_buffer[step], log_q_buffer[step] = chain, step_log_q
             next_obs_raw, env_reward_buffer[step], bootstrap_buffer[step], done, infos = step_with_bootstrap(
-                envs, agent, chain, obs_normalizer, reward_normalizer, args.gamma)
+                envs, agent, chain, obs_normalizer, reward_normalizer, args.gamma
+            )
             done_buffer[step] = done
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
@@ -415,25 +488,36 @@ def main() -> None:
 
         # What the actions did not depend on, for the whole rollout in one pass (the same numbers as step by step):
         with torch.no_grad():
-            step_log_ratio, log_prior = agent.actor.chain_log_ratio_terms(chain_buffer.view(-1, K + 1, action_dim),
-                                                                          log_q_buffer.view(-1, K))
+            step_log_ratio, log_prior = agent.actor.chain_log_ratio_terms(
+                chain_buffer.view(-1, K + 1, action_dim), log_q_buffer.view(-1, K)
+            )
             squash_terms = squash_log_det_buffer.view(-1)
-            value_buffer = agent.critic(obs_buffer.view(-1, obs_dim).repeat_interleave(K, 0),  # V(s, x_k, k)
-                                        chain_buffer[:, :, :-1].reshape(-1, action_dim),
-                                        step_k.repeat(batch_size)).view(args.num_steps, args.num_envs, K)
+            value_buffer = agent.critic(
+                obs_buffer.view(-1, obs_dim).repeat_interleave(K, 0),  # V(s, x_k, k)
+                chain_buffer[:, :, :-1].reshape(-1, action_dim),
+                step_k.repeat(batch_size),
+            ).view(args.num_steps, args.num_envs, K)
             # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (method.md §3).
             soft_rewards = -alpha * step_log_ratio
             soft_rewards[:, 0] -= alpha * log_prior
             soft_rewards[:, -1] += alpha * squash_terms
         path_log_ratio_buffer = (log_prior + step_log_ratio.sum(1) - squash_terms).view(args.num_steps, args.num_envs)
-        reward_buffer = augmented_rewards(soft_rewards.view(args.num_steps, args.num_envs, K).cpu().numpy(),
-                                          env_reward_buffer, bootstrap_buffer)
+        reward_buffer = augmented_rewards(
+            soft_rewards.view(args.num_steps, args.num_envs, K).cpu().numpy(), env_reward_buffer, bootstrap_buffer
+        )
 
         # GAE over the augmented sequence, bootstrapped with V(s_T, fresh x_K, K).
         with torch.no_grad():
             next_value = agent.critic(next_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)
-        advantages, returns = augmented_gae(reward_buffer, value_buffer.cpu().numpy(), done_buffer,
-                                            next_value.cpu().numpy(), args.gamma, args.gae_lambda, args.chain_gae_lambda)
+        advantages, returns = augmented_gae(
+            reward_buffer,
+            value_buffer.cpu().numpy(),
+            done_buffer,
+            next_value.cpu().numpy(),
+            args.gamma,
+            args.gae_lambda,
+            args.chain_gae_lambda,
+        )
 
         b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
         b_log_q = log_q_buffer.reshape(-1)
@@ -445,7 +529,7 @@ def main() -> None:
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(augmented_batch_size, device=device)
             for start in range(0, augmented_batch_size, minibatch_size):
-                mb = permutation[start:start + minibatch_size]
+                mb = permutation[start : start + minibatch_size]
                 new_log_q = agent.actor.log_prob(b_obs[mb], b_x_k[mb], b_k[mb], b_x_previous[mb])
                 log_importance_ratio = new_log_q - b_log_q[mb]  # one ratio per diffusion step (method.md §4.1)
                 ratio = log_importance_ratio.exp()
@@ -457,8 +541,9 @@ def main() -> None:
                 mb_advantages = b_advantages[mb]
                 if args.norm_adv:
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                pg_loss = torch.max(-mb_advantages * ratio,
-                                    -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                pg_loss = torch.max(
+                    -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                ).mean()
 
                 new_value = agent.critic(b_obs[mb], b_x_k[mb], b_k[mb])
                 if args.clip_vloss:
@@ -469,8 +554,13 @@ def main() -> None:
                     v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
 
                 loss = pg_loss + args.vf_coef * v_loss
-                run.check_finite("loss", loss, global_step, f" (iteration {iteration}, epoch {epoch}): policy loss "
-                                 f"{pg_loss.item()}, value loss {v_loss.item()}")
+                run.check_finite(
+                    "loss",
+                    loss,
+                    global_step,
+                    f" (iteration {iteration}, epoch {epoch}): policy loss "
+                    f"{pg_loss.item()}, value loss {v_loss.item()}",
+                )
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -493,11 +583,20 @@ def main() -> None:
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        run.log(global_step, {"charts/learning_rate": optimizer.param_groups[0]["lr"],
-                              "charts/entropy_estimate": entropy_estimate, "charts/alpha": alpha,
-                              "losses/value_loss": v_loss, "losses/policy_loss": pg_loss,
-                              "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl,
-                              "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var})
+        run.log(
+            global_step,
+            {
+                "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                "charts/entropy_estimate": entropy_estimate,
+                "charts/alpha": alpha,
+                "losses/value_loss": v_loss,
+                "losses/policy_loss": pg_loss,
+                "losses/old_approx_kl": old_approx_kl,
+                "losses/approx_kl": approx_kl,
+                "losses/clipfrac": np.mean(clipfracs),
+                "losses/explained_variance": explained_var,
+            },
+        )
         run.show(global_step, f"entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)

@@ -127,21 +127,33 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
-    *at_least_one("num_diffusion_steps", "num_steps", "minibatch_size", "update_epochs", "hidden_dim",
-                  "actor_hidden_dim"),
+    *at_least_one(
+        "num_diffusion_steps", "num_steps", "minibatch_size", "update_epochs", "hidden_dim", "actor_hidden_dim"
+    ),
     (lambda a: a.num_bins >= 2, "--num-bins must be at least 2 (got {num_bins})."),
-    (lambda a: a.minibatch_size <= a.num_envs * a.num_steps * a.num_diffusion_steps,
-     lambda a: f"--minibatch-size {a.minibatch_size} exceeds the rollout's "
-     f"{a.num_envs * a.num_steps * a.num_diffusion_steps} augmented transitions (--num-envs x --num-steps x "
-     "--num-diffusion-steps); allowed: at most that."),
-    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps, lambda a: f"--total-timesteps {a.total_timesteps} is "
-     f"less than one rollout (--num-envs x --num-steps = {a.num_envs * a.num_steps})."),
+    (
+        lambda a: a.minibatch_size <= a.num_envs * a.num_steps * a.num_diffusion_steps,
+        lambda a: (
+            f"--minibatch-size {a.minibatch_size} exceeds the rollout's "
+            f"{a.num_envs * a.num_steps * a.num_diffusion_steps} augmented transitions (--num-envs x --num-steps x "
+            "--num-diffusion-steps); allowed: at most that."
+        ),
+    ),
+    (
+        lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
+        lambda a: (
+            f"--total-timesteps {a.total_timesteps} is "
+            f"less than one rollout (--num-envs x --num-steps = {a.num_envs * a.num_steps})."
+        ),
+    ),
     *positive("learning_rate", "multiplier_lr", "alpha", "max_grad_norm", "kl_bound", "beta", "min_std"),
     (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
     (lambda a: a.v_min < a.v_max, "--v-min {v_min} must be below --v-max {v_max}."),
     *in_unit_interval("gamma"),
-    (lambda a: a.augmented_gamma is None or 0 < a.augmented_gamma <= 1,
-     "--augmented-gamma must be in (0, 1] (got {augmented_gamma})."),
+    (
+        lambda a: a.augmented_gamma is None or 0 < a.augmented_gamma <= 1,
+        "--augmented-gamma must be in (0, 1] (got {augmented_gamma}).",
+    ),
     *in_unit_interval("gae_lambda", closed=True),
     (lambda a: a.aux_loss_coef >= 0, "--aux-loss-coef must be >= 0 (got {aux_loss_coef})."),
 ]
@@ -187,8 +199,16 @@ class DiffusionActor(nn.Module):
     chain[:, 0] = x_K and chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
-                 min_std: float = 0.01, time_embedding_dim: int = 16, activation: str = "tanh"):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_diffusion_steps: int,
+        hidden_dim: int = 64,
+        min_std: float = 0.01,
+        time_embedding_dim: int = 16,
+        activation: str = "tanh",
+    ):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
         Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
@@ -199,8 +219,10 @@ class DiffusionActor(nn.Module):
         self.register_buffer("step_k", torch.arange(num_diffusion_steps, 0, -1))  # k of step j = K - j
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.mean_net = nn.Sequential(
-            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), Activation(),
-            layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)),
+            Activation(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)),
+            Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
         self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
@@ -238,13 +260,16 @@ class DiffusionActor(nn.Module):
         batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
-        x_weight = first.weight[:, obs_dim:obs_dim + self.action_dim]
-        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim:].T  # [K+1, H], row k
+        x_weight = first.weight[:, obs_dim : obs_dim + self.action_dim]
+        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim :].T  # [K+1, H], row k
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
         std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
         noise_shape = (K + 1, batch, self.action_dim)
-        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device,
-                                                                             dtype=obs.dtype)
+        noise = (
+            obs.new_zeros(noise_shape)
+            if deterministic
+            else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
+        )
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
         step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
         activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
@@ -270,11 +295,19 @@ class DiffusionActor(nn.Module):
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
         """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""
         return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
+
+
 # ---- end of the diffusion actor ----
 
 
-def step_log_ratio_term(actor: DiffusionActor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor,
-                        log_q: torch.Tensor, action_half_width: torch.Tensor) -> torch.Tensor:
+def step_log_ratio_term(
+    actor: DiffusionActor,
+    x_k: torch.Tensor,
+    k: torch.Tensor,
+    x_previous: torch.Tensor,
+    log_q: torch.Tensor,
+    action_half_width: torch.Tensor,
+) -> torch.Tensor:
     """lt_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}), plus log N(x_K; 0, I) at k = K and minus the
     squash log-Jacobian sum_i log h_i + log(1 - tanh(x_0i)^2) at k = 1, so that sum_k lt_k = L (method.md §2, §3)."""
     K = actor.num_diffusion_steps
@@ -287,8 +320,16 @@ def step_log_ratio_term(actor: DiffusionActor, x_k: torch.Tensor, k: torch.Tenso
 class Agent(nn.Module):
     """The diffusion actor and the squashing a = c + h tanh(x_0)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
-                 num_diffusion_steps: int, hidden_dim: int = 128, min_std: float = 0.01):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        action_low: list[float],
+        action_high: list[float],
+        num_diffusion_steps: int,
+        hidden_dim: int = 128,
+        min_std: float = 0.01,
+    ):
         super().__init__()
         self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation="relu")
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
@@ -315,8 +356,9 @@ class Agent(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # The distributional critic (HL-Gauss), the trust region and the lambda-returns (method.md §4.5)
 # ----------------------------------------------------------------------------------------------
-def hl_gauss_histogram(values: torch.Tensor, v_min: float, v_max: float, num_bins: int,
-                       sigma_ratio: float = 0.75) -> torch.Tensor:
+def hl_gauss_histogram(
+    values: torch.Tensor, v_min: float, v_max: float, num_bins: int, sigma_ratio: float = 0.75
+) -> torch.Tensor:
     """The HL-Gauss target: N(clip(y), (sigma_ratio * bin width)^2) integrated over each bin, renormalised
     to the mass inside [v_min, v_max]. [B] -> [B, num_bins], rows sum to one."""
     edges = torch.linspace(v_min, v_max, num_bins + 1, device=values.device, dtype=values.dtype)
@@ -331,8 +373,17 @@ class DistributionalCritic(nn.Module):
     """Q~(s, x_k, k, x_{k-1}) as a categorical over bins on [v_min, v_max], with an auxiliary head that
     predicts the next augmented state's embedding and the augmented reward from this one's embedding."""
 
-    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 256,
-                 num_bins: int = 101, v_min: float = -10.0, v_max: float = 10.0, time_embedding_dim: int = 16):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_diffusion_steps: int,
+        hidden_dim: int = 256,
+        num_bins: int = 101,
+        v_min: float = -10.0,
+        v_max: float = 10.0,
+        time_embedding_dim: int = 16,
+    ):
         super().__init__()
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
 
@@ -342,14 +393,17 @@ class DistributionalCritic(nn.Module):
         self.encoder = nn.Sequential(*block(obs_dim + 4 * action_dim + time_embedding_dim), *block(hidden_dim))
         self.value_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, num_bins))
         self.prediction_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, hidden_dim + 1))
-        self.register_buffer("bin_centres", torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2)
+        self.register_buffer(
+            "bin_centres", torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2
+        )
 
     def forward(self, obs, x_k, k, x_previous) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, bins], embedding [B, hidden])."""
         # Each latent enters twice: through tanh, as the environment sees x_0, and scaled (x / 3), so that the
         # critic still tells a latent at 5 from one at 30 (tanh alone hides how far out a latent has drifted).
-        features = torch.cat([obs, torch.tanh(x_k), x_k / 3, self.time_embedding(k),
-                              torch.tanh(x_previous), x_previous / 3], dim=-1)
+        features = torch.cat(
+            [obs, torch.tanh(x_k), x_k / 3, self.time_embedding(k), torch.tanh(x_previous), x_previous / 3], dim=-1
+        )
         embedding = self.encoder(features)
         return self.value_head(embedding), embedding
 
@@ -358,14 +412,22 @@ class DistributionalCritic(nn.Module):
         return (logits.softmax(-1) * self.bin_centres).sum(-1)
 
 
-def gaussian_kl(mean_old: torch.Tensor, std_old: torch.Tensor, mean_new: torch.Tensor, std_new: torch.Tensor) -> torch.Tensor:
+def gaussian_kl(
+    mean_old: torch.Tensor, std_old: torch.Tensor, mean_new: torch.Tensor, std_new: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mean_old, diag std_old^2) || N(mean_new, diag std_new^2)), summed over the last axis (closed form)."""
-    return (torch.log(std_new / std_old) + (std_old ** 2 + (mean_old - mean_new) ** 2) / (2 * std_new ** 2) - 0.5).sum(-1)
+    return (torch.log(std_new / std_old) + (std_old**2 + (mean_old - mean_new) ** 2) / (2 * std_new**2) - 0.5).sum(-1)
 
 
-def augmented_lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, terminations: torch.Tensor,
-                             truncations: torch.Tensor, gamma: float, gae_lambda: float,
-                             augmented_gamma: float | None = None) -> torch.Tensor:
+def augmented_lambda_returns(
+    rewards: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+    augmented_gamma: float | None = None,
+) -> torch.Tensor:
     """Lambda-returns backwards over the augmented sequence (method.md §4.5).
 
     rewards, next_values: [T, N, K], augmented step j of env step t (j = 0 is k = K; the env step is j = K-1);
@@ -376,7 +438,9 @@ def augmented_lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, t
     """
     num_steps, _, K = rewards.shape
     returns = torch.zeros_like(rewards)
-    next_return = next_values[-1, :, -1]  # so the rollout's last step bootstraps with V alone: lambda V + (1 - lambda) V
+    next_return = next_values[
+        -1, :, -1
+    ]  # so the rollout's last step bootstraps with V alone: lambda V + (1 - lambda) V
     for t in reversed(range(num_steps)):
         for j in reversed(range(K)):
             v = next_values[t, :, j]
@@ -392,8 +456,17 @@ def augmented_lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, t
     return returns
 
 
-def actor_losses(agent: Agent, old_actor: DiffusionActor, critic: DistributionalCritic, obs, x_k, k,
-                 alpha: float, beta: float, kl_bound: float):
+def actor_losses(
+    agent: Agent,
+    old_actor: DiffusionActor,
+    critic: DistributionalCritic,
+    obs,
+    x_k,
+    k,
+    alpha: float,
+    beta: float,
+    kl_bound: float,
+):
     """(actor loss, lt_k of the new steps [B], KL [B]) for one reparameterised step per augmented state.
 
     Per sample: alpha lt_k(x_{k-1}) - Q~(s, x_k, k, x_{k-1}) where KL(old || new) < kl_bound, else beta KL
@@ -415,8 +488,12 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
     """Flatten a rollout into augmented samples (s, x_k, k) -> x_{k-1}, in the order of the [T, N, K] buffers."""
     num_steps, num_envs, K = chain.shape[0], chain.shape[1], chain.shape[2] - 1
     flat_obs = obs[:, :, None].expand(-1, -1, K, -1).reshape(-1, obs.shape[-1])
-    return (flat_obs, chain[:, :, :-1].reshape(-1, chain.shape[-1]), step_k.repeat(num_steps * num_envs),
-            chain[:, :, 1:].reshape(-1, chain.shape[-1]))
+    return (
+        flat_obs,
+        chain[:, :, :-1].reshape(-1, chain.shape[-1]),
+        step_k.repeat(num_steps * num_envs),
+        chain[:, :, 1:].reshape(-1, chain.shape[-1]),
+    )
 
 
 def main() -> None:
@@ -427,12 +504,30 @@ def main() -> None:
     augmented_batch_size = batch_size * K
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
-                        action_high=envs.single_action_space.high.tolist(), num_diffusion_steps=K,
-                        hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
-    critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, num_diffusion_steps=K, hidden_dim=args.hidden_dim,
-                         num_bins=args.num_bins, v_min=args.v_min, v_max=args.v_max)
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]), 0, device, "--hidden-dim or --actor-hidden-dim")
+    agent_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_low=envs.single_action_space.low.tolist(),
+        action_high=envs.single_action_space.high.tolist(),
+        num_diffusion_steps=K,
+        hidden_dim=args.actor_hidden_dim,
+        min_std=args.min_std,
+    )
+    critic_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        num_diffusion_steps=K,
+        hidden_dim=args.hidden_dim,
+        num_bins=args.num_bins,
+        v_min=args.v_min,
+        v_max=args.v_max,
+    )
+    check_memory(
+        count_parameters(lambda: [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]),
+        0,
+        device,
+        "--hidden-dim or --actor-hidden-dim",
+    )
     agent = Agent(**agent_kwargs).to(device)
     critic = DistributionalCritic(**critic_kwargs).to(device)
     old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
@@ -440,18 +535,29 @@ def main() -> None:
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
     log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)
-    multiplier_optimizer = torch.optim.Adam([log_alpha, log_beta] if args.autotune else [log_beta], lr=args.multiplier_lr)
+    multiplier_optimizer = torch.optim.Adam(
+        [log_alpha, log_beta] if args.autotune else [log_beta], lr=args.multiplier_lr
+    )
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    checkpoint = run.restore({"agent": agent, "critic": critic, "actor_optimizer": actor_optimizer,
-                              "critic_optimizer": critic_optimizer, "multiplier_optimizer": multiplier_optimizer,
-                              "obs_normalizer": obs_normalizer, "reward_normalizer": reward_normalizer,
-                              "log_alpha": log_alpha, "log_beta": log_beta},
-                             agent_kwargs=agent_kwargs, critic_kwargs=critic_kwargs)
+    checkpoint = run.restore(
+        {
+            "agent": agent,
+            "critic": critic,
+            "actor_optimizer": actor_optimizer,
+            "critic_optimizer": critic_optimizer,
+            "multiplier_optimizer": multiplier_optimizer,
+            "obs_normalizer": obs_normalizer,
+            "reward_normalizer": reward_normalizer,
+            "log_alpha": log_alpha,
+            "log_beta": log_beta,
+        },
+        agent_kwargs=agent_kwargs,
+        critic_kwargs=critic_kwargs,
+    )
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
-
 
     # Rollout storage; augmented step j of env step t is diffusion step k = K - j.
     obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
@@ -483,15 +589,20 @@ def main() -> None:
             with torch.no_grad():
                 chain, step_log_q = agent.actor.sample_chain(next_obs)
                 step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
-                    chain, step_log_q, agent.action_half_width)
+                    chain, step_log_q, agent.action_half_width
+                )
             next_obs_raw, reward, terminated, truncated, infos = envs.step(agent.squash(chain[:, -1]).cpu().numpy())
-            normalised_reward = torch.as_tensor(reward_normalizer(reward, np.logical_or(terminated, truncated)),
-                                                dtype=torch.float32, device=device)
+            normalised_reward = torch.as_tensor(
+                reward_normalizer(reward, np.logical_or(terminated, truncated)), dtype=torch.float32, device=device
+            )
             final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=device)
             with torch.no_grad():
-                # The augmented state after each step j: (s_t, x_{k-1}, k-1) inside the chain, (s_{t+1}, x_K ~ N(0, I), K)
+                # The augmented state after each step j: (s_t, x_{k-1}, k-1) inside the chain,
+                # (s_{t+1}, x_K ~ N(0, I), K)
                 # after the env step; V there = Q~ with a fresh step of the policy, whose lt' enters the soft reward.
-                state_obs = torch.cat([next_obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1).reshape(-1, obs_dim)
+                state_obs = torch.cat([next_obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1).reshape(
+                    -1, obs_dim
+                )
                 state_x = torch.cat([chain[:, 1:K], torch.randn_like(chain[:, :1])], 1).reshape(-1, action_dim)
                 state_k = next_k.repeat(args.num_envs)
                 fresh_x, fresh_log_ratio_term, _, _ = agent.one_step(state_obs, state_x, state_k)
@@ -504,16 +615,24 @@ def main() -> None:
             next_value_buffer[step] = critic.value(logits).view(args.num_envs, K)
             next_embedding_buffer[step] = embedding.view(args.num_envs, K, -1)
             termination_buffer[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
-            truncation_buffer[step] = torch.as_tensor(np.logical_and(truncated, np.logical_not(terminated)),
-                                                      dtype=torch.float32, device=device)
+            truncation_buffer[step] = torch.as_tensor(
+                np.logical_and(truncated, np.logical_not(terminated)), dtype=torch.float32, device=device
+            )
             path_log_ratio_buffer[step] = log_prior + step_log_ratio.sum(1) - squash_log_det
             saturated_buffer[step] = (chain[:, -1].abs() > 3.0).float().mean(-1)  # |tanh(x_0)| > 0.995
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
             run.episodes(infos, global_step)
 
-        returns = augmented_lambda_returns(reward_buffer, next_value_buffer, termination_buffer, truncation_buffer,
-                                           args.gamma, args.gae_lambda, args.augmented_gamma)
+        returns = augmented_lambda_returns(
+            reward_buffer,
+            next_value_buffer,
+            termination_buffer,
+            truncation_buffer,
+            args.gamma,
+            args.gae_lambda,
+            args.augmented_gamma,
+        )
         b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
         b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
         b_next_embeddings = next_embedding_buffer.reshape(augmented_batch_size, -1)
@@ -522,13 +641,15 @@ def main() -> None:
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(augmented_batch_size, device=device)
             for start in range(0, augmented_batch_size - args.minibatch_size + 1, args.minibatch_size):
-                mb = permutation[start:start + args.minibatch_size]
+                mb = permutation[start : start + args.minibatch_size]
                 # Critic: HL-Gauss cross-entropy to the lambda-return, plus the auxiliary predictions.
                 logits, embedding = critic(b_obs[mb], b_x_k[mb], b_k[mb], b_x_previous[mb])
                 target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)
                 cross_entropy = -(target * logits.log_softmax(-1)).sum(-1).mean()
                 prediction = critic.prediction_head(embedding)
-                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(prediction[:, -1], b_rewards[mb])
+                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(
+                    prediction[:, -1], b_rewards[mb]
+                )
                 critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
                 run.check_finite("critic loss", critic_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 critic_optimizer.zero_grad()
@@ -536,8 +657,9 @@ def main() -> None:
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
                 critic_optimizer.step()
                 # Actor: one reparameterised step per augmented state, through the updated critic (frozen).
-                actor_loss, log_ratio_term, kl = actor_losses(agent, old_actor, critic, b_obs[mb], b_x_k[mb], b_k[mb],
-                                                              alpha, beta, args.kl_bound)
+                actor_loss, log_ratio_term, kl = actor_losses(
+                    agent, old_actor, critic, b_obs[mb], b_x_k[mb], b_k[mb], alpha, beta, args.kl_bound
+                )
                 run.check_finite("actor loss", actor_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 actor_optimizer.zero_grad()
                 actor_loss.backward()
@@ -557,14 +679,28 @@ def main() -> None:
         update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)
 
         rollout_entropy = -path_log_ratio_buffer.mean().item()
-        run.log(global_step, {"charts/entropy_estimate": rollout_entropy, "charts/alpha": alpha, "charts/beta": beta,
-                              "charts/saturated_action_fraction": saturated_buffer.mean(),
-                              "charts/latent_abs_max": chain_buffer.abs().amax(), "losses/critic_loss": critic_loss,
-                              "losses/critic_cross_entropy": cross_entropy, "losses/aux_loss": aux_loss,
-                              "losses/actor_loss": actor_loss, "losses/kl": kl.mean(),
-                              "losses/kl_over_bound": np.mean(kl_over_bound), "losses/returns_mean": b_returns.mean()})
-        run.show(global_step, f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "
-                 f"| updates/s {num_updates / update_seconds:.1f}")
+        run.log(
+            global_step,
+            {
+                "charts/entropy_estimate": rollout_entropy,
+                "charts/alpha": alpha,
+                "charts/beta": beta,
+                "charts/saturated_action_fraction": saturated_buffer.mean(),
+                "charts/latent_abs_max": chain_buffer.abs().amax(),
+                "losses/critic_loss": critic_loss,
+                "losses/critic_cross_entropy": cross_entropy,
+                "losses/aux_loss": aux_loss,
+                "losses/actor_loss": actor_loss,
+                "losses/kl": kl.mean(),
+                "losses/kl_over_bound": np.mean(kl_over_bound),
+                "losses/returns_mean": b_returns.mean(),
+            },
+        )
+        run.show(
+            global_step,
+            f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "
+            f"| updates/s {num_updates / update_seconds:.1f}",
+        )
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)
 

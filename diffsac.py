@@ -92,29 +92,55 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
-    *at_least_one("num_diffusion_steps", "batch_size", "buffer_size", "policy_frequency", "target_network_frequency",
-                  "hidden_dim", "actor_hidden_dim"),
-    (lambda a: a.batch_size <= a.buffer_size, "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; "
-     "allowed: --batch-size <= --buffer-size."),
-    (lambda a: a.learning_starts >= a.batch_size, "--learning-starts {learning_starts} is below --batch-size "
-     "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist)."),
-    (lambda a: a.total_timesteps > a.learning_starts,
-     "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}."),
-    (lambda a: a.alpha >= 0 and (a.alpha > 0 or not (a.autotune or a.actor_loss == "log-variance")),
-     "--alpha must be >= 0, and > 0 with --autotune or --actor-loss log-variance (got {alpha})."),
-    (lambda a: a.alpha_start is None or not a.autotune,
-     "--alpha-start anneals a fixed temperature; add --no-autotune (or drop --alpha-start)."),
-    (lambda a: a.alpha_start is None or a.alpha_start > a.alpha > 0,
-     "--alpha-start must be a number above --alpha > 0 (got {alpha_start} and {alpha})."),
+    *at_least_one(
+        "num_diffusion_steps",
+        "batch_size",
+        "buffer_size",
+        "policy_frequency",
+        "target_network_frequency",
+        "hidden_dim",
+        "actor_hidden_dim",
+    ),
+    (
+        lambda a: a.batch_size <= a.buffer_size,
+        "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; allowed: --batch-size <= --buffer-size.",
+    ),
+    (
+        lambda a: a.learning_starts >= a.batch_size,
+        "--learning-starts {learning_starts} is below --batch-size "
+        "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist).",
+    ),
+    (
+        lambda a: a.total_timesteps > a.learning_starts,
+        "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}.",
+    ),
+    (
+        lambda a: a.alpha >= 0 and (a.alpha > 0 or not (a.autotune or a.actor_loss == "log-variance")),
+        "--alpha must be >= 0, and > 0 with --autotune or --actor-loss log-variance (got {alpha}).",
+    ),
+    (
+        lambda a: a.alpha_start is None or not a.autotune,
+        "--alpha-start anneals a fixed temperature; add --no-autotune (or drop --alpha-start).",
+    ),
+    (
+        lambda a: a.alpha_start is None or a.alpha_start > a.alpha > 0,
+        "--alpha-start must be a number above --alpha > 0 (got {alpha_start} and {alpha}).",
+    ),
     *in_unit_interval("alpha_anneal_fraction", "gamma", "tau"),
     *positive("policy_lr", "q_lr", "min_std"),
-    (lambda a: a.behaviour_noise_scale > 0,
-     "--behaviour-noise-scale must be a positive number (got {behaviour_noise_scale})."),
+    (
+        lambda a: a.behaviour_noise_scale > 0,
+        "--behaviour-noise-scale must be a positive number (got {behaviour_noise_scale}).",
+    ),
     (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
-    (lambda a: a.actor_loss in ("reverse-kl", "log-variance"),
-     "--actor-loss {actor_loss!r}: allowed: reverse-kl, log-variance."),
-    (lambda a: a.chains_per_state >= 2,
-     "--chains-per-state must be at least 2, a variance needs two chains (got {chains_per_state})."),
+    (
+        lambda a: a.actor_loss in ("reverse-kl", "log-variance"),
+        "--actor-loss {actor_loss!r}: allowed: reverse-kl, log-variance.",
+    ),
+    (
+        lambda a: a.chains_per_state >= 2,
+        "--chains-per-state must be at least 2, a variance needs two chains (got {chains_per_state}).",
+    ),
 ]
 
 
@@ -158,8 +184,16 @@ class DiffusionActor(nn.Module):
     chain[:, 0] = x_K and chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
-                 min_std: float = 0.01, time_embedding_dim: int = 16, activation: str = "tanh"):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_diffusion_steps: int,
+        hidden_dim: int = 64,
+        min_std: float = 0.01,
+        time_embedding_dim: int = 16,
+        activation: str = "tanh",
+    ):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
         Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
@@ -170,8 +204,10 @@ class DiffusionActor(nn.Module):
         self.register_buffer("step_k", torch.arange(num_diffusion_steps, 0, -1))  # k of step j = K - j
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.mean_net = nn.Sequential(
-            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), Activation(),
-            layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)),
+            Activation(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)),
+            Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
         self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
@@ -209,13 +245,16 @@ class DiffusionActor(nn.Module):
         batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
-        x_weight = first.weight[:, obs_dim:obs_dim + self.action_dim]
-        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim:].T  # [K+1, H], row k
+        x_weight = first.weight[:, obs_dim : obs_dim + self.action_dim]
+        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim :].T  # [K+1, H], row k
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
         std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
         noise_shape = (K + 1, batch, self.action_dim)
-        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device,
-                                                                             dtype=obs.dtype)
+        noise = (
+            obs.new_zeros(noise_shape)
+            if deterministic
+            else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
+        )
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
         step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
         activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
@@ -241,6 +280,8 @@ class DiffusionActor(nn.Module):
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
         """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""
         return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
+
+
 # ---- end of the diffusion actor ----
 
 
@@ -262,10 +303,21 @@ class SoftQNetwork(nn.Module):
 class Agent(nn.Module):
     """The diffusion actor (ReLU, as CleanRL's SAC networks) and the squashing a = c + h tanh(x_0)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
-                 num_diffusion_steps: int, hidden_dim: int = 256, min_std: float = 0.01, activation: str = "relu"):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        action_low: list[float],
+        action_high: list[float],
+        num_diffusion_steps: int,
+        hidden_dim: int = 256,
+        min_std: float = 0.01,
+        activation: str = "relu",
+    ):
         super().__init__()
-        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation=activation)
+        self.actor = DiffusionActor(
+            obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation=activation
+        )
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_center", (high + low) / 2)
         self.register_buffer("action_half_width", (high - low) / 2)
@@ -286,8 +338,14 @@ class Agent(nn.Module):
         return self.squash(chain[:, -1])
 
 
-def soft_bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_min_q: torch.Tensor,
-                        next_path_log_ratio: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+def soft_bellman_target(
+    rewards: torch.Tensor,
+    terminations: torch.Tensor,
+    next_min_q: torch.Tensor,
+    next_path_log_ratio: torch.Tensor,
+    alpha: float,
+    gamma: float,
+) -> torch.Tensor:
     """y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha L(s', x'_{0:K})), L in place of log pi."""
     return rewards + gamma * (1.0 - terminations) * (next_min_q - alpha * next_path_log_ratio)
 
@@ -304,8 +362,15 @@ def actor_loss_and_entropy(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, o
     return (alpha * path_log_ratio - min_q).mean(), -path_log_ratio.detach().mean()
 
 
-def log_variance_actor_loss(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, obs: torch.Tensor, alpha: float,
-                            chains_per_state: int, noise_scale: float):
+def log_variance_actor_loss(
+    agent: Agent,
+    qf1: SoftQNetwork,
+    qf2: SoftQNetwork,
+    obs: torch.Tensor,
+    alpha: float,
+    chains_per_state: int,
+    noise_scale: float,
+):
     """(Var_m[alpha L - min_i Q_i(s, a)] / (2 alpha), H_est): the log-variance divergence (method.md §2).
 
     M = chains_per_state paths per state, drawn without gradient with the kernel noise times noise_scale; L of
@@ -318,8 +383,12 @@ def log_variance_actor_loss(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, 
         actions = agent.squash(chain[:, -1])
         min_q = torch.min(qf1(obs, actions), qf2(obs, actions))
         _, own_path_log_ratio, _ = agent.sample(obs[::chains_per_state])  # H_est on the chain's own paths
-    step_log_q = actor.log_prob(obs.repeat_interleave(K, 0), chain[:, :-1].reshape(-1, action_dim),
-                                actor.step_k.repeat(len(obs)), chain[:, 1:].reshape(-1, action_dim)).view(-1, K)
+    step_log_q = actor.log_prob(
+        obs.repeat_interleave(K, 0),
+        chain[:, :-1].reshape(-1, action_dim),
+        actor.step_k.repeat(len(obs)),
+        chain[:, 1:].reshape(-1, action_dim),
+    ).view(-1, K)
     step_log_ratio, log_prior, log_det = actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
     path_log_ratio = log_prior + step_log_ratio.sum(1) - log_det
     objective = (alpha * path_log_ratio - min_q).view(-1, chains_per_state)
@@ -341,14 +410,21 @@ def main() -> None:
     run = Run(Args, "diffsac", CHECKS)
     args, envs, device = run.args, run.envs, run.device
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
-                        action_high=envs.single_action_space.high.tolist(),
-                        num_diffusion_steps=args.num_diffusion_steps, hidden_dim=args.actor_hidden_dim,
-                        min_std=args.min_std)
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim,
-                                                                                  args.hidden_dim)] * 4),
-                 ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim), device,
-                 "--hidden-dim, --actor-hidden-dim or --buffer-size")
+    agent_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_low=envs.single_action_space.low.tolist(),
+        action_high=envs.single_action_space.high.tolist(),
+        num_diffusion_steps=args.num_diffusion_steps,
+        hidden_dim=args.actor_hidden_dim,
+        min_std=args.min_std,
+    )
+    check_memory(
+        count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4),
+        ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim),
+        device,
+        "--hidden-dim, --actor-hidden-dim or --buffer-size",
+    )
     agent = Agent(**agent_kwargs).to(device)
     qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
     qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
@@ -359,15 +435,26 @@ def main() -> None:
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device,
-                             requires_grad=args.autotune)
+    log_alpha = torch.tensor(
+        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
+    )
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # SAC does not normalise; checkpoints stay uniform
-    checkpoint = run.restore({"agent": agent, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target,
-                              "qf2_target": qf2_target, "q_optimizer": q_optimizer,
-                              "actor_optimizer": actor_optimizer, "obs_normalizer": obs_normalizer,
-                              "log_alpha": log_alpha, "alpha_optimizer": alpha_optimizer},
-                             agent_kwargs=agent_kwargs)
+    checkpoint = run.restore(
+        {
+            "agent": agent,
+            "qf1": qf1,
+            "qf2": qf2,
+            "qf1_target": qf1_target,
+            "qf2_target": qf2_target,
+            "q_optimizer": q_optimizer,
+            "actor_optimizer": actor_optimizer,
+            "obs_normalizer": obs_normalizer,
+            "log_alpha": log_alpha,
+            "alpha_optimizer": alpha_optimizer,
+        },
+        agent_kwargs=agent_kwargs,
+    )
     global_step = checkpoint.get("global_step", 0)
     alpha = log_alpha.exp().item()
     replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
@@ -392,13 +479,16 @@ def main() -> None:
             updates += 1
             if args.alpha_start is not None:  # counted from --learning-starts, so a resumed run continues it
                 anneal_steps = args.alpha_anneal_fraction * (args.total_timesteps - args.learning_starts)
-                alpha = annealed_alpha(args.alpha, args.alpha_start, (global_step - args.learning_starts) / anneal_steps)
+                alpha = annealed_alpha(
+                    args.alpha, args.alpha_start, (global_step - args.learning_starts) / anneal_steps
+                )
             b_obs, b_actions, b_rewards, b_next_obs, b_terminations = replay_buffer.sample(args.batch_size)
             with torch.no_grad():
                 next_actions, next_path_log_ratio, _ = agent.sample(b_next_obs)
                 next_min_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                target_q = soft_bellman_target(b_rewards, b_terminations, next_min_q, next_path_log_ratio, alpha,
-                                               args.gamma)
+                target_q = soft_bellman_target(
+                    b_rewards, b_terminations, next_min_q, next_path_log_ratio, alpha, args.gamma
+                )
             qf1_values, qf2_values = qf1(b_obs, b_actions), qf2(b_obs, b_actions)
             qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
             qf_loss = qf1_loss + qf2_loss
@@ -411,7 +501,8 @@ def main() -> None:
                 for _ in range(args.policy_frequency):
                     if args.actor_loss == "log-variance":
                         actor_loss, entropy_estimate = log_variance_actor_loss(
-                            agent, qf1, qf2, b_obs, alpha, args.chains_per_state, args.behaviour_noise_scale)
+                            agent, qf1, qf2, b_obs, alpha, args.chains_per_state, args.behaviour_noise_scale
+                        )
                     else:
                         actor_loss, entropy_estimate = actor_loss_and_entropy(agent, qf1, qf2, b_obs, alpha)
                     run.check_finite("actor loss", actor_loss, global_step)
@@ -435,15 +526,27 @@ def main() -> None:
             last_print = global_step
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
             entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"
-            run.show(global_step, f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s "
-                     f"{updates_per_second:.1f}", learning_starts)
+            run.show(
+                global_step,
+                f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}",
+                learning_starts,
+            )
             if updates >= args.policy_frequency:
-                run.log(global_step, {"charts/updates_per_second": updates_per_second, "charts/alpha": alpha,
-                                      "losses/qf1_values": qf1_values.mean(), "losses/qf2_values": qf2_values.mean(),
-                                      "losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss,
-                                      "losses/qf_loss": qf_loss / 2.0, "losses/actor_loss": actor_loss,
-                                      "charts/entropy_estimate": entropy_estimate,
-                                      **({"losses/alpha_loss": loss_alpha} if args.autotune else {})})
+                run.log(
+                    global_step,
+                    {
+                        "charts/updates_per_second": updates_per_second,
+                        "charts/alpha": alpha,
+                        "losses/qf1_values": qf1_values.mean(),
+                        "losses/qf2_values": qf2_values.mean(),
+                        "losses/qf1_loss": qf1_loss,
+                        "losses/qf2_loss": qf2_loss,
+                        "losses/qf_loss": qf_loss / 2.0,
+                        "losses/actor_loss": actor_loss,
+                        "charts/entropy_estimate": entropy_estimate,
+                        **({"losses/alpha_loss": loss_alpha} if args.autotune else {}),
+                    },
+                )
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
             run.save(global_step, replay_buffer)

@@ -110,16 +110,32 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
-    *at_least_one("num_diffusion_steps", "batch_size", "buffer_size", "policy_frequency", "target_network_frequency",
-                  "hidden_dim", "actor_hidden_dim"),
-    (lambda a: a.batch_size <= a.buffer_size, "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; "
-     "allowed: --batch-size <= --buffer-size."),
-    (lambda a: a.learning_starts >= a.batch_size, "--learning-starts {learning_starts} is below --batch-size "
-     "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist)."),
-    (lambda a: a.total_timesteps > a.learning_starts,
-     "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}."),
-    (lambda a: a.alpha >= 0 and (a.alpha > 0 or not a.autotune),
-     "--alpha must be >= 0, and > 0 with --autotune (got {alpha})."),
+    *at_least_one(
+        "num_diffusion_steps",
+        "batch_size",
+        "buffer_size",
+        "policy_frequency",
+        "target_network_frequency",
+        "hidden_dim",
+        "actor_hidden_dim",
+    ),
+    (
+        lambda a: a.batch_size <= a.buffer_size,
+        "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; allowed: --batch-size <= --buffer-size.",
+    ),
+    (
+        lambda a: a.learning_starts >= a.batch_size,
+        "--learning-starts {learning_starts} is below --batch-size "
+        "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist).",
+    ),
+    (
+        lambda a: a.total_timesteps > a.learning_starts,
+        "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}.",
+    ),
+    (
+        lambda a: a.alpha >= 0 and (a.alpha > 0 or not a.autotune),
+        "--alpha must be >= 0, and > 0 with --autotune (got {alpha}).",
+    ),
     *in_unit_interval("gamma", "tau"),
     *positive("policy_lr", "q_lr", "min_std"),
     (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
@@ -166,8 +182,16 @@ class DiffusionActor(nn.Module):
     chain[:, 0] = x_K and chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 64,
-                 min_std: float = 0.01, time_embedding_dim: int = 16, activation: str = "tanh"):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_diffusion_steps: int,
+        hidden_dim: int = 64,
+        min_std: float = 0.01,
+        time_embedding_dim: int = 16,
+        activation: str = "tanh",
+    ):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
         Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
@@ -178,8 +202,10 @@ class DiffusionActor(nn.Module):
         self.register_buffer("step_k", torch.arange(num_diffusion_steps, 0, -1))  # k of step j = K - j
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.mean_net = nn.Sequential(
-            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)), Activation(),
-            layer_init(nn.Linear(hidden_dim, hidden_dim)), Activation(),
+            layer_init(nn.Linear(obs_dim + action_dim + time_embedding_dim, hidden_dim)),
+            Activation(),
+            layer_init(nn.Linear(hidden_dim, hidden_dim)),
+            Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
         self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
@@ -217,13 +243,16 @@ class DiffusionActor(nn.Module):
         batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
-        x_weight = first.weight[:, obs_dim:obs_dim + self.action_dim]
-        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim:].T  # [K+1, H], row k
+        x_weight = first.weight[:, obs_dim : obs_dim + self.action_dim]
+        time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim :].T  # [K+1, H], row k
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
         std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
         noise_shape = (K + 1, batch, self.action_dim)
-        noise = obs.new_zeros(noise_shape) if deterministic else torch.randn(noise_shape, device=obs.device,
-                                                                             dtype=obs.dtype)
+        noise = (
+            obs.new_zeros(noise_shape)
+            if deterministic
+            else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
+        )
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
         step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
         activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
@@ -249,14 +278,22 @@ class DiffusionActor(nn.Module):
     def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
         """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""
         return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
+
+
 # ---- end of the diffusion actor ----
 
 
 class AugmentedQNetwork(nn.Module):
     """Q(s, x_k, k, x_{k-1}): the value of taking x_{k-1} in the augmented state (s, x_k, k)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, hidden_dim: int = 256,
-                 time_embedding_dim: int = 16):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_diffusion_steps: int,
+        hidden_dim: int = 256,
+        time_embedding_dim: int = 16,
+    ):
         super().__init__()
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.fc1 = nn.Linear(obs_dim + 2 * action_dim + time_embedding_dim, hidden_dim)
@@ -274,10 +311,21 @@ class AugmentedQNetwork(nn.Module):
 class Agent(nn.Module):
     """The diffusion actor (ReLU) and the squashing a = c + h tanh(x_0)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
-                 num_diffusion_steps: int, hidden_dim: int = 128, min_std: float = 0.01, activation: str = "relu"):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        action_low: list[float],
+        action_high: list[float],
+        num_diffusion_steps: int,
+        hidden_dim: int = 128,
+        min_std: float = 0.01,
+        activation: str = "relu",
+    ):
         super().__init__()
-        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation=activation)
+        self.actor = DiffusionActor(
+            obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation=activation
+        )
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_center", (high + low) / 2)
         self.register_buffer("action_half_width", (high - low) / 2)
@@ -298,8 +346,11 @@ def step_log_ratio(agent: Agent, obs, x_k, k, x_previous) -> torch.Tensor:
     actor = agent.actor
     log_ratio = actor.log_prob(obs, x_k, k, x_previous) - actor.forward_log_prob(x_k, x_previous, k)
     log_prior = gaussian_log_prob(x_k, torch.zeros_like(x_k), torch.ones_like(x_k))
-    return (log_ratio + torch.where(k == actor.num_diffusion_steps, log_prior, 0.0)
-            - torch.where(k == 1, squash_log_det(x_previous, agent.action_half_width), 0.0))
+    return (
+        log_ratio
+        + torch.where(k == actor.num_diffusion_steps, log_prior, 0.0)
+        - torch.where(k == 1, squash_log_det(x_previous, agent.action_half_width), 0.0)
+    )
 
 
 def augmented_bellman_target(rewards, terminations, is_last_step, next_soft_value, gamma: float) -> torch.Tensor:
@@ -389,30 +440,52 @@ def main() -> None:
     args, envs, device = run.args, run.envs, run.device
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     K = args.num_diffusion_steps
-    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
-                        action_high=envs.single_action_space.high.tolist(), num_diffusion_steps=K,
-                        hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)] + [AugmentedQNetwork(obs_dim, action_dim, K,
-                                                                                       args.hidden_dim)] * 4),
-                 ReplayBuffer.bytes(args.buffer_size, obs_dim, (K + 1) * action_dim), device,
-                 "--hidden-dim, --actor-hidden-dim or --buffer-size")
+    agent_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_low=envs.single_action_space.low.tolist(),
+        action_high=envs.single_action_space.high.tolist(),
+        num_diffusion_steps=K,
+        hidden_dim=args.actor_hidden_dim,
+        min_std=args.min_std,
+    )
+    check_memory(
+        count_parameters(
+            lambda: [Agent(**agent_kwargs)] + [AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim)] * 4
+        ),
+        ReplayBuffer.bytes(args.buffer_size, obs_dim, (K + 1) * action_dim),
+        device,
+        "--hidden-dim, --actor-hidden-dim or --buffer-size",
+    )
     agent = Agent(**agent_kwargs).to(device)
-    qf1, qf2, qf1_target, qf2_target = (AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim).to(device)
-                                        for _ in range(4))
+    qf1, qf2, qf1_target, qf2_target = (
+        AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim).to(device) for _ in range(4)
+    )
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device,
-                             requires_grad=args.autotune)
+    log_alpha = torch.tensor(
+        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
+    )
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # WPO, like SAC, does not normalise
-    checkpoint = run.restore({"agent": agent, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target,
-                              "qf2_target": qf2_target, "q_optimizer": q_optimizer,
-                              "actor_optimizer": actor_optimizer, "obs_normalizer": obs_normalizer,
-                              "log_alpha": log_alpha, "alpha_optimizer": alpha_optimizer},
-                             agent_kwargs=agent_kwargs)
+    checkpoint = run.restore(
+        {
+            "agent": agent,
+            "qf1": qf1,
+            "qf2": qf2,
+            "qf1_target": qf1_target,
+            "qf2_target": qf2_target,
+            "q_optimizer": q_optimizer,
+            "actor_optimizer": actor_optimizer,
+            "obs_normalizer": obs_normalizer,
+            "log_alpha": log_alpha,
+            "alpha_optimizer": alpha_optimizer,
+        },
+        agent_kwargs=agent_kwargs,
+    )
     global_step = checkpoint.get("global_step", 0)
     alpha = log_alpha.exp().item()
 
@@ -440,8 +513,9 @@ def main() -> None:
                 update_start_time = time.time()
             updates += 1
             batch = replay_buffer.sample(args.batch_size)
-            b_obs, b_x_k, b_k, b_x_previous, target = critic_targets(agent, qf1_target, qf2_target, *batch,
-                                                                     alpha=alpha, gamma=args.gamma)
+            b_obs, b_x_k, b_k, b_x_previous, target = critic_targets(
+                agent, qf1_target, qf2_target, *batch, alpha=alpha, gamma=args.gamma
+            )
             qf1_values = qf1(b_obs, b_x_k, b_k, b_x_previous)
             qf1_loss = F.mse_loss(qf1_values, target)
             qf2_loss = F.mse_loss(qf2(b_obs, b_x_k, b_k, b_x_previous), target)
@@ -453,8 +527,9 @@ def main() -> None:
 
             if updates % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
-                    actor_loss, entropy_estimate = wpo_actor_loss(agent, min_q, batch[0], alpha,
-                                                                  args.fisher_preconditioner)
+                    actor_loss, entropy_estimate = wpo_actor_loss(
+                        agent, min_q, batch[0], alpha, args.fisher_preconditioner
+                    )
                     run.check_finite("actor loss", actor_loss, global_step)
                     actor_optimizer.zero_grad()
                     actor_loss.backward()
@@ -476,14 +551,26 @@ def main() -> None:
             last_print = global_step
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
             entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"
-            run.show(global_step, f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s "
-                     f"{updates_per_second:.1f}", learning_starts)
+            run.show(
+                global_step,
+                f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}",
+                learning_starts,
+            )
             if updates >= args.policy_frequency:
-                run.log(global_step, {"charts/updates_per_second": updates_per_second, "charts/alpha": alpha,
-                                      "losses/qf1_values": qf1_values.mean(), "losses/qf1_loss": qf1_loss,
-                                      "losses/qf2_loss": qf2_loss, "losses/qf_loss": qf_loss / 2.0,
-                                      "losses/actor_loss": actor_loss, "charts/entropy_estimate": entropy_estimate,
-                                      **({"losses/alpha_loss": loss_alpha} if args.autotune else {})})
+                run.log(
+                    global_step,
+                    {
+                        "charts/updates_per_second": updates_per_second,
+                        "charts/alpha": alpha,
+                        "losses/qf1_values": qf1_values.mean(),
+                        "losses/qf1_loss": qf1_loss,
+                        "losses/qf2_loss": qf2_loss,
+                        "losses/qf_loss": qf_loss / 2.0,
+                        "losses/actor_loss": actor_loss,
+                        "charts/entropy_estimate": entropy_estimate,
+                        **({"losses/alpha_loss": loss_alpha} if args.autotune else {}),
+                    },
+                )
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
             run.save(global_step, replay_buffer)

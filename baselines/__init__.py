@@ -1,1 +1,1 @@
-"""Gaussian baselines: the same training scripts as diffppo.py, diffsac.py and diffwpo.py with a tanh-Gaussian policy."""
+"""Gaussian baselines: the training scripts of the diffusion policies with a tanh-Gaussian policy."""

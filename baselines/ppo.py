@@ -86,7 +86,7 @@ class Args(RunArgs):
     target_kl: float | None = None
     """the target KL divergence threshold (early stop of the update epochs)"""
     norm_reward: bool = True
-    """scale env rewards by a running std of the discounted return (--no-norm-reward: raw rewards, alpha then acts on them)"""
+    """scale env rewards by a running std of the discounted return (--no-norm-reward: alpha acts on raw rewards)"""
 
     # Gaussian policy and maximum entropy
     alpha: float = 0.001
@@ -105,11 +105,21 @@ class Args(RunArgs):
 
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
     *at_least_one("num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
-    (lambda a: a.num_envs * a.num_steps % a.num_minibatches == 0, lambda a: f"--num-minibatches {a.num_minibatches} "
-     f"does not divide the batch --num-envs * --num-steps = {a.num_envs * a.num_steps}; allowed: a divisor of "
-     f"{a.num_envs * a.num_steps}."),
-    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps, lambda a: f"--total-timesteps {a.total_timesteps} is "
-     f"less than one rollout (--num-envs * --num-steps = {a.num_envs * a.num_steps})."),
+    (
+        lambda a: a.num_envs * a.num_steps % a.num_minibatches == 0,
+        lambda a: (
+            f"--num-minibatches {a.num_minibatches} "
+            f"does not divide the batch --num-envs * --num-steps = {a.num_envs * a.num_steps}; allowed: a divisor of "
+            f"{a.num_envs * a.num_steps}."
+        ),
+    ),
+    (
+        lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
+        lambda a: (
+            f"--total-timesteps {a.total_timesteps} is "
+            f"less than one rollout (--num-envs * --num-steps = {a.num_envs * a.num_steps})."
+        ),
+    ),
     (lambda a: a.alpha >= 0, "--alpha must be >= 0 (got {alpha})."),
     (lambda a: a.alpha > 0 or not a.autotune, "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
     *in_unit_interval("gamma"),
@@ -140,9 +150,13 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, last_layer_std: float) -> nn.Sequential:
     """in_dim -> hidden_dim -> hidden_dim -> out_dim with tanh activations (the networks of diffppo.py)."""
-    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden_dim)), nn.Tanh(),
-                         layer_init(nn.Linear(hidden_dim, hidden_dim)), nn.Tanh(),
-                         layer_init(nn.Linear(hidden_dim, out_dim), std=last_layer_std))
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_dim)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_dim, hidden_dim)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_dim, out_dim), std=last_layer_std),
+    )
 
 
 class GaussianActor(nn.Module):
@@ -174,8 +188,15 @@ class GaussianActor(nn.Module):
 
 
 class Agent(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
-                 hidden_dim: int = 64, min_std: float = 0.01):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        action_low: list[float],
+        action_high: list[float],
+        hidden_dim: int = 64,
+        min_std: float = 0.01,
+    ):
         super().__init__()
         self.actor = GaussianActor(obs_dim, action_dim, hidden_dim, min_std)
         self.critic = mlp(obs_dim, hidden_dim, 1, last_layer_std=1.0)  # diffppo's V(s, x_k, k) without x_k, k
@@ -199,8 +220,9 @@ class Agent(nn.Module):
         return self.squash(self.actor.sample(obs, deterministic)[0])  # deterministic: c + h tanh(mu(s))
 
 
-def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: np.ndarray,
-        gamma: float, gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+def gae(
+    rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: np.ndarray, gamma: float, gae_lambda: float
+) -> tuple[np.ndarray, np.ndarray]:
     """CleanRL's GAE (diffppo's augmented_gae with K = 1). rewards, values, dones: [T, N], dones[t]: the episode
     ended at step t (same-step autoreset); next_value: [N], V after the rollout. Returns (advantages, returns)."""
     num_steps, advantages, last_advantage = rewards.shape[0], np.zeros_like(rewards), np.zeros_like(next_value)
@@ -213,8 +235,15 @@ def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: 
     return advantages, advantages + values
 
 
-def step_with_bootstrap(envs, agent: Agent, x: torch.Tensor, soft_rewards: np.ndarray,
-                        obs_normalizer: ObservationNormalizer, reward_normalizer: RewardNormalizer, gamma: float):
+def step_with_bootstrap(
+    envs,
+    agent: Agent,
+    x: torch.Tensor,
+    soft_rewards: np.ndarray,
+    obs_normalizer: ObservationNormalizer,
+    reward_normalizer: RewardNormalizer,
+    gamma: float,
+):
     """Execute a = c + h tanh(x); return (next raw obs, rewards [N], done, infos): the soft reward plus
     the normalised environment reward, plus gamma * V(final obs) where a time limit cut the episode
     (truncated, not terminated): the cut is bootstrapped from the state reached, not a termination."""
@@ -236,27 +265,44 @@ def main(argv: list[str] | None = None) -> None:
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = {"obs_dim": obs_dim, "action_dim": action_dim, "action_low": envs.single_action_space.low.tolist(),
-                    "action_high": envs.single_action_space.high.tolist(), "hidden_dim": args.hidden_dim, "min_std": args.min_std}
+    agent_kwargs = {
+        "obs_dim": obs_dim,
+        "action_dim": action_dim,
+        "action_low": envs.single_action_space.low.tolist(),
+        "action_high": envs.single_action_space.high.tolist(),
+        "hidden_dim": args.hidden_dim,
+        "min_std": args.min_std,
+    }
     check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune)
+    log_alpha = torch.tensor(
+        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
+    )
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
     target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)
-    checkpoint = run.restore({"agent": agent, "optimizer": optimizer, "obs_normalizer": obs_normalizer,
-                              "reward_normalizer": reward_normalizer, "log_alpha": log_alpha,
-                              "alpha_optimizer": alpha_optimizer},
-                             agent_kwargs=agent_kwargs)
+    checkpoint = run.restore(
+        {
+            "agent": agent,
+            "optimizer": optimizer,
+            "obs_normalizer": obs_normalizer,
+            "reward_normalizer": reward_normalizer,
+            "log_alpha": log_alpha,
+            "alpha_optimizer": alpha_optimizer,
+        },
+        agent_kwargs=agent_kwargs,
+    )
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha = log_alpha.exp().item()
 
     # Rollout storage: the pre-tanh sample x and its old log N(x; mu, sigma) for the importance ratio.
     obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
     x_buffer = torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
-    log_prob_buffer, value_buffer, log_pi_buffer = (torch.zeros((args.num_steps, args.num_envs), device=device) for _ in range(3))
+    log_prob_buffer, value_buffer, log_pi_buffer = (
+        torch.zeros((args.num_steps, args.num_envs), device=device) for _ in range(3)
+    )
     reward_buffer, done_buffer = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(2))
 
     next_obs_raw, _ = envs.reset(seed=args.seed)
@@ -276,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                 values = agent.value(next_obs)
             x_buffer[step], log_prob_buffer[step], value_buffer[step], log_pi_buffer[step] = x, log_prob, values, log_pi
             next_obs_raw, rewards, done, infos = step_with_bootstrap(  # soft reward -alpha * log pi(a|s)
-                envs, agent, x, (-alpha * log_pi).cpu().numpy(), obs_normalizer, reward_normalizer, args.gamma)
+                envs, agent, x, (-alpha * log_pi).cpu().numpy(), obs_normalizer, reward_normalizer, args.gamma
+            )
             reward_buffer[step], done_buffer[step] = rewards, done
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
@@ -285,8 +332,14 @@ def main(argv: list[str] | None = None) -> None:
         # GAE, bootstrapped with V(s_T).
         with torch.no_grad():
             next_value = agent.value(next_obs)
-        advantages, returns = gae(reward_buffer, value_buffer.cpu().numpy(), done_buffer,
-                                  next_value.cpu().numpy(), args.gamma, args.gae_lambda)
+        advantages, returns = gae(
+            reward_buffer,
+            value_buffer.cpu().numpy(),
+            done_buffer,
+            next_value.cpu().numpy(),
+            args.gamma,
+            args.gae_lambda,
+        )
 
         b_obs, b_x = obs_buffer.reshape(-1, obs_dim), x_buffer.reshape(-1, action_dim)
         b_log_prob, b_values = log_prob_buffer.reshape(-1), value_buffer.reshape(-1)
@@ -295,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(batch_size, device=device)
             for start in range(0, batch_size, minibatch_size):
-                mb = permutation[start:start + minibatch_size]
+                mb = permutation[start : start + minibatch_size]
                 new_log_prob = agent.actor.log_prob(b_obs[mb], b_x[mb])
                 log_importance_ratio = new_log_prob - b_log_prob[mb]  # the tanh term of log pi cancels
                 ratio = log_importance_ratio.exp()
@@ -306,8 +359,9 @@ def main(argv: list[str] | None = None) -> None:
                 mb_advantages = b_advantages[mb]
                 if args.norm_adv:
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                pg_loss = torch.max(-mb_advantages * ratio,
-                                    -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                pg_loss = torch.max(
+                    -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                ).mean()
                 new_value = agent.value(b_obs[mb])
                 if args.clip_vloss:
                     v_loss_unclipped = (new_value - b_returns[mb]) ** 2
@@ -316,8 +370,13 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
                 loss = pg_loss + args.vf_coef * v_loss
-                run.check_finite("loss", loss, global_step, f" (iteration {iteration}, epoch {epoch}): policy loss "
-                                 f"{pg_loss.item()}, value loss {v_loss.item()}")
+                run.check_finite(
+                    "loss",
+                    loss,
+                    global_step,
+                    f" (iteration {iteration}, epoch {epoch}): policy loss "
+                    f"{pg_loss.item()}, value loss {v_loss.item()}",
+                )
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -339,11 +398,20 @@ def main(argv: list[str] | None = None) -> None:
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        run.log(global_step, {"charts/learning_rate": optimizer.param_groups[0]["lr"],
-                              "charts/entropy_estimate": entropy_estimate, "charts/alpha": alpha,
-                              "losses/value_loss": v_loss, "losses/policy_loss": pg_loss,
-                              "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl,
-                              "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var})
+        run.log(
+            global_step,
+            {
+                "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                "charts/entropy_estimate": entropy_estimate,
+                "charts/alpha": alpha,
+                "losses/value_loss": v_loss,
+                "losses/policy_loss": pg_loss,
+                "losses/old_approx_kl": old_approx_kl,
+                "losses/approx_kl": approx_kl,
+                "losses/clipfrac": np.mean(clipfracs),
+                "losses/explained_variance": explained_var,
+            },
+        )
         run.show(global_step, f"entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)

@@ -105,10 +105,20 @@ class Args(RunArgs):
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
     *at_least_one("num_steps", "minibatch_size", "update_epochs", "hidden_dim", "actor_hidden_dim"),
     (lambda a: a.num_bins >= 2, "--num-bins must be at least 2 (got {num_bins})."),
-    (lambda a: a.minibatch_size <= a.num_envs * a.num_steps, lambda a: f"--minibatch-size {a.minibatch_size} exceeds "
-     f"the rollout's {a.num_envs * a.num_steps} transitions (--num-envs x --num-steps); allowed: at most that."),
-    (lambda a: a.total_timesteps >= a.num_envs * a.num_steps, lambda a: f"--total-timesteps {a.total_timesteps} is "
-     f"less than one rollout (--num-envs x --num-steps = {a.num_envs * a.num_steps})."),
+    (
+        lambda a: a.minibatch_size <= a.num_envs * a.num_steps,
+        lambda a: (
+            f"--minibatch-size {a.minibatch_size} exceeds "
+            f"the rollout's {a.num_envs * a.num_steps} transitions (--num-envs x --num-steps); allowed: at most that."
+        ),
+    ),
+    (
+        lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
+        lambda a: (
+            f"--total-timesteps {a.total_timesteps} is "
+            f"less than one rollout (--num-envs x --num-steps = {a.num_envs * a.num_steps})."
+        ),
+    ),
     *positive("learning_rate", "max_grad_norm", "multiplier_lr", "alpha", "kl_bound", "beta"),
     (lambda a: a.v_min < a.v_max, "--v-min {v_min} must be below --v-max {v_max}."),
     *in_unit_interval("gamma"),
@@ -153,8 +163,9 @@ class GaussianActor(nn.Module):
 class Agent(nn.Module):
     """The Gaussian actor and the squashing a = c + h tanh(x)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
-                 hidden_dim: int = 128):
+    def __init__(
+        self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float], hidden_dim: int = 128
+    ):
         super().__init__()
         self.actor = GaussianActor(obs_dim, action_dim, hidden_dim)
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
@@ -179,8 +190,9 @@ class Agent(nn.Module):
         return self.squash(self.actor(obs)[0]) if deterministic else self.squash(self.one_step(obs)[0])
 
 
-def hl_gauss_histogram(values: torch.Tensor, v_min: float, v_max: float, num_bins: int,
-                       sigma_ratio: float = 0.75) -> torch.Tensor:
+def hl_gauss_histogram(
+    values: torch.Tensor, v_min: float, v_max: float, num_bins: int, sigma_ratio: float = 0.75
+) -> torch.Tensor:
     """The HL-Gauss target: N(clip(y), (sigma_ratio * bin width)^2) integrated over each bin, renormalised
     to the mass inside [v_min, v_max]. [B] -> [B, num_bins], rows sum to one."""
     edges = torch.linspace(v_min, v_max, num_bins + 1, device=values.device, dtype=values.dtype)
@@ -195,8 +207,15 @@ class DistributionalCritic(nn.Module):
     """Q(s, x) as a categorical over bins on [v_min, v_max], with an auxiliary head that predicts the next
     state's embedding and the reward from this one's embedding (diffreppo.py's critic with K = 1)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_bins: int = 101,
-                 v_min: float = -10.0, v_max: float = 10.0):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_dim: int = 256,
+        num_bins: int = 101,
+        v_min: float = -10.0,
+        v_max: float = 10.0,
+    ):
         super().__init__()
 
         def block(inputs: int) -> list[nn.Module]:
@@ -205,7 +224,9 @@ class DistributionalCritic(nn.Module):
         self.encoder = nn.Sequential(*block(obs_dim + 2 * action_dim), *block(hidden_dim))
         self.value_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, num_bins))
         self.prediction_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, hidden_dim + 1))
-        self.register_buffer("bin_centres", torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2)
+        self.register_buffer(
+            "bin_centres", torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2
+        )
 
     def forward(self, obs, x) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, bins], embedding [B, hidden]); the action enters through tanh and scaled, as in diffreppo.py."""
@@ -217,13 +238,21 @@ class DistributionalCritic(nn.Module):
         return (logits.softmax(-1) * self.bin_centres).sum(-1)
 
 
-def gaussian_kl(mean_old: torch.Tensor, std_old: torch.Tensor, mean_new: torch.Tensor, std_new: torch.Tensor) -> torch.Tensor:
+def gaussian_kl(
+    mean_old: torch.Tensor, std_old: torch.Tensor, mean_new: torch.Tensor, std_new: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mean_old, diag std_old^2) || N(mean_new, diag std_new^2)), summed over the last axis (closed form)."""
-    return (torch.log(std_new / std_old) + (std_old ** 2 + (mean_old - mean_new) ** 2) / (2 * std_new ** 2) - 0.5).sum(-1)
+    return (torch.log(std_new / std_old) + (std_old**2 + (mean_old - mean_new) ** 2) / (2 * std_new**2) - 0.5).sum(-1)
 
 
-def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, terminations: torch.Tensor,
-                   truncations: torch.Tensor, gamma: float, gae_lambda: float) -> torch.Tensor:
+def lambda_returns(
+    rewards: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> torch.Tensor:
     """G_t = r~_t + gamma (1 - term_t) [lambda G_{t+1} + (1 - lambda) V_{t+1}] backwards over [T, N], with
     G_{t+1} replaced by V_{t+1} after a truncation and after the rollout's last step."""
     returns = torch.zeros_like(rewards)
@@ -236,8 +265,15 @@ def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, termination
     return returns
 
 
-def actor_losses(agent: Agent, old_actor: GaussianActor, critic: DistributionalCritic, obs, alpha: float, beta: float,
-                 kl_bound: float):
+def actor_losses(
+    agent: Agent,
+    old_actor: GaussianActor,
+    critic: DistributionalCritic,
+    obs,
+    alpha: float,
+    beta: float,
+    kl_bound: float,
+):
     """(actor loss, log pi of the new samples [B], KL [B]): alpha log pi - Q(s, x) where KL(old || new) < kl_bound,
     else beta KL (REPPO's clipped trust region); the critic is frozen."""
     x, log_pi, mean, std = agent.one_step(obs)
@@ -257,11 +293,27 @@ def main() -> None:
     batch_size = args.num_envs * args.num_steps
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
-                        action_high=envs.single_action_space.high.tolist(), hidden_dim=args.actor_hidden_dim)
-    critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=args.hidden_dim,
-                         num_bins=args.num_bins, v_min=args.v_min, v_max=args.v_max)
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]), 0, device, "--hidden-dim or --actor-hidden-dim")
+    agent_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_low=envs.single_action_space.low.tolist(),
+        action_high=envs.single_action_space.high.tolist(),
+        hidden_dim=args.actor_hidden_dim,
+    )
+    critic_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        hidden_dim=args.hidden_dim,
+        num_bins=args.num_bins,
+        v_min=args.v_min,
+        v_max=args.v_max,
+    )
+    check_memory(
+        count_parameters(lambda: [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]),
+        0,
+        device,
+        "--hidden-dim or --actor-hidden-dim",
+    )
     agent = Agent(**agent_kwargs).to(device)
     critic = DistributionalCritic(**critic_kwargs).to(device)
     old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
@@ -269,18 +321,29 @@ def main() -> None:
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
     log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)
-    multiplier_optimizer = torch.optim.Adam([log_alpha, log_beta] if args.autotune else [log_beta], lr=args.multiplier_lr)
+    multiplier_optimizer = torch.optim.Adam(
+        [log_alpha, log_beta] if args.autotune else [log_beta], lr=args.multiplier_lr
+    )
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    checkpoint = run.restore({"agent": agent, "critic": critic, "actor_optimizer": actor_optimizer,
-                              "critic_optimizer": critic_optimizer, "multiplier_optimizer": multiplier_optimizer,
-                              "obs_normalizer": obs_normalizer, "reward_normalizer": reward_normalizer,
-                              "log_alpha": log_alpha, "log_beta": log_beta},
-                             agent_kwargs=agent_kwargs, critic_kwargs=critic_kwargs)
+    checkpoint = run.restore(
+        {
+            "agent": agent,
+            "critic": critic,
+            "actor_optimizer": actor_optimizer,
+            "critic_optimizer": critic_optimizer,
+            "multiplier_optimizer": multiplier_optimizer,
+            "obs_normalizer": obs_normalizer,
+            "reward_normalizer": reward_normalizer,
+            "log_alpha": log_alpha,
+            "log_beta": log_beta,
+        },
+        agent_kwargs=agent_kwargs,
+        critic_kwargs=critic_kwargs,
+    )
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
-
 
     obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
     x_buffer = torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
@@ -305,8 +368,9 @@ def main() -> None:
             with torch.no_grad():
                 x, log_pi, _, _ = agent.one_step(next_obs)
             next_obs_raw, reward, terminated, truncated, infos = envs.step(agent.squash(x).cpu().numpy())
-            normalised_reward = torch.as_tensor(reward_normalizer(reward, np.logical_or(terminated, truncated)),
-                                                dtype=torch.float32, device=device)
+            normalised_reward = torch.as_tensor(
+                reward_normalizer(reward, np.logical_or(terminated, truncated)), dtype=torch.float32, device=device
+            )
             final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=device)
             with torch.no_grad():  # V(s') = Q(s', x') with a fresh x' ~ pi(.|s'), whose log pi enters the soft reward
                 fresh_x, fresh_log_pi, _, _ = agent.one_step(final_obs)
@@ -316,15 +380,17 @@ def main() -> None:
             x_buffer[step], log_pi_buffer[step] = x, log_pi
             next_value_buffer[step], next_embedding_buffer[step] = critic.value(logits), embedding
             termination_buffer[step] = terminated_t
-            truncation_buffer[step] = torch.as_tensor(np.logical_and(truncated, np.logical_not(terminated)),
-                                                      dtype=torch.float32, device=device)
+            truncation_buffer[step] = torch.as_tensor(
+                np.logical_and(truncated, np.logical_not(terminated)), dtype=torch.float32, device=device
+            )
             saturated_buffer[step] = (x.abs() > 3.0).float().mean(-1)  # |tanh(x)| > 0.995
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
             run.episodes(infos, global_step)
 
-        returns = lambda_returns(reward_buffer, next_value_buffer, termination_buffer, truncation_buffer,
-                                 args.gamma, args.gae_lambda)
+        returns = lambda_returns(
+            reward_buffer, next_value_buffer, termination_buffer, truncation_buffer, args.gamma, args.gae_lambda
+        )
         b_obs, b_x = obs_buffer.reshape(batch_size, -1), x_buffer.reshape(batch_size, -1)
         b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
         b_next_embeddings = next_embedding_buffer.reshape(batch_size, -1)
@@ -333,12 +399,14 @@ def main() -> None:
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(batch_size, device=device)
             for start in range(0, batch_size - args.minibatch_size + 1, args.minibatch_size):
-                mb = permutation[start:start + args.minibatch_size]
+                mb = permutation[start : start + args.minibatch_size]
                 logits, embedding = critic(b_obs[mb], b_x[mb])
                 target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)
                 cross_entropy = -(target * logits.log_softmax(-1)).sum(-1).mean()
                 prediction = critic.prediction_head(embedding)
-                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(prediction[:, -1], b_rewards[mb])
+                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(
+                    prediction[:, -1], b_rewards[mb]
+                )
                 critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
                 run.check_finite("critic loss", critic_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 critic_optimizer.zero_grad()
@@ -363,13 +431,27 @@ def main() -> None:
         update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)
 
         rollout_entropy = -log_pi_buffer.mean().item()
-        run.log(global_step, {"charts/entropy_estimate": rollout_entropy, "charts/alpha": alpha, "charts/beta": beta,
-                              "charts/saturated_action_fraction": saturated_buffer.mean(),
-                              "losses/critic_loss": critic_loss, "losses/critic_cross_entropy": cross_entropy,
-                              "losses/aux_loss": aux_loss, "losses/actor_loss": actor_loss, "losses/kl": kl.mean(),
-                              "losses/kl_over_bound": np.mean(kl_over_bound), "losses/returns_mean": b_returns.mean()})
-        run.show(global_step, f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "
-                 f"| updates/s {num_updates / update_seconds:.1f}")
+        run.log(
+            global_step,
+            {
+                "charts/entropy_estimate": rollout_entropy,
+                "charts/alpha": alpha,
+                "charts/beta": beta,
+                "charts/saturated_action_fraction": saturated_buffer.mean(),
+                "losses/critic_loss": critic_loss,
+                "losses/critic_cross_entropy": cross_entropy,
+                "losses/aux_loss": aux_loss,
+                "losses/actor_loss": actor_loss,
+                "losses/kl": kl.mean(),
+                "losses/kl_over_bound": np.mean(kl_over_bound),
+                "losses/returns_mean": b_returns.mean(),
+            },
+        )
+        run.show(
+            global_step,
+            f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "
+            f"| updates/s {num_updates / update_seconds:.1f}",
+        )
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)
 

@@ -89,16 +89,26 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
-    *at_least_one("batch_size", "buffer_size", "policy_frequency", "target_network_frequency", "hidden_dim",
-                  "actor_hidden_dim"),
-    (lambda a: a.batch_size <= a.buffer_size, "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; "
-     "allowed: --batch-size <= --buffer-size."),
-    (lambda a: a.learning_starts >= a.batch_size, "--learning-starts {learning_starts} is below --batch-size "
-     "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist)."),
-    (lambda a: a.total_timesteps > a.learning_starts,
-     "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}."),
-    (lambda a: a.alpha >= 0 and (a.alpha > 0 or not a.autotune),
-     "--alpha must be >= 0, and > 0 with --autotune (got {alpha})."),
+    *at_least_one(
+        "batch_size", "buffer_size", "policy_frequency", "target_network_frequency", "hidden_dim", "actor_hidden_dim"
+    ),
+    (
+        lambda a: a.batch_size <= a.buffer_size,
+        "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; allowed: --batch-size <= --buffer-size.",
+    ),
+    (
+        lambda a: a.learning_starts >= a.batch_size,
+        "--learning-starts {learning_starts} is below --batch-size "
+        "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist).",
+    ),
+    (
+        lambda a: a.total_timesteps > a.learning_starts,
+        "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}.",
+    ),
+    (
+        lambda a: a.alpha >= 0 and (a.alpha > 0 or not a.autotune),
+        "--alpha must be >= 0, and > 0 with --autotune (got {alpha}).",
+    ),
     *in_unit_interval("gamma", "tau"),
     *positive("policy_lr", "q_lr"),
 ]
@@ -153,7 +163,9 @@ class SoftQNetwork(nn.Module):
 class Agent(nn.Module):
     """The Gaussian actor and the squashing a = c + h tanh(x)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float], hidden_dim: int = 256):
+    def __init__(
+        self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float], hidden_dim: int = 256
+    ):
         super().__init__()
         self.actor = GaussianActor(obs_dim, action_dim, hidden_dim)
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
@@ -181,8 +193,14 @@ class Agent(nn.Module):
         return self.squash(self.actor(obs)[0]) if deterministic else self.sample(obs)[0]
 
 
-def soft_bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_min_q: torch.Tensor,
-                        next_log_pi: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+def soft_bellman_target(
+    rewards: torch.Tensor,
+    terminations: torch.Tensor,
+    next_min_q: torch.Tensor,
+    next_log_pi: torch.Tensor,
+    alpha: float,
+    gamma: float,
+) -> torch.Tensor:
     """y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha log pi(a'|s'))."""
     return rewards + gamma * (1.0 - terminations) * (next_min_q - alpha * next_log_pi)
 
@@ -209,12 +227,19 @@ def main() -> None:
     run = Run(Args, "baselines.sac", CHECKS)
     args, envs, device = run.args, run.envs, run.device
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=envs.single_action_space.low.tolist(),
-                        action_high=envs.single_action_space.high.tolist(), hidden_dim=args.actor_hidden_dim)
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim,
-                                                                                  args.hidden_dim)] * 4),
-                 ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim), device,
-                 "--hidden-dim or --buffer-size")
+    agent_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_low=envs.single_action_space.low.tolist(),
+        action_high=envs.single_action_space.high.tolist(),
+        hidden_dim=args.actor_hidden_dim,
+    )
+    check_memory(
+        count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4),
+        ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim),
+        device,
+        "--hidden-dim or --buffer-size",
+    )
     agent = Agent(**agent_kwargs).to(device)
     qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
     qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
@@ -225,15 +250,26 @@ def main() -> None:
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device,
-                             requires_grad=args.autotune)
+    log_alpha = torch.tensor(
+        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
+    )
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # SAC does not normalise; checkpoints stay uniform
-    checkpoint = run.restore({"agent": agent, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target,
-                              "qf2_target": qf2_target, "q_optimizer": q_optimizer,
-                              "actor_optimizer": actor_optimizer, "obs_normalizer": obs_normalizer,
-                              "log_alpha": log_alpha, "alpha_optimizer": alpha_optimizer},
-                             agent_kwargs=agent_kwargs)
+    checkpoint = run.restore(
+        {
+            "agent": agent,
+            "qf1": qf1,
+            "qf2": qf2,
+            "qf1_target": qf1_target,
+            "qf2_target": qf2_target,
+            "q_optimizer": q_optimizer,
+            "actor_optimizer": actor_optimizer,
+            "obs_normalizer": obs_normalizer,
+            "log_alpha": log_alpha,
+            "alpha_optimizer": alpha_optimizer,
+        },
+        agent_kwargs=agent_kwargs,
+    )
     global_step = checkpoint.get("global_step", 0)
     alpha = log_alpha.exp().item()
     replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
@@ -260,8 +296,7 @@ def main() -> None:
             with torch.no_grad():
                 next_actions, next_log_pi, _ = agent.sample(b_next_obs)
                 next_min_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                target_q = soft_bellman_target(b_rewards, b_terminations, next_min_q, next_log_pi, alpha,
-                                               args.gamma)
+                target_q = soft_bellman_target(b_rewards, b_terminations, next_min_q, next_log_pi, alpha, args.gamma)
             qf1_values, qf2_values = qf1(b_obs, b_actions), qf2(b_obs, b_actions)
             qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
             qf_loss = qf1_loss + qf2_loss
@@ -293,15 +328,27 @@ def main() -> None:
             last_print = global_step
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
             entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"
-            run.show(global_step, f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s "
-                     f"{updates_per_second:.1f}", learning_starts)
+            run.show(
+                global_step,
+                f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}",
+                learning_starts,
+            )
             if updates >= args.policy_frequency:
-                run.log(global_step, {"charts/updates_per_second": updates_per_second, "charts/alpha": alpha,
-                                      "losses/qf1_values": qf1_values.mean(), "losses/qf2_values": qf2_values.mean(),
-                                      "losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss,
-                                      "losses/qf_loss": qf_loss / 2.0, "losses/actor_loss": actor_loss,
-                                      "charts/entropy_estimate": entropy_estimate,
-                                      **({"losses/alpha_loss": loss_alpha} if args.autotune else {})})
+                run.log(
+                    global_step,
+                    {
+                        "charts/updates_per_second": updates_per_second,
+                        "charts/alpha": alpha,
+                        "losses/qf1_values": qf1_values.mean(),
+                        "losses/qf2_values": qf2_values.mean(),
+                        "losses/qf1_loss": qf1_loss,
+                        "losses/qf2_loss": qf2_loss,
+                        "losses/qf_loss": qf_loss / 2.0,
+                        "losses/actor_loss": actor_loss,
+                        "charts/entropy_estimate": entropy_estimate,
+                        **({"losses/alpha_loss": loss_alpha} if args.autotune else {}),
+                    },
+                )
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
             run.save(global_step, replay_buffer)

@@ -1,1 +1,1 @@
-"""The experiment harness: grid runner, summaries, reports, plots and the evidence tables (not imported by the training scripts)."""
+"""The experiment harness: grid runner, summaries, plots and the evidence tables (not used by the training scripts)."""

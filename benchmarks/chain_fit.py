@@ -73,9 +73,9 @@ class Args:
     forward posterior's sqrt(beta_k (1 - abar_{k-1}) / (1 - abar_k)), floored at --min-std)"""
     loss: str = "reverse-kl"
     """"reverse-kl": the pathwise surrogate above (what DiffSAC does); "log-variance": the variance over the batch of
-    L - beta log pi* on paths drawn without gradient (from the chain with its noise scaled by --behaviour-noise-scale)"""
+    L - beta log pi* on paths drawn without gradient (the chain's noise scaled by --behaviour-noise-scale)"""
     behaviour_noise_scale: float = 1.0
-    """for --loss log-variance: the kernels' noise is multiplied by this when drawing the training paths (1: on-policy)"""
+    """for --loss log-variance: the kernels' noise times this when drawing the training paths (1: on-policy)"""
     eval_samples: int = 20000
     """samples drawn from the trained chain for the shares and the bound"""
     out: str = ""
@@ -86,9 +86,17 @@ class Args:
 
 def validate(args: Args) -> None:
     if args.env_id not in ONE_STEP_BANDITS:
-        raise ConfigError(f"--env-id {args.env_id}: not a one-step bandit with a known target; allowed: {', '.join(ONE_STEP_BANDITS)}.")
-    for flag, value in [("--num-diffusion-steps", args.num_diffusion_steps), ("--updates", args.updates),
-                        ("--batch-size", args.batch_size), ("--hidden-dim", args.hidden_dim), ("--eval-samples", args.eval_samples)]:
+        raise ConfigError(
+            f"--env-id {args.env_id}: not a one-step bandit with a known target; "
+            f"allowed: {', '.join(ONE_STEP_BANDITS)}."
+        )
+    for flag, value in [
+        ("--num-diffusion-steps", args.num_diffusion_steps),
+        ("--updates", args.updates),
+        ("--batch-size", args.batch_size),
+        ("--hidden-dim", args.hidden_dim),
+        ("--eval-samples", args.eval_samples),
+    ]:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value}).")
     for flag, value in [("--alpha", args.alpha), ("--learning-rate", args.learning_rate), ("--min-std", args.min_std)]:
@@ -115,8 +123,9 @@ def log_normaliser(reward_fn, action_dim: int, alpha: float) -> float:
 def fit(args: Args, seed: int, env) -> dict:
     torch.manual_seed(seed)
     action_dim = env.action_space.shape[0]
-    agent = Agent(1, action_dim, [-1.0] * action_dim, [1.0] * action_dim, args.num_diffusion_steps,
-                  args.hidden_dim, args.min_std)
+    agent = Agent(
+        1, action_dim, [-1.0] * action_dim, [1.0] * action_dim, args.num_diffusion_steps, args.hidden_dim, args.min_std
+    )
     if args.std != "learned":
         betas = agent.actor.betas.double()
         variance = betas
@@ -124,7 +133,7 @@ def fit(args: Args, seed: int, env) -> dict:
             alpha_bar = torch.cumprod(1 - betas, 0)
             alpha_bar_previous = torch.cat([torch.ones(1, dtype=betas.dtype), alpha_bar[:-1]])
             variance = betas * (1 - alpha_bar_previous) / (1 - alpha_bar)
-        log_std = (0.5 * variance.clamp(min=args.min_std ** 2).log()).float()[:, None].expand_as(agent.actor.log_std)
+        log_std = (0.5 * variance.clamp(min=args.min_std**2).log()).float()[:, None].expand_as(agent.actor.log_std)
         with torch.no_grad():
             agent.actor.log_std.copy_(log_std)
         agent.actor.log_std.requires_grad_(False)
@@ -135,7 +144,7 @@ def fit(args: Args, seed: int, env) -> dict:
         return torch.as_tensor(env.reward(actions.detach().double().numpy()), dtype=torch.float32) / args.alpha - log_z
 
     def reward_gradient_loss(actions: torch.Tensor) -> torch.Tensor:
-        """A surrogate whose gradient w.r.t. the actions is that of log pi*(a) = r(a) / alpha - log Z (by finite differences)."""
+        """A surrogate whose action gradient is that of log pi*(a) = r(a) / alpha - log Z (by finite differences)."""
         eps = 1e-4
         base = actions.detach().double().numpy()
         gradient = np.zeros_like(base)
@@ -147,7 +156,7 @@ def fit(args: Args, seed: int, env) -> dict:
 
     def log_variance_loss(beta: float) -> torch.Tensor:
         """Var over the batch of L(x_{0:K}) - beta log pi*(a) for paths drawn without gradient (the log-variance
-        divergence; on-policy its gradient is the score-function gradient of the reverse KL with the batch mean as baseline)."""
+        divergence; on-policy its gradient is the score-function gradient of the reverse KL, batch mean as baseline)."""
         actor, K = agent.actor, args.num_diffusion_steps
         with torch.no_grad():
             x, chain = torch.randn(args.batch_size, action_dim), []
@@ -160,7 +169,9 @@ def fit(args: Args, seed: int, env) -> dict:
         step_k = actor.step_k.repeat(args.batch_size)
         x_k, x_previous = chain[:, :-1].reshape(-1, action_dim), chain[:, 1:].reshape(-1, action_dim)
         step_log_q = actor.log_prob(obs.repeat_interleave(K, 0), x_k, step_k, x_previous).view(args.batch_size, K)
-        step_log_ratio, log_prior, squash_log_det = actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
+        step_log_ratio, log_prior, squash_log_det = actor.path_log_ratio_terms(
+            chain, step_log_q, agent.action_half_width
+        )
         path_log_ratio = log_prior + step_log_ratio.sum(1) - squash_log_det
         w = path_log_ratio - beta * log_target(agent.squash(chain[:, -1]))
         return ((w - w.mean()) ** 2).mean()
@@ -169,7 +180,9 @@ def fit(args: Args, seed: int, env) -> dict:
     anneal_updates = args.anneal_fraction * args.updates
     started = time.time()
     for update in range(args.updates):
-        beta = 1.0 if anneal_updates == 0 else min(1.0, args.beta_start + (1 - args.beta_start) * update / anneal_updates)
+        beta = (
+            1.0 if anneal_updates == 0 else min(1.0, args.beta_start + (1 - args.beta_start) * update / anneal_updates)
+        )
         if args.loss == "log-variance":
             loss = log_variance_loss(beta)
         else:
@@ -189,11 +202,21 @@ def fit(args: Args, seed: int, env) -> dict:
     actions = actions.numpy().astype(np.float64)
     shares, weights = mode_shares(actions, modes), target_mode_shares(env.reward, modes, args.alpha)
     nearest = np.linalg.norm(actions[:, None, :] - modes[None], axis=-1).argmin(1)
-    slack = np.array([gap[nearest == j].mean() - math.log(shares[j] / weights[j]) if shares[j] > 0 else np.nan
-                      for j in range(len(modes))])
+    slack = np.array(
+        [
+            gap[nearest == j].mean() - math.log(shares[j] / weights[j]) if shares[j] > 0 else np.nan
+            for j in range(len(modes))
+        ]
+    )
     sigma = agent.actor.log_std.clamp(agent.actor.log_std_min, 0.0).exp().mean(-1).flip(0)  # k = K..1
-    return {"shares": shares, "weights": weights, "bound": float(gap.mean()), "slack": slack,
-            "seconds": time.time() - started, "sigma": sigma.tolist()}
+    return {
+        "shares": shares,
+        "weights": weights,
+        "bound": float(gap.mean()),
+        "slack": slack,
+        "seconds": time.time() - started,
+        "sigma": sigma.tolist(),
+    }
 
 
 def main() -> None:
@@ -202,9 +225,16 @@ def main() -> None:
     torch.set_num_threads(1)
     env = gym.make(args.env_id).unwrapped
     defaults = Args()
-    label = args.label or ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in vars(args).items()
-                                    if name not in ("seeds", "out", "label", "env_id", "alpha", "eval_samples")
-                                    and value != getattr(defaults, name)) or "defaults"
+    label = (
+        args.label
+        or ", ".join(
+            f"--{name.replace('_', '-')} {value}"
+            for name, value in vars(args).items()
+            if name not in ("seeds", "out", "label", "env_id", "alpha", "eval_samples")
+            and value != getattr(defaults, name)
+        )
+        or "defaults"
+    )
     rows = []
     for seed in args.seeds:
         result = fit(args, seed, env)
@@ -212,12 +242,16 @@ def main() -> None:
         weights = " / ".join(f"{weight:.2f}" for weight in result["weights"])
         slack = " / ".join(f"{value:.2f}" for value in result["slack"])
         worst = float(np.max(np.abs(result["shares"] - result["weights"])))
-        rows.append(f"| {args.env_id} | {label} | {seed} | {shares} | {weights} | {worst:.2f} | {result['bound']:.3f} "
-                    f"| {slack} | {result['seconds']:.0f} |")
+        rows.append(
+            f"| {args.env_id} | {label} | {seed} | {shares} | {weights} | {worst:.2f} | {result['bound']:.3f} "
+            f"| {slack} | {result['seconds']:.0f} |"
+        )
         print(rows[-1], flush=True)
         print("  sigma_k, k = K..1: " + " ".join(f"{value:.3f}" for value in result["sigma"]), flush=True)
-    header = ("| target | variant | seed | share per mode | pi*'s share | largest share error | bound E[L - log pi*] "
-              "| slack per mode (nats) | seconds |\n|---|---|---|---|---|---|---|---|---|\n")
+    header = (
+        "| target | variant | seed | share per mode | pi*'s share | largest share error | bound E[L - log pi*] "
+        "| slack per mode (nats) | seconds |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "a") as file:

@@ -1,6 +1,6 @@
 """The evidence: every generated table and figure of docs/benchmarks.md, rebuilt from committed run summaries.
 
-    python -m benchmarks.evidence            # rewrite the generated blocks of docs/benchmarks.md and README.md, and docs/evidence_*.png
+    python -m benchmarks.evidence            # rewrite the generated blocks of the docs and README, and the figures
     python -m benchmarks.evidence --check    # exit 1, naming the blocks, if a page differs from what the summaries give
 
 The experiments are declared below (EXPERIMENTS): each is one grid of benchmarks/grid.py whose finished runs
@@ -44,8 +44,18 @@ from common.cli import ConfigError, run_cli  # noqa: E402
 
 REFERENCE_SCORES = os.path.join(REPO_ROOT, "benchmarks", "reference_scores.json")
 BOOTSTRAP_REPS = 5000  # stratified-bootstrap draws for the IQM, mean and P(X > Y) intervals (curves and profiles: 1000)
-LABELS = {"diffppo": "DiffPPO", "ppo": "PPO", "diffreppo": "DiffREPPO", "reppo": "REPPO", "diffsac": "DiffSAC",
-          "sac": "SAC", "diffwpo": "DiffWPO", "wpo": "WPO", "dpmd": "DPMD", "sdac": "SDAC"}
+LABELS = {
+    "diffppo": "DiffPPO",
+    "ppo": "PPO",
+    "diffreppo": "DiffREPPO",
+    "reppo": "REPPO",
+    "diffsac": "DiffSAC",
+    "sac": "SAC",
+    "diffwpo": "DiffWPO",
+    "wpo": "WPO",
+    "dpmd": "DPMD",
+    "sdac": "SDAC",
+}
 
 
 def label(name: str) -> str:
@@ -72,72 +82,134 @@ class Experiment:
 
 
 ONPOLICY = Experiment(
-    "onpolicy_500k", "On-policy pairs, 500k environment steps",
+    "onpolicy_500k",
+    "On-policy pairs, 500k environment steps",
     ("diffppo", "ppo", "diffreppo", "reppo"),
     (("diffppo", "ppo"), ("diffreppo", "reppo"), ("diffreppo", "diffppo"), ("diffreppo", "ppo")),
-    ("Hopper-v4", "Walker2d-v4"), (1, 2, 3), (100_000, 250_000, 500_000),
-    ("python -m benchmarks.grid --scripts diffreppo.py baselines/reppo.py diffppo.py baselines/ppo.py "
-     "--env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 --total-timesteps 501760 --workdir results/onpolicy_500k "
-     "--workers 2 --extra=\"--save-model\"",),
+    ("Hopper-v4", "Walker2d-v4"),
+    (1, 2, 3),
+    (100_000, 250_000, 500_000),
+    (
+        "python -m benchmarks.grid --scripts diffreppo.py baselines/reppo.py diffppo.py baselines/ppo.py "
+        "--env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 --total-timesteps 501760 --workdir results/onpolicy_500k "
+        '--workers 2 --extra="--save-model"',
+    ),
     "python -m benchmarks.grid --scripts diffreppo.py baselines/reppo.py diffppo.py baselines/ppo.py --env-ids "
     "Hopper-v4 Walker2d-v4 HalfCheetah-v4 Humanoid-v4 InvertedPendulum-v4 --seeds 1 2 3 4 5 --total-timesteps 1000000 "
-    "--workdir results/onpolicy_1m --executor slurm --slurm-partition <partition> --gpus-per-node 1 --extra=\"--save-model\"")
+    "--workdir results/onpolicy_1m --executor slurm --slurm-partition <partition> --gpus-per-node 1 "
+    '--extra="--save-model"',
+)
 OFFPOLICY = Experiment(
-    "offpolicy_100k", "Off-policy pairs and the peers, 100k environment steps",
+    "offpolicy_100k",
+    "Off-policy pairs and the peers, 100k environment steps",
     ("diffsac", "sac", "diffwpo", "wpo", "dpmd", "sdac"),
     (("diffsac", "sac"), ("diffwpo", "wpo"), ("dpmd", "sac"), ("sdac", "sac")),
-    ("Hopper-v4", "Walker2d-v4"), (1, 2, 3), (25_000, 50_000, 100_000),
-    tuple(f"python -m benchmarks.grid --scripts {scripts} --env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 "
-          "--total-timesteps 100000 --workdir results/offpolicy_100k --workers 2 --extra=\"--save-model\""
-          for scripts in ("diffsac.py baselines/sac.py diffwpo.py baselines/wpo.py", "peers/dpmd.py peers/sdac.py")),
+    ("Hopper-v4", "Walker2d-v4"),
+    (1, 2, 3),
+    (25_000, 50_000, 100_000),
+    tuple(
+        f"python -m benchmarks.grid --scripts {scripts} --env-ids Hopper-v4 Walker2d-v4 --seeds 1 2 3 "
+        '--total-timesteps 100000 --workdir results/offpolicy_100k --workers 2 --extra="--save-model"'
+        for scripts in ("diffsac.py baselines/sac.py diffwpo.py baselines/wpo.py", "peers/dpmd.py peers/sdac.py")
+    ),
     "python -m benchmarks.grid --scripts diffsac.py baselines/sac.py diffwpo.py baselines/wpo.py peers/dpmd.py "
     "peers/sdac.py --env-ids Hopper-v4 Walker2d-v4 HalfCheetah-v4 Humanoid-v4 InvertedPendulum-v4 --seeds 1 2 3 4 5 "
     "--total-timesteps 1000000 --workdir results/offpolicy_1m --executor slurm --slurm-partition <partition> "
-    "--gpus-per-node 1 --extra=\"--save-model\"")
+    '--gpus-per-node 1 --extra="--save-model"',
+)
 K_ABLATION = Experiment(
-    "k_ablation", "Number of diffusion steps K, Hopper-v4",
+    "k_ablation",
+    "Number of diffusion steps K, Hopper-v4",
     ("diffppo_k1", "diffppo_k2", "diffppo_k4", "diffppo_k8", "diffppo_k16", "diffsac_k1", "diffsac_k4", "diffsac_k8"),
-    (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1"), ("diffsac_k4", "diffsac_k1"),
-     ("diffsac_k8", "diffsac_k4")),
-    ("Hopper-v4",), (1, 2, 3), (100_000, 250_000, 500_000),
-    tuple(f"python -m benchmarks.grid --scripts diffppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 501760 "
-          f"--workdir results/k_ablation --exp-suffix _k{k} --workers 2 --extra=\"--save-model --num-diffusion-steps {k}\""
-          for k in (1, 2, 4, 16))
-    + tuple(f"python -m benchmarks.grid --scripts diffsac.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
-            f"--workdir results/k_ablation --exp-suffix _k{k} --workers 2 --extra=\"--save-model --num-diffusion-steps {k}\""
-            for k in (1, 4)),
+    (
+        ("diffppo_k8", "diffppo_k1"),
+        ("diffppo_k16", "diffppo_k8"),
+        ("diffsac_k8", "diffsac_k1"),
+        ("diffsac_k4", "diffsac_k1"),
+        ("diffsac_k8", "diffsac_k4"),
+    ),
+    ("Hopper-v4",),
+    (1, 2, 3),
+    (100_000, 250_000, 500_000),
+    tuple(
+        f"python -m benchmarks.grid --scripts diffppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 501760 "
+        f'--workdir results/k_ablation --exp-suffix _k{k} --workers 2 --extra="--save-model --num-diffusion-steps {k}"'
+        for k in (1, 2, 4, 16)
+    )
+    + tuple(
+        f"python -m benchmarks.grid --scripts diffsac.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
+        f'--workdir results/k_ablation --exp-suffix _k{k} --workers 2 --extra="--save-model --num-diffusion-steps {k}"'
+        for k in (1, 4)
+    ),
     "the same commands with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
     borrowed={"diffppo_k8": ("onpolicy_500k", "diffppo"), "diffsac_k8": ("offpolicy_100k", "diffsac")},
-    variants={f"{script}_k{k}": f"{label(script)}, K = {k}" + (" (default)" if k == 8 else "")
-              for script, ks in (("diffppo", (1, 2, 4, 8, 16)), ("diffsac", (1, 4, 8))) for k in ks})
+    variants={
+        f"{script}_k{k}": f"{label(script)}, K = {k}" + (" (default)" if k == 8 else "")
+        for script, ks in (("diffppo", (1, 2, 4, 8, 16)), ("diffsac", (1, 4, 8)))
+        for k in ks
+    },
+)
 WPO_ABLATION = Experiment(
-    "diffwpo_hopper", "Why DiffWPO is slow on Hopper-v4",
-    ("diffsac", "diffwpo", "diffwpo_rollout", "diffwpo_last256", "diffwpo_allsteps", "diffwpo_k1", "diffwpo_nofisher",
-     "diffwpo_rollout_nofisher", "wpo", "sac"),
-    (("diffsac", "diffwpo"), ("diffwpo_rollout", "diffwpo"), ("diffsac", "diffwpo_rollout"), ("diffwpo_last256", "diffwpo"),
-     ("diffsac", "diffwpo_last256"), ("diffwpo_allsteps", "diffwpo"), ("diffsac", "diffwpo_allsteps"),
-     ("diffwpo_k1", "diffwpo"), ("diffsac", "diffwpo_k1"), ("diffwpo_nofisher", "diffwpo"),
-     ("diffwpo_rollout_nofisher", "diffwpo_rollout"), ("diffwpo_rollout_nofisher", "diffwpo_nofisher"),
-     ("diffsac", "diffwpo_rollout_nofisher"), ("sac", "wpo")),
-    ("Hopper-v4",), (1, 2, 3), (25_000, 50_000, 100_000),
-    tuple(f"python -m benchmarks.grid --scripts diffwpo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
-          f"--workdir results/diffwpo_hopper --exp-suffix {suffix} --workers 2 --extra=\"--save-model {flags}\""
-          for suffix, flags in (("_rollout", "--inner-velocity rollout"), ("_last256", "--last-step-samples 224"),
-                                ("_allsteps", "--actor-all-steps"),
-                                ("_k1", "--num-diffusion-steps 1"),
-                                ("_nofisher", "--no-fisher-preconditioner"),
-                                ("_rollout_nofisher", "--inner-velocity rollout --no-fisher-preconditioner"))),
+    "diffwpo_hopper",
+    "Why DiffWPO is slow on Hopper-v4",
+    (
+        "diffsac",
+        "diffwpo",
+        "diffwpo_rollout",
+        "diffwpo_last256",
+        "diffwpo_allsteps",
+        "diffwpo_k1",
+        "diffwpo_nofisher",
+        "diffwpo_rollout_nofisher",
+        "wpo",
+        "sac",
+    ),
+    (
+        ("diffsac", "diffwpo"),
+        ("diffwpo_rollout", "diffwpo"),
+        ("diffsac", "diffwpo_rollout"),
+        ("diffwpo_last256", "diffwpo"),
+        ("diffsac", "diffwpo_last256"),
+        ("diffwpo_allsteps", "diffwpo"),
+        ("diffsac", "diffwpo_allsteps"),
+        ("diffwpo_k1", "diffwpo"),
+        ("diffsac", "diffwpo_k1"),
+        ("diffwpo_nofisher", "diffwpo"),
+        ("diffwpo_rollout_nofisher", "diffwpo_rollout"),
+        ("diffwpo_rollout_nofisher", "diffwpo_nofisher"),
+        ("diffsac", "diffwpo_rollout_nofisher"),
+        ("sac", "wpo"),
+    ),
+    ("Hopper-v4",),
+    (1, 2, 3),
+    (25_000, 50_000, 100_000),
+    tuple(
+        f"python -m benchmarks.grid --scripts diffwpo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
+        f'--workdir results/diffwpo_hopper --exp-suffix {suffix} --workers 2 --extra="--save-model {flags}"'
+        for suffix, flags in (
+            ("_rollout", "--inner-velocity rollout"),
+            ("_last256", "--last-step-samples 224"),
+            ("_allsteps", "--actor-all-steps"),
+            ("_k1", "--num-diffusion-steps 1"),
+            ("_nofisher", "--no-fisher-preconditioner"),
+            ("_rollout_nofisher", "--inner-velocity rollout --no-fisher-preconditioner"),
+        )
+    ),
     "the same commands with --total-timesteps 1000000 and --executor slurm",
     borrowed={name: ("offpolicy_100k", name) for name in ("diffsac", "diffwpo", "wpo", "sac")},
-    variants={"diffsac": "DiffSAC, K = 8 (the bar)", "diffwpo": "DiffWPO, K = 8, defaults",
-              "diffwpo_rollout": "DiffWPO, --inner-velocity rollout: inner steps follow a roll-out's gradient, not Q_k's",
-              "diffwpo_last256": "DiffWPO, --last-step-samples 224: the k = 1 critic sees 256 rewarded samples per update, as SAC's",
-              "diffwpo_allsteps": "DiffWPO, --actor-all-steps: each kernel's actor step sees the whole batch, not 1/K of it",
-              "diffwpo_k1": "DiffWPO, K = 1: one kernel, every critic sample carries a reward",
-              "diffwpo_nofisher": "DiffWPO, --no-fisher-preconditioner",
-              "diffwpo_rollout_nofisher": "DiffWPO, both measured causes removed: --inner-velocity rollout --no-fisher-preconditioner",
-              "wpo": "WPO (Gaussian twin)",
-              "sac": "SAC (Gaussian)"})
+    variants={
+        "diffsac": "DiffSAC, K = 8 (the bar)",
+        "diffwpo": "DiffWPO, K = 8, defaults",
+        "diffwpo_rollout": "DiffWPO, --inner-velocity rollout: inner steps follow a roll-out's gradient, not Q_k's",
+        "diffwpo_last256": "DiffWPO, --last-step-samples 224: the k = 1 critic sees 256 rewarded samples per update",
+        "diffwpo_allsteps": "DiffWPO, --actor-all-steps: each kernel's actor step sees the whole batch, not 1/K of it",
+        "diffwpo_k1": "DiffWPO, K = 1: one kernel, every critic sample carries a reward",
+        "diffwpo_nofisher": "DiffWPO, --no-fisher-preconditioner",
+        "diffwpo_rollout_nofisher": "DiffWPO, --inner-velocity rollout --no-fisher-preconditioner",
+        "wpo": "WPO (Gaussian twin)",
+        "sac": "SAC (Gaussian)",
+    },
+)
 EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, WPO_ABLATION)
 
 
@@ -145,7 +217,9 @@ EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, WPO_ABLATION)
 def load_runs(results_dir: str, experiment: Experiment) -> dict[tuple[str, str, int], dict]:
     """{(env_id, exp_name, seed): summary} of the experiment's finished runs (borrowed ones renamed)."""
     runs = {}
-    sources = [(experiment.name, None)] + [(source, (here, there)) for here, (source, there) in experiment.borrowed.items()]
+    sources = [(experiment.name, None)] + [
+        (source, (here, there)) for here, (source, there) in experiment.borrowed.items()
+    ]
     for source, rename in sources:
         for path in sorted(glob.glob(os.path.join(results_dir, source, "summaries", "*.json"))):
             with open(path) as file:
@@ -155,7 +229,11 @@ def load_runs(results_dir: str, experiment: Experiment) -> dict[tuple[str, str, 
                 if name != rename[1]:
                     continue
                 name = rename[0]
-            if name in experiment.algorithms and summary["env_id"] in experiment.env_ids and summary["seed"] in experiment.seeds:
+            if (
+                name in experiment.algorithms
+                and summary["env_id"] in experiment.env_ids
+                and summary["seed"] in experiment.seeds
+            ):
                 runs[(summary["env_id"], name, summary["seed"])] = summary
     return runs
 
@@ -168,35 +246,64 @@ def load_reference_scores(path: str = REFERENCE_SCORES) -> dict[str, dict]:
 def normalise(value: float, env_id: str, references: dict[str, dict]) -> float:
     scale = references.get(env_id)
     if scale is None or scale.get("reference") is None:
-        raise ConfigError(f"{env_id}: no random and reference score in {os.path.relpath(REFERENCE_SCORES, REPO_ROOT)}; add them "
-                          "(python -m benchmarks.evidence --measure-random-scores prints the random ones).")
+        raise ConfigError(
+            f"{env_id}: no random and reference score in {os.path.relpath(REFERENCE_SCORES, REPO_ROOT)}; add them "
+            "(python -m benchmarks.evidence --measure-random-scores prints the random ones)."
+        )
     return (value - scale["random"]) / (scale["reference"] - scale["random"])
 
 
 def complete_tasks(runs: dict, experiment: Experiment, algorithms: tuple[str, ...]) -> list[str]:
     """Tasks on which every algorithm has every seed with a deterministic evaluation."""
-    return [env_id for env_id in experiment.env_ids
-            if all(runs.get((env_id, algorithm, seed), {}).get("deterministic_eval_mean") is not None
-                   for algorithm in algorithms for seed in experiment.seeds)]
+    return [
+        env_id
+        for env_id in experiment.env_ids
+        if all(
+            runs.get((env_id, algorithm, seed), {}).get("deterministic_eval_mean") is not None
+            for algorithm in algorithms
+            for seed in experiment.seeds
+        )
+    ]
 
 
 def score_matrix(runs: dict, experiment: Experiment, algorithm: str, tasks: list[str], references: dict) -> np.ndarray:
     """Normalised final scores, shape (seeds, tasks)."""
-    return np.array([[normalise(runs[(env_id, algorithm, seed)]["deterministic_eval_mean"], env_id, references)
-                      for env_id in tasks] for seed in experiment.seeds])
+    return np.array(
+        [
+            [
+                normalise(runs[(env_id, algorithm, seed)]["deterministic_eval_mean"], env_id, references)
+                for env_id in tasks
+            ]
+            for seed in experiment.seeds
+        ]
+    )
 
 
-def curve_tensor(runs: dict, experiment: Experiment, algorithm: str, tasks: list[str], references: dict,
-                 steps: list[int]) -> np.ndarray:
+def curve_tensor(
+    runs: dict, experiment: Experiment, algorithm: str, tasks: list[str], references: dict, steps: list[int]
+) -> np.ndarray:
     """Normalised training running means at ``steps``, shape (seeds, tasks, steps)."""
-    return np.array([[[normalise(runs[(env_id, algorithm, seed)]["running_mean_at"].get(str(step)) or np.nan, env_id, references)
-                       for step in steps] for env_id in tasks] for seed in experiment.seeds])
+    return np.array(
+        [
+            [
+                [
+                    normalise(
+                        runs[(env_id, algorithm, seed)]["running_mean_at"].get(str(step)) or np.nan, env_id, references
+                    )
+                    for step in steps
+                ]
+                for env_id in tasks
+            ]
+            for seed in experiment.seeds
+        ]
+    )
 
 
 # ---------------------------------------------------------------- statistics (rliable)
 def _rliable():
     warnings.filterwarnings("ignore", category=FutureWarning)  # arch's notice about RandomState
     from rliable import library, metrics
+
     return library, metrics
 
 
@@ -225,8 +332,13 @@ def aggregate_with_intervals(scores: dict[str, np.ndarray]) -> dict[str, dict[st
 def _aggregate_with_intervals(scores: dict[str, np.ndarray]) -> dict[str, dict[str, tuple[float, float, float]]]:
     _, metrics = _rliable()
     points, intervals = interval(scores, lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]))
-    return {name: {metric: (float(points[name][i]), float(intervals[name][0][i]), float(intervals[name][1][i]))
-                   for i, metric in enumerate(("IQM", "mean"))} for name in scores}
+    return {
+        name: {
+            metric: (float(points[name][i]), float(intervals[name][0][i]), float(intervals[name][1][i]))
+            for i, metric in enumerate(("IQM", "mean"))
+        }
+        for name in scores
+    }
 
 
 def pairwise_improvement(x: np.ndarray, y: np.ndarray) -> float:
@@ -263,34 +375,51 @@ def commands_block(experiment: Experiment) -> str:
 
 
 def runs_table(runs: dict, experiment: Experiment) -> str:
-    lines = ["| environment | algorithm | seeds | deterministic eval, mean (per seed) | "
-             + " | ".join(f"training mean at {step // 1000}k" for step in experiment.steps) + " | wall-clock per run |",
-             "|---|---|---|---|" + "---|" * len(experiment.steps) + "---|"]
+    lines = [
+        "| environment | algorithm | seeds | deterministic eval, mean (per seed) | "
+        + " | ".join(f"training mean at {step // 1000}k" for step in experiment.steps)
+        + " | wall-clock per run |",
+        "|---|---|---|---|" + "---|" * len(experiment.steps) + "---|",
+    ]
     for env_id in experiment.env_ids:
         for algorithm in experiment.algorithms:
             found = [runs[(env_id, algorithm, seed)] for seed in experiment.seeds if (env_id, algorithm, seed) in runs]
             if not found:
-                lines.append(f"| {env_id} | {label(algorithm)} | 0 of {len(experiment.seeds)} | not run yet |"
-                             + " |" * len(experiment.steps) + " |")
+                lines.append(
+                    f"| {env_id} | {label(algorithm)} | 0 of {len(experiment.seeds)} | not run yet |"
+                    + " |" * len(experiment.steps)
+                    + " |"
+                )
                 continue
             evaluations = [run.get("deterministic_eval_mean") for run in found]
             known = [value for value in evaluations if value is not None]
-            evaluation = (f"{fmt(np.mean(known))} ({', '.join(fmt(value, 0) for value in evaluations)})" if known else "–")
+            evaluation = (
+                f"{fmt(np.mean(known))} ({', '.join(fmt(value, 0) for value in evaluations)})" if known else "–"
+            )
             at = [[run["running_mean_at"].get(str(step)) for run in found] for step in experiment.steps]
             columns = [fmt(np.mean(values)) if None not in values else "–" for values in at]
             minutes = [run["wall_clock_s"] / 60 for run in found]
-            spread = f"{min(minutes):.0f}" if round(min(minutes)) == round(max(minutes)) else f"{min(minutes):.0f}–{max(minutes):.0f}"
-            lines.append(f"| {env_id} | {label(algorithm)} | {len(found)} of {len(experiment.seeds)} | {evaluation} | "
-                         + " | ".join(columns) + f" | {spread} min |")
+            spread = (
+                f"{min(minutes):.0f}"
+                if round(min(minutes)) == round(max(minutes))
+                else f"{min(minutes):.0f}–{max(minutes):.0f}"
+            )
+            lines.append(
+                f"| {env_id} | {label(algorithm)} | {len(found)} of {len(experiment.seeds)} | {evaluation} | "
+                + " | ".join(columns)
+                + f" | {spread} min |"
+            )
     return "\n".join(lines)
 
 
 def task_names(env_ids) -> str:
-    """"Hopper, Walker2d" for Hopper-v4 and Walker2d-v4."""
+    """ "Hopper, Walker2d" for Hopper-v4 and Walker2d-v4."""
     return ", ".join(env_id.split("-")[0] for env_id in env_ids)
 
 
-def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_algorithm: bool = True) -> tuple[str, dict]:
+def aggregate_table(
+    runs: dict, experiment: Experiment, references: dict, per_algorithm: bool = True
+) -> tuple[str, dict]:
     """IQM / mean with intervals per algorithm and P(X > Y) per pair; returns the text and the pair results."""
     pair_results = {}
     lines = []
@@ -299,10 +428,15 @@ def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_al
         lines += ["| algorithm | tasks | runs | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|---|"]
         for algorithm in available:
             own_tasks = complete_tasks(runs, experiment, (algorithm,))
-            result = aggregate_with_intervals({algorithm: score_matrix(runs, experiment, algorithm, own_tasks, references)})[algorithm]
-            lines.append(f"| {label(algorithm)} | {task_names(own_tasks)} | "
-                         f"{len(own_tasks) * len(experiment.seeds)} | "
-                         + " | ".join(f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in result.values()) + " |")
+            result = aggregate_with_intervals(
+                {algorithm: score_matrix(runs, experiment, algorithm, own_tasks, references)}
+            )[algorithm]
+            lines.append(
+                f"| {label(algorithm)} | {task_names(own_tasks)} | "
+                f"{len(own_tasks) * len(experiment.seeds)} | "
+                + " | ".join(f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in result.values())
+                + " |"
+            )
         lines.append("")
     lines += ["| comparison (X vs Y) | tasks | P(X > Y) [95% CI] | result |", "|---|---|---|---|"]
     for x, y in experiment.pairs:
@@ -310,20 +444,32 @@ def aggregate_table(runs: dict, experiment: Experiment, references: dict, per_al
         if not pair_tasks:
             lines.append(f"| {label(x)} vs {label(y)} | – | – | not measured yet |")
             continue
-        result = improvement_probability(score_matrix(runs, experiment, x, pair_tasks, references),
-                                         score_matrix(runs, experiment, y, pair_tasks, references))
+        result = improvement_probability(
+            score_matrix(runs, experiment, x, pair_tasks, references),
+            score_matrix(runs, experiment, y, pair_tasks, references),
+        )
         pair_results[(x, y)] = (result, pair_tasks)
-        lines.append(f"| {label(x)} vs {label(y)} | {task_names(pair_tasks)} | "
-                     f"{result[0]:.2f} [{result[1]:.2f}, {result[2]:.2f}] | {ordering(result[1], result[2])} |")
+        lines.append(
+            f"| {label(x)} vs {label(y)} | {task_names(pair_tasks)} | "
+            f"{result[0]:.2f} [{result[1]:.2f}, {result[2]:.2f}] | {ordering(result[1], result[2])} |"
+        )
     return "\n".join(lines), pair_results
 
 
-def curve_steps(runs: dict, experiment: Experiment, algorithms: list[str], tasks: list[str], points: int = 40) -> list[int]:
+def curve_steps(
+    runs: dict, experiment: Experiment, algorithms: list[str], tasks: list[str], points: int = 40
+) -> list[int]:
     """The steps every run recorded a running mean at, up to the budget, thinned to about ``points``."""
-    recorded = set.intersection(*(set(map(int, runs[(env_id, a, seed)]["running_mean_at"])) for a in algorithms
-                                  for env_id in tasks for seed in experiment.seeds))
+    recorded = set.intersection(
+        *(
+            set(map(int, runs[(env_id, a, seed)]["running_mean_at"]))
+            for a in algorithms
+            for env_id in tasks
+            for seed in experiment.seeds
+        )
+    )
     steps = sorted(step for step in recorded if step <= max(experiment.steps))
-    return steps[::max(1, len(steps) // points)]
+    return steps[:: max(1, len(steps) // points)]
 
 
 def save_figure(fig, path: str) -> None:
@@ -338,6 +484,7 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
     """IQM with intervals, performance profile and sample-efficiency curves written to ``path`` (None: only
     say whether there is one); False when no task is complete."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -349,8 +496,8 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
         return True
     library, metrics = _rliable()
     scores = {a: score_matrix(runs, experiment, a, tasks, references) for a in available}
-    bases = list(dict.fromkeys(a[len("diff"):] if a.startswith("diff") else a for a in available))
-    colours = {a: plt.cm.tab10(bases.index(a[len("diff"):] if a.startswith("diff") else a)) for a in available}
+    bases = list(dict.fromkeys(a[len("diff") :] if a.startswith("diff") else a for a in available))
+    colours = {a: plt.cm.tab10(bases.index(a[len("diff") :] if a.startswith("diff") else a)) for a in available}
     fig, (ax_iqm, ax_profile, ax_curve) = plt.subplots(1, 3, figsize=(16, 4.2))
     result = {a: aggregate_with_intervals({a: scores[a]})[a] for a in available}
     for row, a in enumerate(available):
@@ -358,11 +505,15 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
         ax_iqm.errorbar(point, row, xerr=[[point - low], [high - point]], fmt="o", color=colours[a], capsize=4)
     ax_iqm.set_yticks(range(len(available)), [label(a) for a in available])
     ax_iqm.set_xlabel("IQM of normalised final score (95% CI)")
-    taus = np.linspace(min(0.0, min(s.min() for s in scores.values())), max(1.0, max(s.max() for s in scores.values())), 41)
+    taus = np.linspace(
+        min(0.0, min(s.min() for s in scores.values())), max(1.0, max(s.max() for s in scores.values())), 41
+    )
     np.random.seed(0)
     profiles, profile_intervals = library.create_performance_profile(scores, taus, reps=1000)
     for a in available:
-        ax_profile.plot(taus, profiles[a], color=colours[a], label=label(a), linestyle="-" if a.startswith("diff") else "--")
+        ax_profile.plot(
+            taus, profiles[a], color=colours[a], label=label(a), linestyle="-" if a.startswith("diff") else "--"
+        )
         ax_profile.fill_between(taus, profile_intervals[a][0], profile_intervals[a][1], color=colours[a], alpha=0.15)
     ax_profile.set_xlabel("normalised score τ")
     ax_profile.set_ylabel("fraction of runs with score > τ")
@@ -370,9 +521,12 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
     steps = curve_steps(runs, experiment, available, tasks)
     for a in available:
         curves = curve_tensor(runs, experiment, a, tasks, references, steps)
-        points, intervals = interval({a: curves}, lambda x: np.array([metrics.aggregate_iqm(x[..., i]) for i in range(x.shape[-1])]),
-                                     reps=1000)
-        ax_curve.plot(steps, points[a], color=colours[a], label=label(a), linestyle="-" if a.startswith("diff") else "--")
+        points, intervals = interval(
+            {a: curves}, lambda x: np.array([metrics.aggregate_iqm(x[..., i]) for i in range(x.shape[-1])]), reps=1000
+        )
+        ax_curve.plot(
+            steps, points[a], color=colours[a], label=label(a), linestyle="-" if a.startswith("diff") else "--"
+        )
         ax_curve.fill_between(steps, intervals[a][0], intervals[a][1], color=colours[a], alpha=0.15)
     ax_curve.set_xlabel("environment steps")
     ax_curve.set_ylabel("IQM of normalised training return")
@@ -383,10 +537,17 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
 
 def variants_table(runs: dict, experiment: Experiment) -> str:
     """An ablation: one row per variant, its return at the fixed budget and its wall-clock (mean over seeds)."""
-    lines = ["| variant | seeds | deterministic eval, mean (per seed) | training mean at the budget | wall-clock per run |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| variant | seeds | deterministic eval, mean (per seed) | training mean at the budget | wall-clock per run |",
+        "|---|---|---|---|---|",
+    ]
     for algorithm in experiment.algorithms:
-        found = [runs[(env, algorithm, seed)] for env in experiment.env_ids for seed in experiment.seeds if (env, algorithm, seed) in runs]
+        found = [
+            runs[(env, algorithm, seed)]
+            for env in experiment.env_ids
+            for seed in experiment.seeds
+            if (env, algorithm, seed) in runs
+        ]
         name = experiment.variants[algorithm]
         if not found:
             lines.append(f"| {name} | 0 of {len(experiment.seeds)} | not run yet | | |")
@@ -394,9 +555,11 @@ def variants_table(runs: dict, experiment: Experiment) -> str:
         evaluations = [run.get("deterministic_eval_mean") for run in found]
         known = [value for value in evaluations if value is not None]
         minutes = [run["wall_clock_s"] / 60 for run in found]
-        lines.append(f"| {name} | {len(found)} of {len(experiment.seeds)} | "
-                     f"{fmt(np.mean(known)) if known else '–'} ({', '.join(fmt(v, 0) for v in evaluations)}) | "
-                     f"{fmt(np.mean([run['final_running_mean'] for run in found]))} | {np.mean(minutes):.0f} min |")
+        lines.append(
+            f"| {name} | {len(found)} of {len(experiment.seeds)} | "
+            f"{fmt(np.mean(known)) if known else '–'} ({', '.join(fmt(v, 0) for v in evaluations)}) | "
+            f"{fmt(np.mean([run['final_running_mean'] for run in found]))} | {np.mean(minutes):.0f} min |"
+        )
     return "\n".join(lines)
 
 
@@ -407,8 +570,13 @@ def k_figure(runs: dict, experiment: Experiment, path: str | None) -> bool:
     families: dict[str, dict[int, list[dict]]] = {}
     for algorithm in experiment.algorithms:
         match = re.fullmatch(r"(\w+)_k(\d+)", algorithm)
-        found = [runs[(env, algorithm, seed)] for env in experiment.env_ids for seed in experiment.seeds
-                 if (env, algorithm, seed) in runs and runs[(env, algorithm, seed)].get("deterministic_eval_mean") is not None]
+        found = [
+            runs[(env, algorithm, seed)]
+            for env in experiment.env_ids
+            for seed in experiment.seeds
+            if (env, algorithm, seed) in runs
+            and runs[(env, algorithm, seed)].get("deterministic_eval_mean") is not None
+        ]
         if match and found:
             families.setdefault(match.group(1), {})[int(match.group(2))] = found
     families = {name: by_k for name, by_k in families.items() if len(by_k) >= 2}
@@ -417,6 +585,7 @@ def k_figure(runs: dict, experiment: Experiment, path: str | None) -> bool:
     if path is None:
         return True
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -429,10 +598,18 @@ def k_figure(runs: dict, experiment: Experiment, path: str | None) -> bool:
         for k in ks:
             ax_k.scatter([k] * len(evaluations[k]), evaluations[k], color=colour, alpha=0.4, s=18)
             ax_clock.scatter([minutes[k]] * len(evaluations[k]), evaluations[k], color=colour, alpha=0.4, s=18)
-            ax_clock.annotate(f"K={k}", (minutes[k], np.mean(evaluations[k])), textcoords="offset points", xytext=(5, 5),
-                              fontsize=8, color=colour)
+            ax_clock.annotate(
+                f"K={k}",
+                (minutes[k], np.mean(evaluations[k])),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=8,
+                color=colour,
+            )
         means = [np.mean(evaluations[k]) for k in ks]
-        ax_k.plot(ks, means, "o-", color=colour, label=f"{label(name)} at {round(budget / 1000)}k steps (mean; dots: seeds)")
+        ax_k.plot(
+            ks, means, "o-", color=colour, label=f"{label(name)} at {round(budget / 1000)}k steps (mean; dots: seeds)"
+        )
         ax_clock.plot([minutes[k] for k in ks], means, "o-", color=colour, label=label(name))
     ax_k.set_xscale("log", base=2)
     every_k = sorted({k for by_k in families.values() for k in by_k})
@@ -453,26 +630,51 @@ def anchor(title: str) -> str:
 
 
 CLAIMS = (  # (claim, paper, the comparisons that decide it, the experiment (section) that backs it)
-    ("Diffusion beats its Gaussian twin (on-policy)", "Sanokowski et al.", (("diffppo", "ppo"), ("diffreppo", "reppo")),
-     ONPOLICY),
-    ("Diffusion beats its Gaussian twin (off-policy)", "Sanokowski et al.", (("diffsac", "sac"), ("diffwpo", "wpo")), OFFPOLICY),
-    ("More diffusion steps help", "Sanokowski et al.",
-     (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffsac_k8", "diffsac_k1"),
-      ("diffsac_k4", "diffsac_k1")), K_ABLATION),
-    ("DA-MDP: REPPO is the strongest variant", "Sanokowski et al., DA-MDP version",
-     (("diffreppo", "diffppo"), ("diffreppo", "ppo"), ("diffreppo", "reppo")), ONPOLICY),
+    (
+        "Diffusion beats its Gaussian twin (on-policy)",
+        "Sanokowski et al.",
+        (("diffppo", "ppo"), ("diffreppo", "reppo")),
+        ONPOLICY,
+    ),
+    (
+        "Diffusion beats its Gaussian twin (off-policy)",
+        "Sanokowski et al.",
+        (("diffsac", "sac"), ("diffwpo", "wpo")),
+        OFFPOLICY,
+    ),
+    (
+        "More diffusion steps help",
+        "Sanokowski et al.",
+        (
+            ("diffppo_k8", "diffppo_k1"),
+            ("diffppo_k16", "diffppo_k8"),
+            ("diffsac_k8", "diffsac_k1"),
+            ("diffsac_k4", "diffsac_k1"),
+        ),
+        K_ABLATION,
+    ),
+    (
+        "DA-MDP: REPPO is the strongest variant",
+        "Sanokowski et al., DA-MDP version",
+        (("diffreppo", "diffppo"), ("diffreppo", "ppo"), ("diffreppo", "reppo")),
+        ONPOLICY,
+    ),
     ("DPMD and SDAC beat SAC", "Ma et al.", (("dpmd", "sac"), ("sdac", "sac")), OFFPOLICY),
 )
-MULTIMODAL_CLAIM = ("The max-entropy objective keeps several modes", "Sanokowski et al.",
-                    "**partly reproduced**: with default flags the diffusion scripts keep one or two of four ring modes and "
-                    "starve the middle one of three unequal modes; DiffREPPO spreads over both wells where its Gaussian twin "
-                    "mostly collapses onto one; a mass-covering actor loss (`diffsac.py --actor-loss log-variance`, "
-                    "`diffppo.py --behaviour-noise-scale 1.5`) gives every mode its weight")
+MULTIMODAL_CLAIM = (
+    "The max-entropy objective keeps several modes",
+    "Sanokowski et al.",
+    "**partly reproduced**: with default flags the diffusion scripts keep one or two of four ring modes and "
+    "starve the middle one of three unequal modes; DiffREPPO spreads over both wells where its Gaussian twin "
+    "mostly collapses onto one; a mass-covering actor loss (`diffsac.py --actor-loss log-variance`, "
+    "`diffppo.py --behaviour-noise-scale 1.5`) gives every mode its weight",
+)
 
 
 def claims_table(pair_results: dict, short: bool = False) -> str:
     """One row per claim: the comparisons that decide it, our result and the verdict. ``short``: the README's
     version (verdicts only, links into docs/benchmarks.md)."""
+
     def result(x, y, experiment):
         if (x, y) not in pair_results:
             return f"{label(x)} vs {label(y)}: not measured yet"
@@ -481,21 +683,32 @@ def claims_table(pair_results: dict, short: bool = False) -> str:
         # A verdict from part of the grid says so: "Hopper only; Walker2d not measured yet".
         scope = f" ({task_names(tasks)} only; {task_names(missing)} not measured yet)" if missing else ""
         if short:
-            return f"{label(x)} vs {label(y)}: {verdict(low, high)} (P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}]){scope}"
+            interval = f"P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}]"
+            return f"{label(x)} vs {label(y)}: {verdict(low, high)} ({interval}){scope}"
         return f"{label(x)} vs {label(y)}: P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}], {verdict(low, high)}{scope}"
 
     if short:
         lines = ["| claim | our result at this machine's budget (3 seeds, 95% CI) |", "|---|---|"]
-        lines += [f"| [{claim}](docs/benchmarks.md#{anchor(experiment.title)}) ({paper}) | "
-                  f"{'<br>'.join(result(x, y, experiment) for x, y in pairs)} |" for claim, paper, pairs, experiment in CLAIMS]
+        lines += [
+            f"| [{claim}](docs/benchmarks.md#{anchor(experiment.title)}) ({paper}) | "
+            f"{'<br>'.join(result(x, y, experiment) for x, y in pairs)} |"
+            for claim, paper, pairs, experiment in CLAIMS
+        ]
         claim, paper, text = MULTIMODAL_CLAIM
         return "\n".join(lines + [f"| [{claim}](docs/multimodal.md) ({paper}) | {text.split(':')[0]} |"])
-    lines = ["| claim | paper | our result (probability of improvement over seeds and tasks, 95% CI) | backed by |",
-             "|---|---|---|---|"]
-    lines += [f"| {claim} | {paper} | {'<br>'.join(result(x, y, experiment) for x, y in pairs)} | "
-              f"[{experiment.title}](#{anchor(experiment.title)}) |" for claim, paper, pairs, experiment in CLAIMS]
+    lines = [
+        "| claim | paper | our result (probability of improvement over seeds and tasks, 95% CI) | backed by |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {claim} | {paper} | {'<br>'.join(result(x, y, experiment) for x, y in pairs)} | "
+        f"[{experiment.title}](#{anchor(experiment.title)}) |"
+        for claim, paper, pairs, experiment in CLAIMS
+    ]
     claim, paper, text = MULTIMODAL_CLAIM
-    return "\n".join(lines + [f"| {claim} | {paper} | {text} | [docs/multimodal.md](multimodal.md) (not from these summaries) |"])
+    return "\n".join(
+        lines + [f"| {claim} | {paper} | {text} | [docs/multimodal.md](multimodal.md) (not from these summaries) |"]
+    )
 
 
 # ---------------------------------------------------------------- the page
@@ -518,10 +731,17 @@ def build_blocks(results_dir: str, docs_dir: str | None, references: dict) -> di
         if not experiment.variants and figure(runs, experiment, references, image):
             body += f"\n\n![{experiment.title}](evidence_{experiment.name}.png)"
         elif experiment.variants and k_figure(runs, experiment, image):
-            body += f"\n\n![{experiment.title}: return against K and against wall-clock](evidence_{experiment.name}.png)"
-        reused = "".join(f" {label(here)} is the {source} grid's {label(there)}." for here, (source, there) in experiment.borrowed.items())
-        blocks[experiment.name] = (f"{finished}{reused} Commands (this machine):\n\n{commands_block(experiment)}\n\n"
-                                   f"At paper scale: `{experiment.cluster_command}`\n\n{body}")
+            body += (
+                f"\n\n![{experiment.title}: return against K and against wall-clock](evidence_{experiment.name}.png)"
+            )
+        reused = "".join(
+            f" {label(here)} is the {source} grid's {label(there)}."
+            for here, (source, there) in experiment.borrowed.items()
+        )
+        blocks[experiment.name] = (
+            f"{finished}{reused} Commands (this machine):\n\n{commands_block(experiment)}\n\n"
+            f"At paper scale: `{experiment.cluster_command}`\n\n{body}"
+        )
     blocks["claims"] = claims_table(pair_results)
     blocks["claims_short"] = claims_table(pair_results, short=True)
     return blocks
@@ -535,8 +755,10 @@ def replace_blocks(page: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
     names_in_page = [match.group("name") for match in BLOCK.finditer(page)]
     unknown = sorted(set(names_in_page) - set(blocks))
     if unknown:
-        raise ConfigError(f"the page has generated blocks this command does not make: {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(blocks))})")
+        raise ConfigError(
+            f"the page has generated blocks this command does not make: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(blocks))})"
+        )
     changed = []
 
     def substitute(match):
@@ -550,19 +772,21 @@ def replace_blocks(page: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
 
 @dataclass
 class Args:
-    pages: list[str] = field(default_factory=lambda: [os.path.join(REPO_ROOT, "docs", "benchmarks.md"),
-                                                      os.path.join(REPO_ROOT, "README.md")])
+    pages: list[str] = field(
+        default_factory=lambda: [os.path.join(REPO_ROOT, "docs", "benchmarks.md"), os.path.join(REPO_ROOT, "README.md")]
+    )
     """the pages whose <!-- generated:NAME --> blocks are rewritten; the figures go beside the first"""
     results_dir: str = os.path.join(REPO_ROOT, "results")
     """where the grids' summaries are (results/NAME/summaries/*.json)"""
     check: bool = False
     """write nothing; exit 1 if any block differs from what the summaries give"""
     measure_random_scores: bool = False
-    """print the mean return of uniform random actions (100 episodes) for each task of reference_scores.json, and exit"""
+    """print the mean return of uniform random actions (100 episodes) per task of reference_scores.json, and exit"""
 
 
 def random_score(env_id: str, episodes: int = 100) -> float:
     import gymnasium as gym
+
     env = gym.make(env_id)
     env.action_space.seed(0)
     totals = []

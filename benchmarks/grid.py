@@ -57,11 +57,21 @@ if REPO_ROOT not in sys.path:  # `python benchmarks/grid.py` as well as `python 
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks.summaries import project_commit  # noqa: E402
-from common.cli import ConfigError, run_cli
+from common.cli import ConfigError, run_cli  # noqa: E402
 from common.envs import check_env_id  # noqa: E402
 
-KNOWN_SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "diffreppo.py", "baselines/ppo.py", "baselines/sac.py",
-                 "baselines/wpo.py", "baselines/reppo.py", "peers/dpmd.py", "peers/sdac.py"]
+KNOWN_SCRIPTS = [
+    "diffppo.py",
+    "diffsac.py",
+    "diffwpo.py",
+    "diffreppo.py",
+    "baselines/ppo.py",
+    "baselines/sac.py",
+    "baselines/wpo.py",
+    "baselines/reppo.py",
+    "peers/dpmd.py",
+    "peers/sdac.py",
+]
 
 
 @dataclass
@@ -118,7 +128,9 @@ class Run:
     workdir: str  # absolute
     log_path: str
     marker_path: str
-    summary_path: str | None = None  # WORKDIR/summaries/{key}.json, written when the run finishes (commit it); None: none
+    summary_path: str | None = (
+        None  # WORKDIR/summaries/{key}.json, written when the run finishes (commit it); None: none
+    )
     summary_every: int = 5000
     rerun: bool = False  # --rerun-finished: run it even if it has a summary or a marker
 
@@ -132,20 +144,28 @@ def validate_args(args: Args) -> None:
         raise ConfigError("--scripts, --env-ids and --seeds each need at least one value.")
     for script in args.scripts:
         if not os.path.isfile(script if os.path.isabs(script) else os.path.join(REPO_ROOT, script)):
-            raise ConfigError(f"--scripts {script!r}: no such file (relative paths are read from {REPO_ROOT}); "
-                              f"allowed: {', '.join(KNOWN_SCRIPTS)} or a path to another script.")
+            raise ConfigError(
+                f"--scripts {script!r}: no such file (relative paths are read from {REPO_ROOT}); "
+                f"allowed: {', '.join(KNOWN_SCRIPTS)} or a path to another script."
+            )
     for env_id in args.env_ids:
         check_env_id(env_id)
     stems = [os.path.splitext(os.path.basename(script))[0] for script in args.scripts]
     if len(set(stems)) != len(stems):
-        raise ConfigError(f"--scripts {' '.join(args.scripts)}: two scripts share a file name; "
-                          "run them as separate grids with different --exp-suffix.")
+        raise ConfigError(
+            f"--scripts {' '.join(args.scripts)}: two scripts share a file name; "
+            "run them as separate grids with different --exp-suffix."
+        )
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated.")
     if {"--exp-name", "--seed", "--env-id"} & {token.split("=")[0] for token in shlex.split(args.extra)}:
         raise ConfigError("--extra must not set --exp-name, --seed or --env-id (the grid sets them; use --exp-suffix).")
-    for flag, value in [("--workers", args.workers), ("--timeout-min", args.timeout_min),
-                        ("--cpus-per-task", args.cpus_per_task), ("--slurm-array-parallelism", args.slurm_array_parallelism)]:
+    for flag, value in [
+        ("--workers", args.workers),
+        ("--timeout-min", args.timeout_min),
+        ("--cpus-per-task", args.cpus_per_task),
+        ("--slurm-array-parallelism", args.slurm_array_parallelism),
+    ]:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value}).")
     if args.summary_every < 1:
@@ -169,9 +189,21 @@ def build_grid(args: Args) -> list[Run]:
                     command += ["--total-timesteps", str(args.total_timesteps)]
                 command += shlex.split(args.extra)
                 key = f"{env_id}__{exp_name}__{seed}"
-                runs.append(Run(script_path, env_id, seed, exp_name, command, workdir,
-                                os.path.join(log_dir, f"{key}.log"), os.path.join(log_dir, f"{key}.done.json"),
-                                os.path.join(workdir, "summaries", f"{key}.json"), args.summary_every, args.rerun_finished))
+                runs.append(
+                    Run(
+                        script_path,
+                        env_id,
+                        seed,
+                        exp_name,
+                        command,
+                        workdir,
+                        os.path.join(log_dir, f"{key}.log"),
+                        os.path.join(log_dir, f"{key}.done.json"),
+                        os.path.join(workdir, "summaries", f"{key}.json"),
+                        args.summary_every,
+                        args.rerun_finished,
+                    )
+                )
     return runs
 
 
@@ -204,8 +236,12 @@ def write_summary(run: Run, every: int) -> str | None:
     summary = summarise_run(run_dir, os.path.relpath(run.script, REPO_ROOT), every=every, window=10, thresholds=[])
     if "project" in outcome:  # the commit that ran it, which may be older than the one writing the summary
         summary["versions"]["project"] = outcome["project"]
-    summary.update(command=portable_command(run.command), grid_wall_clock_s=outcome["wall_clock_s"],
-                   finished_at=outcome.get("finished_at"), resumed=" --resume " in f" {outcome['command']} ")
+    summary.update(
+        command=portable_command(run.command),
+        grid_wall_clock_s=outcome["wall_clock_s"],
+        finished_at=outcome.get("finished_at"),
+        resumed=" --resume " in f" {outcome['command']} ",
+    )
     os.makedirs(os.path.dirname(run.summary_path), exist_ok=True)
     temporary = run.summary_path + ".tmp"
     with open(temporary, "w") as file:
@@ -268,11 +304,21 @@ def run_one(run: Run, job: "RunJob | None" = None) -> dict:
     stop it on preemption.
     """
     if not run.rerun and is_finished(run):  # finished since this grid started, by another grid sharing the workdir
-        return {"key": run.key, "returncode": 0, "wall_clock_s": 0.0, "run_dir": None, "log": run.log_path,
-                "command": shlex.join(run.command), "skipped": True}
+        return {
+            "key": run.key,
+            "returncode": 0,
+            "wall_clock_s": 0.0,
+            "run_dir": None,
+            "log": run.log_path,
+            "command": shlex.join(run.command),
+            "skipped": True,
+        }
     os.makedirs(os.path.dirname(run.log_path), exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
+    }
     checkpoint = latest_checkpoint(run)
     command = resume_command(run, checkpoint) if checkpoint else run.command
     started = time.time()
@@ -285,12 +331,22 @@ def run_one(run: Run, job: "RunJob | None" = None) -> dict:
         returncode = process.wait()
     wall_clock = time.time() - started
     run_dir = os.path.relpath(os.path.dirname(checkpoint), run.workdir) if checkpoint else newest_run_dir(run, started)
-    outcome = {"key": run.key, "returncode": returncode, "wall_clock_s": round(wall_clock, 1),
-               "run_dir": run_dir, "log": run.log_path, "command": shlex.join(command)}
+    outcome = {
+        "key": run.key,
+        "returncode": returncode,
+        "wall_clock_s": round(wall_clock, 1),
+        "run_dir": run_dir,
+        "log": run.log_path,
+        "command": shlex.join(command),
+    }
     if returncode == 0 and outcome["run_dir"] is not None:
         temporary = run.marker_path + ".tmp"
         with open(temporary, "w") as marker:
-            json.dump({**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "project": project_commit()}, marker, indent=1)
+            json.dump(
+                {**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "project": project_commit()},
+                marker,
+                indent=1,
+            )
         os.replace(temporary, run.marker_path)
         outcome["summary"] = write_summary(run, run.summary_every) if run.summary_path is not None else None
     return outcome
@@ -339,7 +395,8 @@ def describe(outcome: dict) -> str:
         return f"[skip, finished meanwhile] {outcome['key']} (another grid finished it after this one started)"
     status = "done" if outcome["returncode"] == 0 else f"FAILED (exit {outcome['returncode']})"
     summary = f", summary {outcome['summary']}" if outcome.get("summary") else ""
-    return f"[{status}] {outcome['key']} in {outcome['wall_clock_s']:.0f} s -> {outcome['run_dir']} (log {outcome['log']}{summary})"
+    where = f"{outcome['run_dir']} (log {outcome['log']}{summary})"
+    return f"[{status}] {outcome['key']} in {outcome['wall_clock_s']:.0f} s -> {where}"
 
 
 def run_with_submitit(args: Args, pending: list[Run]) -> list[dict]:
@@ -348,9 +405,15 @@ def run_with_submitit(args: Args, pending: list[Run]) -> list[dict]:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))
     folder = os.path.join(os.path.abspath(args.workdir), "benchmark_logs", "submitit", "%j")
     executor = submitit.AutoExecutor(folder=folder, cluster="local" if args.executor == "submitit-local" else "slurm")
-    executor.update_parameters(name="benchmark", timeout_min=args.timeout_min, cpus_per_task=args.cpus_per_task,
-                               gpus_per_node=args.gpus_per_node, mem_gb=args.mem_gb,
-                               slurm_partition=args.slurm_partition, slurm_array_parallelism=args.slurm_array_parallelism)
+    executor.update_parameters(
+        name="benchmark",
+        timeout_min=args.timeout_min,
+        cpus_per_task=args.cpus_per_task,
+        gpus_per_node=args.gpus_per_node,
+        mem_gb=args.mem_gb,
+        slurm_partition=args.slurm_partition,
+        slurm_array_parallelism=args.slurm_array_parallelism,
+    )
     jobs = executor.map_array(RunJob(), pending)
     for job, run in zip(jobs, pending):
         print(f"[submitted] job {job.job_id}: {run.key}", flush=True)
@@ -362,8 +425,15 @@ def run_with_submitit(args: Args, pending: list[Run]) -> list[dict]:
         try:
             outcome = job.result()
         except Exception as error:  # the job itself failed (scheduler, timeout): report it, go on
-            outcome = {"key": run.key, "returncode": -1, "wall_clock_s": 0.0, "run_dir": None, "log": run.log_path,
-                       "command": shlex.join(run.command), "error": str(error).splitlines()[-1] if str(error) else repr(error)}
+            outcome = {
+                "key": run.key,
+                "returncode": -1,
+                "wall_clock_s": 0.0,
+                "run_dir": None,
+                "log": run.log_path,
+                "command": shlex.join(run.command),
+                "error": str(error).splitlines()[-1] if str(error) else repr(error),
+            }
         print(describe(outcome), flush=True)
         outcomes.append(outcome)
     return outcomes
@@ -375,12 +445,21 @@ def main() -> None:
     runs = build_grid(args)
     for run in runs:  # runs finished before summaries were written at the end of each run (or by an older version)
         if not os.path.isfile(run.summary_path) and is_finished(run):
-            print(f"[summary, would write] {run.summary_path}" if args.dry_run else f"[summary] {write_summary(run, args.summary_every)}")
+            print(
+                f"[summary, would write] {run.summary_path}"
+                if args.dry_run
+                else f"[summary] {write_summary(run, args.summary_every)}"
+            )
     pending = [run for run in runs if args.rerun_finished or not is_finished(run)]
     workdir = os.path.abspath(args.workdir)
-    print(f"grid: {len(args.scripts)} scripts x {len(args.env_ids)} envs x {len(args.seeds)} seeds = {len(runs)} runs; "
-          f"{len(runs) - len(pending)} already finished, {len(pending)} to run ({args.executor} executor)")
-    print(f"TensorBoard logs: {os.path.join(workdir, 'runs')}/   stdout logs and markers: {os.path.join(workdir, 'benchmark_logs')}/")
+    print(
+        f"grid: {len(args.scripts)} scripts x {len(args.env_ids)} envs x {len(args.seeds)} seeds = {len(runs)} runs; "
+        f"{len(runs) - len(pending)} already finished, {len(pending)} to run ({args.executor} executor)"
+    )
+    print(
+        f"TensorBoard logs: {os.path.join(workdir, 'runs')}/   "
+        f"stdout logs and markers: {os.path.join(workdir, 'benchmark_logs')}/"
+    )
     for run in runs:
         tag = "run" if run in pending else "skip, finished"
         print(f"[{tag}] cd {shlex.quote(workdir)} && {shlex.join(run.command)} > {run.log_path}")
@@ -399,8 +478,10 @@ def main() -> None:
 
     failed = [outcome for outcome in outcomes if outcome["returncode"] != 0]
     if outcomes:
-        print(f"{len(outcomes) - len(failed)} runs finished, {len(failed)} failed. "
-              f"Report: python -m benchmarks.report {os.path.join(args.workdir, 'runs')} --out-dir {args.workdir}")
+        print(
+            f"{len(outcomes) - len(failed)} runs finished, {len(failed)} failed. "
+            f"Report: python -m benchmarks.report {os.path.join(args.workdir, 'runs')} --out-dir {args.workdir}"
+        )
     if failed:
         print("failed: " + ", ".join(f"{outcome['key']} (see {outcome['log']})" for outcome in failed), file=sys.stderr)
         sys.exit(1)

@@ -55,23 +55,47 @@ def report(run_dir: str, threshold: float, window: int) -> dict:
         return {"run": run_dir, "episodes": 0, "first_step": None, "final": float("nan")}
     means = rolling_mean(returns, window)
     reached = np.flatnonzero(means >= threshold)
-    return {"run": run_dir, "episodes": len(returns), "first_step": int(steps[reached[0]]) if len(reached) else None,
-            "final": float(means[-1]), "last_step": int(steps[-1])}
+    return {
+        "run": run_dir,
+        "episodes": len(returns),
+        "first_step": int(steps[reached[0]]) if len(reached) else None,
+        "final": float(means[-1]),
+        "last_step": int(steps[-1]),
+    }
 
 
 def train(args: Args, seed: int) -> tuple[str, float]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exp_name = f"{os.path.splitext(os.path.basename(args.script))[0]}_check"
-    command = [sys.executable, args.script, "--env-id", args.env_id, "--seed", str(seed),
-               "--total-timesteps", str(args.total_timesteps), "--exp-name", exp_name, *args.extra.split()]
+    command = [
+        sys.executable,
+        args.script,
+        "--env-id",
+        args.env_id,
+        "--seed",
+        str(seed),
+        "--total-timesteps",
+        str(args.total_timesteps),
+        "--exp-name",
+        exp_name,
+        *args.extra.split(),
+    ]
     os.makedirs(os.path.join(root, "benchmark_logs"), exist_ok=True)
     log_path = os.path.join(root, "benchmark_logs", f"{args.env_id}__{exp_name}__{seed}.log")
     print("running:", " ".join(command), ">", log_path, flush=True)
     start = time.time()
     with open(log_path, "w") as log:
-        subprocess.run(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, check=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    runs = sorted(d for d in os.listdir(os.path.join(root, "runs")) if d.startswith(f"{args.env_id}__{exp_name}__{seed}__"))
+        subprocess.run(
+            command,
+            cwd=root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    runs = sorted(
+        d for d in os.listdir(os.path.join(root, "runs")) if d.startswith(f"{args.env_id}__{exp_name}__{seed}__")
+    )
     return os.path.join(root, "runs", runs[-1]), time.time() - start
 
 
@@ -82,7 +106,10 @@ def main() -> None:
     else:
         with ThreadPoolExecutor(args.workers) as pool:
             results = list(pool.map(lambda seed: train(args, seed), args.seeds))
-    print(f"\n| run | episodes | first step with {args.window}-episode mean >= {args.threshold:g} | final {args.window}-episode mean | wall-clock |")
+    print(
+        f"\n| run | episodes | first step with {args.window}-episode mean >= {args.threshold:g} "
+        f"| final {args.window}-episode mean | wall-clock |"
+    )
     print("|---|---|---|---|---|")
     for run_dir, seconds in results:
         row = report(run_dir, args.threshold, args.window)

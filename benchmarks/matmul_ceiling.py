@@ -5,7 +5,8 @@
 Runs the training script in this process (same flags, so the same operations as a normal run)
 under a torch dispatch mode that records the shape of every matrix product (mm, addmm, bmm,
 baddbmm, and linear itself under inference mode: the nn.Linear layers forward and backward), then
-times each distinct shape on its own, plain and contiguous, on the same machine and thread count. It prints one JSON line:
+times each distinct shape on its own, plain and contiguous, on the same machine and thread count.
+It prints one JSON line:
 
 - flops: 2 m n k summed over every product of the run (multiply-adds counted as two);
 - matmul_seconds: the time those products take back to back with nothing else;
@@ -82,9 +83,11 @@ def summarise(counts: dict[str, collections.Counter]) -> dict:
     timing = {shape: seconds_per_product(shape) for part in counts.values() for shape in part}
     result = {}
     for part, counter in counts.items():
-        result[part] = {"flops": sum(2 * b * m * k * n * c for (b, m, k, n), c in counter.items()),
-                        "matmul_seconds": sum(timing[shape] * c for shape, c in counter.items()),
-                        "products": sum(counter.values())}
+        result[part] = {
+            "flops": sum(2 * b * m * k * n * c for (b, m, k, n), c in counter.items()),
+            "matmul_seconds": sum(timing[shape] * c for shape, c in counter.items()),
+            "products": sum(counter.values()),
+        }
     parts = list(result.values())
     result["flops"] = sum(part["flops"] for part in parts)
     result["matmul_seconds"] = sum(part["matmul_seconds"] for part in parts)

@@ -113,20 +113,50 @@ def train(args: Args, seed: int) -> str:
     script = args.script if os.path.isabs(args.script) else os.path.join(REPO_ROOT, args.script)
     exp_name = os.path.splitext(os.path.basename(script))[0] + args.exp_suffix
     workdir = os.path.abspath(args.workdir)
-    command = [sys.executable, script, "--env-id", f"benchmarks.multimodal_envs:{args.env_id}", "--seed", str(seed), "--exp-name", exp_name,
-               "--total-timesteps", str(args.total_timesteps), "--alpha", str(args.alpha), "--save-model",
-               "--eval-episodes", "1", *fixed_temperature_flags(script, args.alpha), *shlex.split(args.extra)]
+    command = [
+        sys.executable,
+        script,
+        "--env-id",
+        f"benchmarks.multimodal_envs:{args.env_id}",
+        "--seed",
+        str(seed),
+        "--exp-name",
+        exp_name,
+        "--total-timesteps",
+        str(args.total_timesteps),
+        "--alpha",
+        str(args.alpha),
+        "--save-model",
+        "--eval-episodes",
+        "1",
+        *fixed_temperature_flags(script, args.alpha),
+        *shlex.split(args.extra),
+    ]
     key = f"{args.env_id}__{exp_name}__{seed}"
     log_dir = os.path.join(workdir, "benchmark_logs")
-    run = Run(script, args.env_id, seed, exp_name, command, workdir, os.path.join(log_dir, f"{key}.log"),
-              os.path.join(log_dir, f"{key}.done.json"), summary_path=None, rerun=args.rerun_finished)  # the analysis below is its record
+    run = Run(
+        script,
+        args.env_id,
+        seed,
+        exp_name,
+        command,
+        workdir,
+        os.path.join(log_dir, f"{key}.log"),
+        os.path.join(log_dir, f"{key}.done.json"),
+        summary_path=None,
+        rerun=args.rerun_finished,
+    )  # the analysis below is its record
     if is_finished(run) and not args.rerun_finished:
         with open(run.marker_path) as file:
             marker = json.load(file)
         if shlex.split(marker["command"])[2:] != command[2:]:  # the flags, beyond the interpreter and the script path
-            raise ConfigError(f"{key} finished before with other flags ({marker['command']}); "
-                              "name this variant with --exp-suffix, or train it again with --rerun-finished.")
-        print(f"[done] {key}: trained before, analysing {marker['run_dir']} (--rerun-finished trains again)", flush=True)
+            raise ConfigError(
+                f"{key} finished before with other flags ({marker['command']}); "
+                "name this variant with --exp-suffix, or train it again with --rerun-finished."
+            )
+        print(
+            f"[done] {key}: trained before, analysing {marker['run_dir']} (--rerun-finished trains again)", flush=True
+        )
         return os.path.join(workdir, marker["run_dir"], f"{exp_name}.cleanrl_model")
     print(f"[run] cd {shlex.quote(workdir)} && {shlex.join(command)} > {run.log_path}", flush=True)
     outcome = run_one(run)
@@ -156,14 +186,18 @@ def sample_actions(checkpoint: str, env_id: str, samples: int, seed: int = 0) ->
     torch.manual_seed(seed)
     actor = getattr(agent, "actor", None)
     if actor is not None and hasattr(actor, "sample_chain"):
-        chains = torch.cat([actor.sample_chain(torch.as_tensor(obs_normalizer(chunk)))[0] for chunk in np.array_split(states, 10)])
+        chains = torch.cat(
+            [actor.sample_chain(torch.as_tensor(obs_normalizer(chunk)))[0] for chunk in np.array_split(states, 10)]
+        )
         actions = agent.squash(chains[:, -1])
         return actions.numpy().astype(np.float64), chains.numpy().astype(np.float64)
     actions = [agent.act(torch.as_tensor(obs_normalizer(chunk))).numpy() for chunk in np.array_split(states, 10)]
     return np.concatenate(actions).astype(np.float64), None
 
 
-def plot_chain(chains: list[tuple[str, np.ndarray]], modes: np.ndarray, title: str, out: str, extent: float = 2.5) -> None:
+def plot_chain(
+    chains: list[tuple[str, np.ndarray]], modes: np.ndarray, title: str, out: str, extent: float = 2.5
+) -> None:
     """The marginal of every x_k of the chain, from the prior x_K (top) to x_0 (bottom), in pre-tanh space.
 
     1-D actions: one density-over-k image per seed, dashed lines at atanh of each mode. 2-D actions: one
@@ -182,8 +216,14 @@ def plot_chain(chains: list[tuple[str, np.ndarray]], modes: np.ndarray, title: s
         figure, axes = plt.subplots(1, len(chains), figsize=(max(3.6 * len(chains), 7.0), 3.4), squeeze=False)
         for axis, (label, chain) in zip(axes[0], chains):
             density = np.stack([np.histogram(chain[:, j, 0], bins=edges, density=True)[0] for j in range(num_steps)])
-            axis.imshow(density, aspect="auto", cmap="magma", extent=(-extent, extent, -0.5, num_steps - 0.5),
-                        origin="upper", vmax=np.quantile(density, 0.995))
+            axis.imshow(
+                density,
+                aspect="auto",
+                cmap="magma",
+                extent=(-extent, extent, -0.5, num_steps - 0.5),
+                origin="upper",
+                vmax=np.quantile(density, 0.995),
+            )
             axis.set_yticks(range(num_steps))
             axis.set_yticklabels([f"x_{j}" for j in range(num_steps)], fontsize=7)  # row j from the top is x_{K-j}
             for mode in latent_modes[:, 0]:
@@ -217,16 +257,31 @@ def analyse(actions: np.ndarray, env_id: str, alpha: float, bins: int, rng: np.r
     # A perfect policy's histogram: as many exact samples of pi* (bin drawn from the target, uniform within it).
     flat = rng.choice(target.size, size=len(actions), p=target.ravel())
     width = 2.0 / bins
-    exact = np.stack(np.unravel_index(flat, target.shape), axis=1) * width - 1.0 + rng.uniform(0, width, (len(actions), action_dim))
+    exact = (
+        np.stack(np.unravel_index(flat, target.shape), axis=1) * width
+        - 1.0
+        + rng.uniform(0, width, (len(actions), action_dim))
+    )
     shares, target_shares = mode_shares(actions, modes), target_mode_shares(env.reward, modes, alpha)
     radius = mode_radius(modes)
-    mass_near, target_mass_near = mass_near_modes(actions, modes, radius), target_mass_near_modes(env.reward, modes, alpha, radius)
-    return {"modes": modes, "shares": shares, "target_shares": target_shares, "covers": covers_every_mode(shares, target_shares),
-            "mass_near": mass_near, "target_mass_near": target_mass_near, "radius": radius,
-            "covers_strictly": covers_every_mode_strictly(shares, mass_near, target_mass_near, target_shares),
-            "weights_match": weights_match(shares, target_shares),
-            "tv": total_variation(histogram(actions, bins), target),
-            "tv_floor": total_variation(histogram(exact, bins), target), "target": target}
+    mass_near, target_mass_near = (
+        mass_near_modes(actions, modes, radius),
+        target_mass_near_modes(env.reward, modes, alpha, radius),
+    )
+    return {
+        "modes": modes,
+        "shares": shares,
+        "target_shares": target_shares,
+        "covers": covers_every_mode(shares, target_shares),
+        "mass_near": mass_near,
+        "target_mass_near": target_mass_near,
+        "radius": radius,
+        "covers_strictly": covers_every_mode_strictly(shares, mass_near, target_mass_near, target_shares),
+        "weights_match": weights_match(shares, target_shares),
+        "tv": total_variation(histogram(actions, bins), target),
+        "tv_floor": total_variation(histogram(exact, bins), target),
+        "target": target,
+    }
 
 
 def plot(results: list[tuple[str, np.ndarray, dict]], env_id: str, title: str, bins: int, out: str) -> None:
@@ -242,16 +297,23 @@ def plot(results: list[tuple[str, np.ndarray, dict]], env_id: str, title: str, b
         edges = np.linspace(-1, 1, bins + 1)
         axis.stairs(target / (2.0 / bins), edges, color="black", linewidth=2, label="target pi* ~ exp(r/alpha)")
         for label, actions, result in results:
-            axis.hist(actions[:, 0], bins=edges, density=True, histtype="step", linewidth=1.2,
-                      label=f"{label}: TV {result['tv']:.2f}")
+            axis.hist(
+                actions[:, 0],
+                bins=edges,
+                density=True,
+                histtype="step",
+                linewidth=1.2,
+                label=f"{label}: TV {result['tv']:.2f}",
+            )
         axis.set_xlabel("action")
         axis.set_ylabel("density")
         axis.legend(fontsize=7)
         axis.set_title(title, fontsize=9)
     else:
         figure, axes = plt.subplots(1, len(results) + 1, figsize=(3 * (len(results) + 1), 3.2))
-        panels = [("target pi*", target)] + [(f"{label}\nTV {result['tv']:.2f}", histogram(actions, bins))
-                                             for label, actions, result in results]
+        panels = [("target pi*", target)] + [
+            (f"{label}\nTV {result['tv']:.2f}", histogram(actions, bins)) for label, actions, result in results
+        ]
         for axis, (label, probabilities) in zip(axes, panels):
             axis.imshow(probabilities.T, origin="lower", extent=(-1, 1, -1, 1), cmap="viridis")
             axis.set_title(label, fontsize=8)
@@ -268,9 +330,13 @@ def main() -> None:
     args = tyro.cli(Args)
     check_env_id(args.env_id)
     if args.env_id not in MULTIMODAL_ENV_IDS:
-        raise ConfigError(f"--env-id {args.env_id}: not a multimodal benchmark; allowed: {', '.join(MULTIMODAL_ENV_IDS)}.")
+        raise ConfigError(
+            f"--env-id {args.env_id}: not a multimodal benchmark; allowed: {', '.join(MULTIMODAL_ENV_IDS)}."
+        )
     if "/" in args.exp_suffix or "__" in args.exp_suffix:
-        raise ConfigError(f"--exp-suffix {args.exp_suffix!r}: may not contain '/' or '__' (run names are split on '__').")
+        raise ConfigError(
+            f"--exp-suffix {args.exp_suffix!r}: may not contain '/' or '__' (run names are split on '__')."
+        )
     if args.alpha <= 0 or args.samples < 10 or args.bins < 2:
         raise ConfigError("--alpha must be positive, --samples at least 10 and --bins at least 2.")
     checkpoints = args.analyse_only or [train(args, seed) for seed in args.seeds]
@@ -288,15 +354,23 @@ def main() -> None:
         shares += " (pi*: " + ", ".join(f"{share:.2f}" for share in result["target_shares"]) + ")"
         mass_near = ", ".join(f"{mass:.2f}" for mass in result["mass_near"])
         target = result["target_mass_near"]
-        target = f"{target[0]:.2f} each" if np.allclose(target, target[0], atol=5e-3) else ", ".join(f"{m:.2f}" for m in target)
-        rows.append(f"| {args.env_id} | {exp_name} | {seed} | {shares} | {'yes' if result['covers'] else 'no'} "
-                    f"| {mass_near} (pi*: {target}) "
-                    f"| {'yes' if result['covers_strictly'] else 'no'} | {'yes' if result['weights_match'] else 'no'} "
-                    f"| {result['tv']:.3f} | {result['tv_floor']:.3f} |")
+        target = (
+            f"{target[0]:.2f} each"
+            if np.allclose(target, target[0], atol=5e-3)
+            else ", ".join(f"{m:.2f}" for m in target)
+        )
+        rows.append(
+            f"| {args.env_id} | {exp_name} | {seed} | {shares} | {'yes' if result['covers'] else 'no'} "
+            f"| {mass_near} (pi*: {target}) "
+            f"| {'yes' if result['covers_strictly'] else 'no'} | {'yes' if result['weights_match'] else 'no'} "
+            f"| {result['tv']:.3f} | {result['tv_floor']:.3f} |"
+        )
     radius = results[0][2]["radius"]
-    header = ("| environment | algorithm | seed | share of samples nearest each mode | covers every mode (share rule) "
-              f"| share within {radius:.2f} of each mode | covers every mode (strict) | weights within 0.05 of pi* "
-              "| TV to pi* | TV floor (exact samples) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    header = (
+        "| environment | algorithm | seed | share of samples nearest each mode | covers every mode (share rule) "
+        f"| share within {radius:.2f} of each mode | covers every mode (strict) | weights within 0.05 of pi* "
+        "| TV to pi* | TV floor (exact samples) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     table = header + "\n".join(rows) + "\n"
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, f"{args.env_id}__{exp_name}")
@@ -306,7 +380,12 @@ def main() -> None:
     plot(results, args.env_id, title, args.bins, stem + ".png")
     written = f"{stem}.png and {stem}.md"
     if chains:
-        plot_chain(chains, results[0][2]["modes"], f"{exp_name} on {args.env_id}: marginal of x_k from the prior x_K to x_0 (pre-tanh)", stem + "__chain.png")
+        plot_chain(
+            chains,
+            results[0][2]["modes"],
+            f"{exp_name} on {args.env_id}: marginal of x_k from the prior x_K to x_0 (pre-tanh)",
+            stem + "__chain.png",
+        )
         written = f"{stem}.png, {stem}__chain.png and {stem}.md"
     print(table, end="")
     print(f"wrote {written}")

@@ -86,7 +86,9 @@ def unequal_modes_reward(action: np.ndarray) -> np.ndarray:
     weights). r = 1 at the heaviest mode, 0.90 and 0.82 at the others, about -4 at the box's edges.
     """
     a = action[..., 0, None]
-    log_terms = np.log(UNEQUAL_WEIGHTS / UNEQUAL_WEIGHTS.max()) - (a - UNEQUAL_MODES[:, 0]) ** 2 / (2 * UNEQUAL_WIDTH ** 2)
+    log_terms = np.log(UNEQUAL_WEIGHTS / UNEQUAL_WEIGHTS.max()) - (a - UNEQUAL_MODES[:, 0]) ** 2 / (
+        2 * UNEQUAL_WIDTH**2
+    )
     peak = log_terms.max(-1)
     return 1.0 + UNEQUAL_DESIGN_ALPHA * (peak + np.log(np.exp(log_terms - peak[..., None]).sum(-1)))
 
@@ -154,8 +156,12 @@ MULTIMODAL_ENV_IDS = ["DoubleWellBandit-v0", "RingBandit-v0", "TurnLeftOrRight-v
 def register() -> None:
     """Register the benchmark ids with gymnasium (idempotent)."""
     # No time limit: every episode terminates by itself (after 1 step, or 8), never by truncation.
-    for env_id, entry_point in [("DoubleWellBandit-v0", DoubleWellBandit), ("RingBandit-v0", RingBandit),
-                                ("TurnLeftOrRight-v0", TurnLeftOrRight), ("UnequalModesBandit-v0", UnequalModesBandit)]:
+    for env_id, entry_point in [
+        ("DoubleWellBandit-v0", DoubleWellBandit),
+        ("RingBandit-v0", RingBandit),
+        ("TurnLeftOrRight-v0", TurnLeftOrRight),
+        ("UnequalModesBandit-v0", UnequalModesBandit),
+    ]:
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=f"{__name__}:{entry_point.__name__}")
 
@@ -179,7 +185,7 @@ def target_probabilities(reward_fn, action_dim: int, alpha: float, bins: int, po
     """
     _, density = target_density_on_grid(reward_fn, action_dim, alpha, bins * points_per_bin)
     for axis in range(action_dim):  # sum each bin's fine points
-        shape = density.shape[:axis] + (bins, points_per_bin) + density.shape[axis + 1:]
+        shape = density.shape[:axis] + (bins, points_per_bin) + density.shape[axis + 1 :]
         density = density.reshape(shape).sum(axis=axis + 1)
     return density / density.sum()
 
@@ -249,8 +255,9 @@ def target_mass_near_modes(reward_fn, modes: np.ndarray, alpha: float, radius: f
     return density @ near
 
 
-def covers_every_mode_strictly(shares: np.ndarray, mass_near: np.ndarray, target_mass_near: np.ndarray,
-                               target_shares: np.ndarray | None = None) -> bool:
+def covers_every_mode_strictly(
+    shares: np.ndarray, mass_near: np.ndarray, target_mass_near: np.ndarray, target_shares: np.ndarray | None = None
+) -> bool:
     """The share rule, and every mode holds at least half of pi*'s mass within the radius around it.
 
     The share rule alone passes a broad unimodal bump centred between symmetric modes (it splits the

@@ -47,12 +47,18 @@ def curve_on_grid(run_dir: str, grid: np.ndarray, window: int) -> np.ndarray:
 
 def algorithm_order(exp_name: str) -> tuple[str, int, str]:
     """Sort key that puts each diffusion script beside its Gaussian baseline: diffppo, ppo, diffsac, sac, ..."""
-    base = exp_name[len("diff"):] if exp_name.startswith("diff") else exp_name
+    base = exp_name[len("diff") :] if exp_name.startswith("diff") else exp_name
     return base, 0 if exp_name.startswith("diff") else 1, exp_name
 
 
-def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points: int = 200, band: str = "minmax",
-                         references: dict[str, list[tuple[str, float]]] | None = None) -> None:
+def plot_learning_curves(
+    run_dirs: list[str],
+    out: str,
+    window: int = 10,
+    points: int = 200,
+    band: str = "minmax",
+    references: dict[str, list[tuple[str, float]]] | None = None,
+) -> None:
     """One panel per environment, one line per exp_name (mean over seeds) with a band: the
     seeds' min-max (band="minmax") or mean +- one standard deviation (band="std").
 
@@ -84,8 +90,13 @@ def plot_learning_curves(run_dirs: list[str], out: str, window: int = 10, points
                 else:
                     low, high = np.nanmin(curves, 0), np.nanmax(curves, 0)
             gaussian = f"diff{exp_name}" in exp_names  # a Gaussian baseline drawn beside its diffusion script
-            axis.plot(grid, mean, color=colours[exp_name], linestyle="--" if gaussian else "-",
-                      label=f"{exp_name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            axis.plot(
+                grid,
+                mean,
+                color=colours[exp_name],
+                linestyle="--" if gaussian else "-",
+                label=f"{exp_name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
+            )
             axis.fill_between(grid, low, high, color=colours[exp_name], alpha=0.15)
         for label, value in (references or {}).get(env_id, []):
             axis.axhline(value, color="grey", linestyle=":", linewidth=1)

@@ -109,12 +109,16 @@ def read_references(path: str) -> dict[tuple[str, str], dict]:
         reader = csv.DictReader(file)
         missing = {"env_id", "algorithm", "return"} - set(reader.fieldnames or [])
         if missing:
-            raise ConfigError(f"--reference {path}: missing column(s) {', '.join(sorted(missing))}; "
-                              "required: env_id, algorithm, return; optional: std, source.")
+            raise ConfigError(
+                f"--reference {path}: missing column(s) {', '.join(sorted(missing))}; "
+                "required: env_id, algorithm, return; optional: std, source."
+            )
         for row in reader:
             references[(row["env_id"], row["algorithm"])] = {
-                "return": float(row["return"]), "std": float(row["std"]) if row.get("std") else None,
-                "source": row.get("source") or ""}
+                "return": float(row["return"]),
+                "std": float(row["std"]) if row.get("std") else None,
+                "source": row.get("source") or "",
+            }
     return references
 
 
@@ -127,25 +131,38 @@ def format_duration(seconds: list[float]) -> str:
 
 
 def markdown_table(summaries: list[Summary], last_episodes: int, references: dict | None = None) -> str:
-    header = ["environment", "algorithm", "seeds", "env steps", f"return, last {last_episodes} episodes (mean +- std)",
-              "per seed", "wall-clock per run"]
+    header = [
+        "environment",
+        "algorithm",
+        "seeds",
+        "env steps",
+        f"return, last {last_episodes} episodes (mean +- std)",
+        "per seed",
+        "wall-clock per run",
+    ]
     if references:
         header.append("reference")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for summary in summaries:
         steps = min(summary.last_steps)
-        row = [summary.env_id, summary.algorithm, str(len(summary.seeds)),
-               f"{round(steps / 1000)}k" if steps >= 10000 else f"{steps / 1000:.3g}k" if steps >= 1000 else str(steps),
-               f"{summary.mean:.1f} +- {summary.std:.1f}",
-               ", ".join(f"{value:.0f}" for value in summary.final_returns),
-               format_duration(summary.wall_clock)]
+        row = [
+            summary.env_id,
+            summary.algorithm,
+            str(len(summary.seeds)),
+            f"{round(steps / 1000)}k" if steps >= 10000 else f"{steps / 1000:.3g}k" if steps >= 1000 else str(steps),
+            f"{summary.mean:.1f} +- {summary.std:.1f}",
+            ", ".join(f"{value:.0f}" for value in summary.final_returns),
+            format_duration(summary.wall_clock),
+        ]
         if references:
             reference = references.get((summary.env_id, summary.algorithm))
             if reference is None:
                 row.append("")
             else:
                 spread = f" +- {reference['std']:.1f}" if reference["std"] is not None else ""
-                row.append(f"{reference['return']:.1f}{spread}" + (f" ({reference['source']})" if reference["source"] else ""))
+                row.append(
+                    f"{reference['return']:.1f}{spread}" + (f" ({reference['source']})" if reference["source"] else "")
+                )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -181,12 +198,20 @@ def main() -> None:
         groups = group_runs(run_dirs)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    run_dirs = [run for env_id, experiments in groups.items() if not args.env_ids or env_id in args.env_ids
-                for exp_name, runs in experiments.items() if not args.algorithms or exp_name in args.algorithms
-                for run in runs]
+    run_dirs = [
+        run
+        for env_id, experiments in groups.items()
+        if not args.env_ids or env_id in args.env_ids
+        for exp_name, runs in experiments.items()
+        if not args.algorithms or exp_name in args.algorithms
+        for run in runs
+    ]
     if not run_dirs:
-        raise ConfigError(f"no run folders (runs/ENV__ALGORITHM__SEED__TIME with TensorBoard files) in {' '.join(args.runs)}"
-                          + (" matching --env-ids/--algorithms" if args.env_ids or args.algorithms else "") + ".")
+        raise ConfigError(
+            f"no run folders (runs/ENV__ALGORITHM__SEED__TIME with TensorBoard files) in {' '.join(args.runs)}"
+            + (" matching --env-ids/--algorithms" if args.env_ids or args.algorithms else "")
+            + "."
+        )
     references = read_references(args.reference) if args.reference else None
     summaries = summarise(run_dirs, args.last_episodes)
     table = markdown_table(summaries, args.last_episodes, references)
@@ -197,8 +222,9 @@ def main() -> None:
     lines_by_env = defaultdict(list)
     for (env_id, algorithm), reference in (references or {}).items() if args.reference_lines else ():
         lines_by_env[env_id].append((f"{algorithm}: {reference['source'] or 'reference'}", reference["return"]))
-    plot_learning_curves(run_dirs, os.path.join(args.out_dir, f"{args.name}.png"), args.window, band="std",
-                         references=lines_by_env)
+    plot_learning_curves(
+        run_dirs, os.path.join(args.out_dir, f"{args.name}.png"), args.window, band="std", references=lines_by_env
+    )
     print(table, end="")
     print(f"wrote {table_path}")
 

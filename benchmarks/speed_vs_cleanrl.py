@@ -27,8 +27,14 @@ from dataclasses import dataclass, field
 import tyro
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAMILY = {"diffppo.py": "ppo", "baselines/ppo.py": "ppo", "diffsac.py": "sac", "diffwpo.py": "sac",
-          "baselines/sac.py": "sac", "baselines/wpo.py": "sac"}
+FAMILY = {
+    "diffppo.py": "ppo",
+    "baselines/ppo.py": "ppo",
+    "diffsac.py": "sac",
+    "diffwpo.py": "sac",
+    "baselines/sac.py": "sac",
+    "baselines/wpo.py": "sac",
+}
 
 
 @dataclass
@@ -62,8 +68,13 @@ def last_sps(output: str) -> float:
 
 def run(command: list[str], cwd: str, extra_env: dict[str, str] | None = None) -> float:
     print("running:", " ".join(command), flush=True)
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})})
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})},
+    )
     if result.returncode != 0:
         raise RuntimeError(f"exit code {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return last_sps(result.stdout)
@@ -74,29 +85,45 @@ def main() -> None:
     for script in args.scripts:
         if script not in FAMILY:
             raise SystemExit(f"--scripts {script}: allowed: {', '.join(FAMILY)}")
-    flags = ["--env-id", args.env_id, "--seed", str(args.seed), "--total-timesteps", str(args.total_timesteps),
-             *args.common.split()]
+    flags = [
+        "--env-id",
+        args.env_id,
+        "--seed",
+        str(args.seed),
+        "--total-timesteps",
+        str(args.total_timesteps),
+        *args.common.split(),
+    ]
     scratch = tempfile.mkdtemp(prefix="speed_vs_cleanrl_")
     rows = []
     for repeat in range(1, args.repeats + 1):
         for script in args.scripts:
             cleanrl_script = os.path.join(args.cleanrl_dir, f"{FAMILY[script]}_continuous_action.py")
-            ours = lambda: run([sys.executable, os.path.join(REPO_ROOT, script), *flags, *args.ours_extra.split(),
-                                "--exp-name", "speed"], scratch)
-            theirs = lambda: run([args.cleanrl_python, cleanrl_script, *flags, "--exp-name", "speed"], scratch,
-                                 {"PYTHONPATH": args.cleanrl_dir})
+            ours_command = [sys.executable, os.path.join(REPO_ROOT, script), *flags, *args.ours_extra.split()]
+
+            def ours(command=ours_command):
+                return run([*command, "--exp-name", "speed"], scratch)
+
+            def theirs(cleanrl_script=cleanrl_script):
+                command = [args.cleanrl_python, cleanrl_script, *flags, "--exp-name", "speed"]
+                return run(command, scratch, {"PYTHONPATH": args.cleanrl_dir})
+
             if repeat % 2:
                 ours_sps, theirs_sps = ours(), theirs()
             else:
                 theirs_sps, ours_sps = theirs(), ours()
             rows.append((script, FAMILY[script], repeat, ours_sps, theirs_sps))
-    print(f"\n{args.env_id}, {args.total_timesteps} steps, seed {args.seed}, common flags: {args.common or '-'}, "
-          f"ours only: {args.ours_extra or '-'}, torch threads 1")
+    print(
+        f"\n{args.env_id}, {args.total_timesteps} steps, seed {args.seed}, common flags: {args.common or '-'}, "
+        f"ours only: {args.ours_extra or '-'}, torch threads 1"
+    )
     print("| our script | CleanRL | repeat | ours, env steps/s | CleanRL, env steps/s | ours / CleanRL |")
     print("|---|---|---|---|---|---|")
     for script, family, repeat, ours_sps, theirs_sps in rows:
-        print(f"| {script} | {family}_continuous_action.py | {repeat} | {ours_sps:.0f} | {theirs_sps:.0f} | "
-              f"{ours_sps / theirs_sps:.2f} |")
+        print(
+            f"| {script} | {family}_continuous_action.py | {repeat} | {ours_sps:.0f} | {theirs_sps:.0f} | "
+            f"{ours_sps / theirs_sps:.2f} |"
+        )
 
 
 if __name__ == "__main__":

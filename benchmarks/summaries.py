@@ -38,6 +38,7 @@ SUMMARY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 @dataclass
 class Write:
     """Write one summary per run folder."""
+
     runs: tyro.conf.Positional[list[str]]
     """run folders runs/{env_id}__{exp_name}__{seed}__{time}"""
     script: str = ""
@@ -55,6 +56,7 @@ class Write:
 @dataclass
 class Table:
     """Print a markdown table from summary files."""
+
     summaries: tyro.conf.Positional[list[str]]
     """summary JSON files"""
     steps: list[int] = field(default_factory=lambda: [100000, 200000, 300000])
@@ -88,21 +90,36 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
     for threshold in thresholds:
         reached = np.flatnonzero(means >= threshold)
         first[f"{threshold:g}"] = int(steps[reached[0]]) if len(reached) else None
-    return {"run": os.path.basename(os.path.normpath(run_dir)), "env_id": env_id, "exp_name": exp_name, "seed": int(seed),
-            "script": script, "flags": logged_flags(run_dir), "window": window, "running_mean_at": at,
-            "final_running_mean": round(float(means[-1]), 1) if len(means) else None, "first_step_reaching": first,
-            "deterministic_eval_mean": round(float(np.mean(evaluation)), 1) if len(evaluation) else None,
-            "deterministic_eval_episodes": int(len(evaluation)), "episodes": int(len(returns)), "last_step": int(steps[-1]) if len(steps) else 0,
-            "wall_clock_s": round(wall_clock_seconds(run_dir), 1),
-            "versions": {**{name: version(name) for name in ("torch", "gymnasium", "mujoco")}, "project": project_commit()}}
+    return {
+        "run": os.path.basename(os.path.normpath(run_dir)),
+        "env_id": env_id,
+        "exp_name": exp_name,
+        "seed": int(seed),
+        "script": script,
+        "flags": logged_flags(run_dir),
+        "window": window,
+        "running_mean_at": at,
+        "final_running_mean": round(float(means[-1]), 1) if len(means) else None,
+        "first_step_reaching": first,
+        "deterministic_eval_mean": round(float(np.mean(evaluation)), 1) if len(evaluation) else None,
+        "deterministic_eval_episodes": int(len(evaluation)),
+        "episodes": int(len(returns)),
+        "last_step": int(steps[-1]) if len(steps) else 0,
+        "wall_clock_s": round(wall_clock_seconds(run_dir), 1),
+        "versions": {**{name: version(name) for name in ("torch", "gymnasium", "mujoco")}, "project": project_commit()},
+    }
 
 
 def project_commit() -> str | None:
     """The repository's commit (with "+changes" when the work tree differs from it), or None outside git."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+changes" if dirty else "")
@@ -114,13 +131,19 @@ def table(paths: list[str], show_steps: list[int]) -> str:
         with open(path) as file:
             summary = json.load(file)
         groups[(summary["env_id"], summary.get("label", summary["exp_name"]))].append(summary)
-    header = "| environment | experiment | seed | " + " | ".join(f"{s:,}" for s in show_steps) + " | final | deterministic eval | wall-clock |"
+    header = (
+        "| environment | experiment | seed | "
+        + " | ".join(f"{s:,}" for s in show_steps)
+        + " | final | deterministic eval | wall-clock |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (env_id, exp_name), runs in sorted(groups.items()):
         columns = defaultdict(list)
         for run in sorted(runs, key=lambda r: r["seed"]):
-            values = [run["running_mean_at"].get(str(s)) for s in show_steps] + [run["final_running_mean"],
-                                                                                run.get("deterministic_eval_mean")]
+            values = [run["running_mean_at"].get(str(s)) for s in show_steps] + [
+                run["final_running_mean"],
+                run.get("deterministic_eval_mean"),
+            ]
             for index, value in enumerate(values):
                 columns[index].append(value)
             cells = " | ".join("–" if v is None else f"{v:.1f}" for v in values)

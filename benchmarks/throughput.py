@@ -37,8 +37,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from common.envs import make_vector_env  # noqa: E402
 
-TWIN = {"diffppo.py": "baselines/ppo.py", "diffsac.py": "baselines/sac.py", "diffwpo.py": "baselines/wpo.py",
-        "diffreppo.py": "baselines/reppo.py", "peers/dpmd.py": "diffsac.py", "peers/sdac.py": "diffsac.py"}
+TWIN = {
+    "diffppo.py": "baselines/ppo.py",
+    "diffsac.py": "baselines/sac.py",
+    "diffwpo.py": "baselines/wpo.py",
+    "diffreppo.py": "baselines/reppo.py",
+    "peers/dpmd.py": "diffsac.py",
+    "peers/sdac.py": "diffsac.py",
+}
 THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -80,15 +86,25 @@ def random_action_rate(env_id: str, num_envs: int, steps: int) -> float:
 def script_flags(args: Args, num_diffusion_steps: int | None, extra: str) -> list[str]:
     k_flags = [] if num_diffusion_steps is None else ["--num-diffusion-steps", str(num_diffusion_steps)]
     env_flags = [] if args.num_envs is None else ["--num-envs", str(args.num_envs)]
-    return ["--env-id", args.env_id, *k_flags, "--total-timesteps", str(args.total_timesteps), *env_flags,
-            "--exp-name", "throughput", *extra.split()]
+    return [
+        "--env-id",
+        args.env_id,
+        *k_flags,
+        "--total-timesteps",
+        str(args.total_timesteps),
+        *env_flags,
+        "--exp-name",
+        "throughput",
+        *extra.split(),
+    ]
 
 
 def script_rate(script: str, flags: list[str]) -> tuple[float, float | None]:
     """(env steps/s of the whole run, gradient updates/s or None): the last ones the script prints."""
     print("running:", script, " ".join(flags), flush=True)
-    output = subprocess.run([sys.executable, script, *flags], cwd=REPO_ROOT, capture_output=True, text=True,
-                            check=True, env=THREAD_ENV).stdout
+    output = subprocess.run(
+        [sys.executable, script, *flags], cwd=REPO_ROOT, capture_output=True, text=True, check=True, env=THREAD_ENV
+    ).stdout
     rates = re.findall(r"SPS (\d+)", output)
     updates = re.findall(r"updates/s ([\d.]+)", output)
     return float(rates[-1]), (float(updates[-1]) if updates else None)
@@ -96,8 +112,14 @@ def script_rate(script: str, flags: list[str]) -> tuple[float, float | None]:
 
 def matmul_profile(script: str, flags: list[str]) -> dict:
     """benchmarks/matmul_ceiling.py's JSON for the same run: its products' flops and their time alone."""
-    output = subprocess.run([sys.executable, os.path.join("benchmarks", "matmul_ceiling.py"), script, *flags],
-                            cwd=REPO_ROOT, capture_output=True, text=True, check=True, env=THREAD_ENV).stdout
+    output = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "matmul_ceiling.py"), script, *flags],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=THREAD_ENV,
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -126,14 +148,20 @@ def main() -> None:
         rate, updates = script_rate(script, flags)
         profile = matmul_profile(script, flags) if args.ceiling else None
         rows.append((name, rate, updates, profile))
-    print(f"\n{args.env_id}, {args.num_envs or 'default'} env(s), {args.total_timesteps} steps per run, extra flags: "
-          f"{args.extra or '-'}, torch threads 1")
-    print("| run | env steps/s (whole run) | gradient updates/s | achieved GFLOP/s | same products alone, GFLOP/s "
-          "| share of the run in products |\n|---|---|---|---|---|---|")
+    print(
+        f"\n{args.env_id}, {args.num_envs or 'default'} env(s), {args.total_timesteps} steps per run, extra flags: "
+        f"{args.extra or '-'}, torch threads 1"
+    )
+    print(
+        "| run | env steps/s (whole run) | gradient updates/s | achieved GFLOP/s | same products alone, GFLOP/s "
+        "| share of the run in products |\n|---|---|---|---|---|---|"
+    )
     print(f"| random actions (ceiling) | {ceiling:.0f} | - | - | - | - |")
     for name, rate, updates, profile in rows:
-        print(f"| {name} | {rate:.0f} | {updates if updates is not None else '-'} | "
-              f"{ceiling_columns(profile, args.total_timesteps / rate)} |")
+        print(
+            f"| {name} | {rate:.0f} | {updates if updates is not None else '-'} | "
+            f"{ceiling_columns(profile, args.total_timesteps / rate)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,18 @@ from typing import Any, Callable
 import tyro
 
 # Flags that do not change what the run computes, or only where it stops: they may differ on --resume.
-CHANGEABLE_ON_RESUME = ("resume", "total_timesteps", "cuda", "torch_threads", "eval_episodes",
-                        "checkpoint_frequency", "capture_video", "track", "wandb_project_name", "wandb_entity")
+CHANGEABLE_ON_RESUME = (
+    "resume",
+    "total_timesteps",
+    "cuda",
+    "torch_threads",
+    "eval_episodes",
+    "checkpoint_frequency",
+    "capture_video",
+    "track",
+    "wandb_project_name",
+    "wandb_entity",
+)
 
 
 class ConfigError(ValueError):
@@ -56,8 +66,13 @@ def positive(*fields: str) -> list[tuple]:
 def in_unit_interval(*fields: str, closed: bool = False) -> list[tuple]:
     """Check rows: each named flag is in (0, 1], or [0, 1] when closed."""
     interval = "[0, 1]" if closed else "(0, 1]"
-    return [(lambda a, f=f: (0 <= getattr(a, f) if closed else 0 < getattr(a, f)) and getattr(a, f) <= 1,
-             f"{flag(f)} must be in {interval} (got {{{f}}}).") for f in fields]
+    return [
+        (
+            lambda a, f=f: (0 <= getattr(a, f) if closed else 0 < getattr(a, f)) and getattr(a, f) <= 1,
+            f"{flag(f)} must be in {interval} (got {{{f}}}).",
+        )
+        for f in fields
+    ]
 
 
 def check_finite(args: Any) -> None:
@@ -100,8 +115,10 @@ def parse_args(args_class: type, script: str, checks: list[tuple], argv: list[st
         checkpoint = load_checkpoint(path)
         if checkpoint.get("script") != script:
             other = checkpoint["script"].replace(".", "/") + ".py" if checkpoint.get("script") else "an unknown script"
-            raise ConfigError(f"--resume {path} is a checkpoint of {other}, not of {script.replace('.', '/')}.py; "
-                              "resume it with that script.")
+            raise ConfigError(
+                f"--resume {path} is a checkpoint of {other}, not of {script.replace('.', '/')}.py; "
+                "resume it with that script."
+            )
         saved = args_class(**{key: value for key, value in checkpoint["args"].items() if key in names})
     args = tyro.cli(args_class, args=argv, default=saved)
     if getattr(args, "track", False):
@@ -123,12 +140,16 @@ def check_resume(args: Any, saved: Any, checkpoint: dict, names: set[str]) -> No
         given, kept = getattr(args, field.name), getattr(saved, field.name)
         if field.name not in CHANGEABLE_ON_RESUME and given != kept:
             allowed = ", ".join(flag(n) for n in CHANGEABLE_ON_RESUME[1:] if n in names)
-            raise ConfigError(f"{flag(field.name)} {given} differs from the resumed run's {kept}; --resume continues "
-                              f"the saved run with its own flags (allowed to change: {allowed}).")
+            raise ConfigError(
+                f"{flag(field.name)} {given} differs from the resumed run's {kept}; --resume continues "
+                f"the saved run with its own flags (allowed to change: {allowed})."
+            )
     if args.total_timesteps <= checkpoint["global_step"]:
-        raise ConfigError(f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step "
-                          f"{checkpoint['global_step']}; allowed: a larger target, e.g. --total-timesteps "
-                          f"{2 * checkpoint['global_step']}.")
+        raise ConfigError(
+            f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step "
+            f"{checkpoint['global_step']}; allowed: a larger target, e.g. --total-timesteps "
+            f"{2 * checkpoint['global_step']}."
+        )
 
 
 COMMON_CHECKS = [

@@ -30,8 +30,10 @@ def check_env_id(env_id: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            raise ConfigError(f"--env-id {module}:{env_id}: cannot import module {module!r} ({error}); allowed: "
-                              "module:EnvId with an importable module that registers EnvId.") from None
+            raise ConfigError(
+                f"--env-id {module}:{env_id}: cannot import module {module!r} ({error}); allowed: "
+                "module:EnvId with an importable module that registers EnvId."
+            ) from None
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
@@ -73,12 +75,16 @@ def check_rendering(env_id: str) -> None:
         frame = env.render()
         env.close()
     except gym.error.DependencyNotInstalled as error:
-        raise ConfigError(f"--capture-video: rendering {env_id} needs a package that is not installed ({error}); "
-                          "install it (pip install -r requirements.txt installs pygame for classic control) "
-                          "or drop --capture-video.") from None
+        raise ConfigError(
+            f"--capture-video: rendering {env_id} needs a package that is not installed ({error}); "
+            "install it (pip install -r requirements.txt installs pygame for classic control) "
+            "or drop --capture-video."
+        ) from None
     except Exception as error:  # noqa: BLE001 - e.g. no EGL for MuJoCo: one line instead of a traceback later
-        raise ConfigError(f"--capture-video: {env_id} cannot render here ({type(error).__name__}: {error}); "
-                          "for MuJoCo without a GPU try MUJOCO_GL=osmesa, or drop --capture-video.") from None
+        raise ConfigError(
+            f"--capture-video: {env_id} cannot render here ({type(error).__name__}: {error}); "
+            "for MuJoCo without a GPU try MUJOCO_GL=osmesa, or drop --capture-video."
+        ) from None
     if frame is None:
         raise ConfigError(f"--capture-video: {env_id} renders no rgb_array frames; drop --capture-video.")
 

@@ -40,8 +40,15 @@ def load_agent(checkpoint_path: str, device: torch.device | str = "cpu", flag: s
 
 
 @torch.no_grad()
-def evaluate(agent, obs_normalizer: ObservationNormalizer, env_id: str, episodes: int = 10, seed: int = 0,
-             deterministic: bool = True, device: torch.device | str = "cpu") -> list[float]:
+def evaluate(
+    agent,
+    obs_normalizer: ObservationNormalizer,
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 0,
+    deterministic: bool = True,
+    device: torch.device | str = "cpu",
+) -> list[float]:
     """Undiscounted returns of ``episodes`` episodes (seeds seed, seed + 1, ...); the normaliser is only read."""
     check_env_id(env_id)
     env = gym.make(env_id)

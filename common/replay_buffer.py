@@ -26,8 +26,13 @@ class ReplayBuffer:
 
     def add(self, obs, next_obs, actions, rewards, terminations) -> None:
         rows = (self.position + torch.arange(len(obs), device=self.device)) % self.buffer_size
-        for storage, values in ((self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
-                                (self.rewards, rewards), (self.terminations, terminations)):
+        for storage, values in (
+            (self.obs, obs),
+            (self.next_obs, next_obs),
+            (self.actions, actions),
+            (self.rewards, rewards),
+            (self.terminations, terminations),
+        ):
             storage[rows] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
         self.position = (self.position + len(obs)) % self.buffer_size
         self.size = min(self.size + len(obs), self.buffer_size)
@@ -48,8 +53,9 @@ def step_and_store(envs, obs, actions, buffer: ReplayBuffer, stored=None):
     s' is the state actually reached (``final_obs`` where an episode ended, not the next episode's first), and a
     time-limit cut is not stored as a termination, so its target still bootstraps. Returns (next obs, infos)."""
     next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-    buffer.add(obs, true_next_observations(next_obs, infos), actions if stored is None else stored, rewards,
-               terminations)
+    buffer.add(
+        obs, true_next_observations(next_obs, infos), actions if stored is None else stored, rewards, terminations
+    )
     return next_obs, infos
 
 
@@ -69,9 +75,13 @@ def save_with_replay_buffer(model_path: str, state: dict, buffer: ReplayBuffer, 
     the old one atomically, then the buffer takes its place. Killed before the checkpoint is replaced, the old
     pair is untouched; killed after it, the checkpoint's buffer is the pending file, which ``load_replay_buffer``
     reads."""
-    rows = {"global_step": global_step, "position": buffer.position, "size": buffer.size,
-            "buffer_size": buffer.buffer_size,
-            **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in fields(buffer)}}
+    rows = {
+        "global_step": global_step,
+        "position": buffer.position,
+        "size": buffer.size,
+        "buffer_size": buffer.buffer_size,
+        **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in fields(buffer)},
+    }
     os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
     pending = f"{replay_buffer_path(model_path)}.pending"
     torch.save(rows, pending)
@@ -98,11 +108,13 @@ def replay_buffer_state(model_path: str, global_step: int) -> dict | None:
 
 
 def load_replay_buffer(model_path: str, buffer: ReplayBuffer, global_step: int) -> bool:
-    """Fill ``buffer`` from the file beside the checkpoint; False (with a line) when it is missing or of another step."""
+    """Fill ``buffer`` from the file beside the checkpoint; False (with a line) if missing or of another step."""
     state = replay_buffer_state(model_path, global_step)
     if state is None or state["buffer_size"] != buffer.buffer_size:
-        print(f"no replay buffer of step {global_step} beside {model_path}: "
-              "it refills with the loaded policy before updates resume")
+        print(
+            f"no replay buffer of step {global_step} beside {model_path}: "
+            "it refills with the loaded policy before updates resume"
+        )
         return False
     for name in fields(buffer):
         getattr(buffer, name)[: state["size"]] = state[name].to(getattr(buffer, name).device)

@@ -131,15 +131,31 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
-    *at_least_one("updates_per_iteration", "batch_size", "buffer_size", "policy_frequency", "alpha_frequency",
-                  "num_diffusion_steps", "num_particles", "hidden_dim", "num_hidden_layers",
-                  "policy_lr_decay_steps"),
-    (lambda a: a.batch_size <= a.buffer_size, "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; "
-     "allowed: --batch-size <= --buffer-size."),
-    (lambda a: a.learning_starts >= a.batch_size, "--learning-starts {learning_starts} is below --batch-size "
-     "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist)."),
-    (lambda a: a.total_timesteps > a.learning_starts,
-     "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}."),
+    *at_least_one(
+        "updates_per_iteration",
+        "batch_size",
+        "buffer_size",
+        "policy_frequency",
+        "alpha_frequency",
+        "num_diffusion_steps",
+        "num_particles",
+        "hidden_dim",
+        "num_hidden_layers",
+        "policy_lr_decay_steps",
+    ),
+    (
+        lambda a: a.batch_size <= a.buffer_size,
+        "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; allowed: --batch-size <= --buffer-size.",
+    ),
+    (
+        lambda a: a.learning_starts >= a.batch_size,
+        "--learning-starts {learning_starts} is below --batch-size "
+        "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist).",
+    ),
+    (
+        lambda a: a.total_timesteps > a.learning_starts,
+        "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}.",
+    ),
     *positive("alpha", "q_lr", "policy_lr", "policy_lr_end", "alpha_lr", "exploration_noise", "reward_scale", "q_clip"),
     *in_unit_interval("beta_schedule_scale", "gamma", "tau", "q_stats_rate"),
     (lambda a: a.policy_lr_decay_start >= 0, "--policy-lr-decay-start must be >= 0 (got {policy_lr_decay_start})."),
@@ -196,8 +212,15 @@ class DiffusionPolicy(nn.Module):
     """The DDPM: forward marginal q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), t = 0..T-1, and its
     reverse chain with the posterior q(x_{t-1} | x_t, x0_hat) around the predicted, clipped x0_hat."""
 
-    def __init__(self, obs_dim: int, action_dim: int, num_diffusion_steps: int, beta_schedule_scale: float,
-                 hidden_dim: int, num_hidden_layers: int):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_diffusion_steps: int,
+        beta_schedule_scale: float,
+        hidden_dim: int,
+        num_hidden_layers: int,
+    ):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
         self.noise_predictor = NoisePredictor(obs_dim, action_dim, hidden_dim, num_hidden_layers)
@@ -205,10 +228,13 @@ class DiffusionPolicy(nn.Module):
         alphas_cumprod = torch.cumprod(1 - betas, 0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
-        for name, value in [("betas", betas), ("alphas_cumprod", alphas_cumprod),
-                            ("posterior_std", posterior_variance.clamp(min=1e-20).sqrt()),
-                            ("posterior_mean_x0", betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod)),
-                            ("posterior_mean_xt", (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod))]:
+        for name, value in [
+            ("betas", betas),
+            ("alphas_cumprod", alphas_cumprod),
+            ("posterior_std", posterior_variance.clamp(min=1e-20).sqrt()),
+            ("posterior_mean_x0", betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod)),
+            ("posterior_mean_xt", (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod)),
+        ]:
             self.register_buffer(name, value.float())
 
     def q_sample(self, t: torch.Tensor, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -217,7 +243,7 @@ class DiffusionPolicy(nn.Module):
         return abar.sqrt() * x_0 + (1 - abar).sqrt() * noise
 
     def predict_x0(self, t: torch.Tensor, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The x_0 that q_sample would have turned into x_t with this noise: (x_t - sqrt(1 - abar_t) noise) / sqrt(abar_t)."""
+        """The x_0 that q_sample would turn into x_t with this noise: (x_t - sqrt(1 - abar_t) noise) / sqrt(abar_t)."""
         abar = self.alphas_cumprod[t][..., None]
         return (x_t - (1 - abar).sqrt() * noise) / abar.sqrt()
 
@@ -247,12 +273,23 @@ class QNetwork(nn.Module):
 class Agent(nn.Module):
     """The policy, the two critics that pick the best of N candidates, and a = c + h x for x in [-1, 1]."""
 
-    def __init__(self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float],
-                 num_diffusion_steps: int = 20, beta_schedule_scale: float = 0.8, num_particles: int = 32,
-                 hidden_dim: int = 256, num_hidden_layers: int = 3):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        action_low: list[float],
+        action_high: list[float],
+        num_diffusion_steps: int = 20,
+        beta_schedule_scale: float = 0.8,
+        num_particles: int = 32,
+        hidden_dim: int = 256,
+        num_hidden_layers: int = 3,
+    ):
         super().__init__()
         self.num_particles = num_particles
-        self.policy = DiffusionPolicy(obs_dim, action_dim, num_diffusion_steps, beta_schedule_scale, hidden_dim, num_hidden_layers)
+        self.policy = DiffusionPolicy(
+            obs_dim, action_dim, num_diffusion_steps, beta_schedule_scale, hidden_dim, num_hidden_layers
+        )
         self.qf1 = QNetwork(obs_dim, action_dim, hidden_dim, num_hidden_layers)
         self.qf2 = QNetwork(obs_dim, action_dim, hidden_dim, num_hidden_layers)
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
@@ -290,9 +327,10 @@ def dpmd_weights(min_q: torch.Tensor, q_mean: float, q_std: float, alpha: float,
     return torch.exp(((min_q - q_mean) / q_std).clamp(-q_clip, q_clip) / alpha)
 
 
-def weighted_denoising_loss(policy: DiffusionPolicy, obs: torch.Tensor, actions: torch.Tensor,
-                            weights: torch.Tensor) -> torch.Tensor:
-    """E[w ||eps_theta(s, x_t, t) - eps||^2] (mean over batch and action dims), x_t = q_sample(t, a, eps), t ~ U{0..T-1}."""
+def weighted_denoising_loss(
+    policy: DiffusionPolicy, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """E[w ||eps_theta(s, x_t, t) - eps||^2] (mean over batch and action), x_t = q_sample(t, a, eps), t ~ U{0..T-1}."""
     t = torch.randint(0, policy.num_diffusion_steps, (obs.shape[0],), device=obs.device)
     noise = torch.randn_like(actions)
     predicted = policy.noise_predictor(obs, policy.q_sample(t, actions, noise), t)
@@ -300,7 +338,7 @@ def weighted_denoising_loss(policy: DiffusionPolicy, obs: torch.Tensor, actions:
 
 
 def exploration_entropy(alpha: float, exploration_noise: float, action_dim: int) -> float:
-    """Entropy of N(0, sigma^2 I_d), sigma = exploration_noise * alpha: the proxy that alpha's tuning drives to target."""
+    """Entropy of N(0, sigma^2 I_d), sigma = exploration_noise * alpha: what alpha's tuning drives to target."""
     return 0.5 * action_dim * math.log(2 * math.pi * math.e * (exploration_noise * alpha) ** 2)
 
 
@@ -316,14 +354,32 @@ def main() -> None:
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
     action_center, action_half_width = (action_high + action_low) / 2, (action_high - action_low) / 2
-    agent_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, action_low=action_low.tolist(), action_high=action_high.tolist(),
-                        num_diffusion_steps=args.num_diffusion_steps, beta_schedule_scale=args.beta_schedule_scale,
-                        num_particles=args.num_particles, hidden_dim=args.hidden_dim, num_hidden_layers=args.num_hidden_layers)
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)] + [QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers)] * 2),
-                 ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim), device, "--hidden-dim, --num-hidden-layers or --buffer-size")
+    agent_kwargs = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_low=action_low.tolist(),
+        action_high=action_high.tolist(),
+        num_diffusion_steps=args.num_diffusion_steps,
+        beta_schedule_scale=args.beta_schedule_scale,
+        num_particles=args.num_particles,
+        hidden_dim=args.hidden_dim,
+        num_hidden_layers=args.num_hidden_layers,
+    )
+    check_memory(
+        count_parameters(
+            lambda: (
+                [Agent(**agent_kwargs)] + [QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers)] * 2
+            )
+        ),
+        ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim),
+        device,
+        "--hidden-dim, --num-hidden-layers or --buffer-size",
+    )
     agent = Agent(**agent_kwargs).to(device)
-    qf1_target, qf2_target = QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device), \
-        QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device)
+    qf1_target, qf2_target = (
+        QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device),
+        QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device),
+    )
     qf1_target.load_state_dict(agent.qf1.state_dict())
     qf2_target.load_state_dict(agent.qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(agent.qf1.parameters()) + list(agent.qf2.parameters()), lr=args.q_lr)
@@ -331,11 +387,25 @@ def main() -> None:
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=True)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # no normalisation (the reference's); for common.evaluation
-    checkpoint = run.restore({"agent": agent, "qf1_target": qf1_target, "qf2_target": qf2_target, "q_optimizer": q_optimizer,
-                              "policy_optimizer": policy_optimizer, "alpha_optimizer": alpha_optimizer,
-                              "obs_normalizer": obs_normalizer, "log_alpha": log_alpha}, agent_kwargs=agent_kwargs)
-    global_step, updates, policy_updates = (checkpoint.get(key, 0) for key in ("global_step", "updates", "policy_updates"))
+    obs_normalizer = ObservationNormalizer.identity(
+        (obs_dim,)
+    )  # no normalisation (the reference's); for common.evaluation
+    checkpoint = run.restore(
+        {
+            "agent": agent,
+            "qf1_target": qf1_target,
+            "qf2_target": qf2_target,
+            "q_optimizer": q_optimizer,
+            "policy_optimizer": policy_optimizer,
+            "alpha_optimizer": alpha_optimizer,
+            "obs_normalizer": obs_normalizer,
+            "log_alpha": log_alpha,
+        },
+        agent_kwargs=agent_kwargs,
+    )
+    global_step, updates, policy_updates = (
+        checkpoint.get(key, 0) for key in ("global_step", "updates", "policy_updates")
+    )
     q_mean, q_std = checkpoint.get("q_mean", 0.0), checkpoint.get("q_std", 1.0)  # running Q statistics (reference's)
     alpha = log_alpha.exp().item()
     agent.exploration_std.fill_(args.exploration_noise * alpha)
@@ -394,7 +464,9 @@ def main() -> None:
             q_std += args.q_stats_rate * (min_q.std().item() - q_std)
             if args.autotune and (updates - 1) % args.alpha_frequency == 0:
                 # d/d log(alpha) of -log(alpha) (target - H): alpha falls while the noise's entropy H is above target.
-                loss_alpha = -log_alpha * (target_entropy - exploration_entropy(alpha, args.exploration_noise, action_dim))
+                loss_alpha = -log_alpha * (
+                    target_entropy - exploration_entropy(alpha, args.exploration_noise, action_dim)
+                )
                 alpha_optimizer.zero_grad()
                 loss_alpha.backward()
                 alpha_optimizer.step()
@@ -405,23 +477,43 @@ def main() -> None:
             last_print = global_step
             updates_per_second = session_updates / (time.time() - update_start_time) if session_updates else 0.0
             entropy = exploration_entropy(alpha, args.exploration_noise, action_dim)
-            run.show(global_step, f"exploration entropy {entropy:7.2f} | alpha {alpha:.2e} "
-                     f"| updates/s {updates_per_second:.1f}", learning_starts)
+            run.show(
+                global_step,
+                f"exploration entropy {entropy:7.2f} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}",
+                learning_starts,
+            )
             if session_updates:
-                for tag, value in [("charts/updates_per_second", updates_per_second), ("charts/alpha", alpha),
-                                   ("charts/exploration_entropy", entropy), ("charts/q_running_mean", q_mean),
-                                   ("charts/q_running_std", q_std), ("charts/weights_max", weights.max().item()),
-                                   ("charts/weights_mean", weights.mean().item()),
-                                   ("losses/qf1_values", qf1_values.mean().item()), ("losses/qf1_loss", qf1_loss.item()),
-                                   ("losses/qf2_loss", qf2_loss.item()), ("losses/qf_loss", (qf1_loss + qf2_loss).item() / 2),
-                                   ("losses/actor_loss", actor_loss.item())]:
+                for tag, value in [
+                    ("charts/updates_per_second", updates_per_second),
+                    ("charts/alpha", alpha),
+                    ("charts/exploration_entropy", entropy),
+                    ("charts/q_running_mean", q_mean),
+                    ("charts/q_running_std", q_std),
+                    ("charts/weights_max", weights.max().item()),
+                    ("charts/weights_mean", weights.mean().item()),
+                    ("losses/qf1_values", qf1_values.mean().item()),
+                    ("losses/qf1_loss", qf1_loss.item()),
+                    ("losses/qf2_loss", qf2_loss.item()),
+                    ("losses/qf_loss", (qf1_loss + qf2_loss).item() / 2),
+                    ("losses/actor_loss", actor_loss.item()),
+                ]:
                     run.writer.add_scalar(tag, value, global_step)
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
-            run.save(global_step, replay_buffer, updates=updates, policy_updates=policy_updates, q_mean=q_mean, q_std=q_std)
+            run.save(
+                global_step, replay_buffer, updates=updates, policy_updates=policy_updates, q_mean=q_mean, q_std=q_std
+            )
 
-    run.finish(global_step, agent, obs_normalizer, replay_buffer, updates=updates, policy_updates=policy_updates, q_mean=q_mean,
-               q_std=q_std)
+    run.finish(
+        global_step,
+        agent,
+        obs_normalizer,
+        replay_buffer,
+        updates=updates,
+        policy_updates=policy_updates,
+        q_mean=q_mean,
+        q_std=q_std,
+    )
 
 
 if __name__ == "__main__":

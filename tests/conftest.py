@@ -16,9 +16,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # under pytest -n: one worker per cor
     torch.set_num_threads(1)
 
 
-def run_script(args: list[str], cwd: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` with the repository importable; returns the finished process (text output)."""
+def run_script(args: list[str], cwd: str, timeout: float = 300, isolated: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` with the repository importable (isolated: without it, as a user's own folder would);
+    returns the finished process (text output)."""
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if isolated:
+        env.pop("PYTHONPATH")
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

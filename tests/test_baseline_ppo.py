@@ -17,16 +17,30 @@ from benchmarks.logs import read_scalars
 
 SCRIPT = os.path.join(REPO_ROOT, "baselines", "ppo.py")
 TINY = ["--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2"]
-TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
-        "charts/entropy_estimate", "charts/alpha", "losses/value_loss", "losses/policy_loss", "losses/old_approx_kl",
-        "losses/approx_kl", "losses/clipfrac", "losses/explained_variance"]
-PROGRESS = re.compile(r"step +(\d+)/(\d+) \| return \(last \d+ episodes\) +(n/a|-?[\d.]+) \| "
-                      r"entropy estimate +-?[\d.]+ \| alpha [\d.]+e[-+]\d+ \| SPS \d+ \| (\d+:\d\d:\d\d|\?) left")
+TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/learning_rate",
+    "charts/entropy_estimate",
+    "charts/alpha",
+    "losses/value_loss",
+    "losses/policy_loss",
+    "losses/old_approx_kl",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "losses/explained_variance",
+]
+PROGRESS = re.compile(
+    r"step +(\d+)/(\d+) \| return \(last \d+ episodes\) +(n/a|-?[\d.]+) \| "
+    r"entropy estimate +-?[\d.]+ \| alpha [\d.]+e[-+]\d+ \| SPS \d+ \| (\d+:\d\d:\d\d|\?) left"
+)
 
 
 def test_log_pi_matches_torch_distributions():
     """a = c + h tanh(x) with x ~ N(mu, sigma) has, by the change of variables,
-    log pi(a) = log N(x; mu, sigma) - sum_i log |da_i/dx_i| = log N(x; mu, sigma) - sum_i [log h_i + log(1 - tanh(x_i)^2)];
+    log pi(a) = log N(x; mu, sigma) - sum_i log |da_i/dx_i|
+              = log N(x; mu, sigma) - sum_i [log h_i + log(1 - tanh(x_i)^2)];
     torch.distributions builds the same density from Normal, TanhTransform and AffineTransform (float64)."""
     torch.manual_seed(0)
     agent = Agent(4, 3, [-2.0, 0.0, -0.5], [2.0, 1.0, 3.0]).double()
@@ -39,7 +53,8 @@ def test_log_pi_matches_torch_distributions():
     mean, std = agent.actor.mean_net(obs), agent.actor.std()
     reference = distributions.TransformedDistribution(
         distributions.Normal(mean, std.expand_as(mean)),
-        [distributions.TanhTransform(), distributions.AffineTransform(agent.action_center, agent.action_half_width)])
+        [distributions.TanhTransform(), distributions.AffineTransform(agent.action_center, agent.action_half_width)],
+    )
     torch.testing.assert_close(log_pi, reference.log_prob(agent.squash(x)).sum(-1), rtol=1e-9, atol=1e-7)
     # The stable log(1 - tanh^2) keeps log pi finite where tanh(x) rounds to +-1.
     far = torch.tensor([[40.0, -40.0, 25.0]], dtype=torch.float64)
@@ -96,8 +111,15 @@ def rewards_over_episode(env_id, steps, gamma=0.9, soft_reward=0.25):
     envs.reset(seed=0)
     rewards, dones = [], []
     for _ in range(steps):
-        _, reward, done, _ = step_with_bootstrap(envs, agent, torch.zeros(1, 1), np.full(1, soft_reward, np.float32),
-                                                 ObservationNormalizer.identity((1,)), UnitRewards(), gamma)
+        _, reward, done, _ = step_with_bootstrap(
+            envs,
+            agent,
+            torch.zeros(1, 1),
+            np.full(1, soft_reward, np.float32),
+            ObservationNormalizer.identity((1,)),
+            UnitRewards(),
+            gamma,
+        )
         rewards.append(reward[0])
         dones.append(bool(done[0]))
     return rewards, dones
@@ -129,9 +151,19 @@ def assert_progress_lines(stdout, steps, total):
 def test_smoke_training_without_pythonpath(tmp_path):
     """256 steps in 4 rollouts, run as `python baselines/ppo.py` from another folder and without PYTHONPATH:
     the script puts the repository root on the path itself."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, SCRIPT, "--env-id", "InvertedPendulum-v4", "--total-timesteps", "256", *TINY],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--env-id", "InvertedPendulum-v4", "--total-timesteps", "256", *TINY],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert_progress_lines(result.stdout, [64, 128, 192, 256], 256)
     run_dir = single_run_dir(tmp_path)
@@ -142,8 +174,17 @@ def test_smoke_training_without_pythonpath(tmp_path):
 def test_hopper_save_model_then_evaluate_checkpoint_then_resume(tmp_path):
     """Hopper with --autotune: every tag (losses/alpha_loss too), the checkpoint evaluated by common.evaluation
     (which imports baselines.ppo by the checkpoint's "script"), then resumed in the same run folder."""
-    common = ["--env-id", "Hopper-v4", *TINY, "--autotune", "--save-model", "--eval-episodes", "2",
-              "--checkpoint-frequency", "1"]
+    common = [
+        "--env-id",
+        "Hopper-v4",
+        *TINY,
+        "--autotune",
+        "--save-model",
+        "--eval-episodes",
+        "2",
+        "--checkpoint-frequency",
+        "1",
+    ]
     result = run_script([SCRIPT, *common, "--total-timesteps", "128"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_progress_lines(result.stdout, [64, 128], 128)
@@ -165,15 +206,23 @@ def test_hopper_save_model_then_evaluate_checkpoint_then_resume(tmp_path):
     assert_every_tag_logged(run_dir, autotune=True)
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--env-id", "Hoper-v4"], "--env-id 'Hoper-v4' is not a registered gymnasium environment. Did you mean: Hopper-v4"),
-    (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
-    (["--num-steps", "10", "--num-minibatches", "4"],
-     "--num-minibatches 4 does not divide the batch --num-envs * --num-steps = 10; allowed: a divisor of 10."),
-    (["--alpha", "-1"], "--alpha must be >= 0 (got -1.0)"),
-    (["--min-std", "1"], "--min-std must be below 1"),
-    (["--resume", "no/such/file"], "--resume 'no/such/file': no such checkpoint file"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (
+            ["--env-id", "Hoper-v4"],
+            "--env-id 'Hoper-v4' is not a registered gymnasium environment. Did you mean: Hopper-v4",
+        ),
+        (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
+        (
+            ["--num-steps", "10", "--num-minibatches", "4"],
+            "--num-minibatches 4 does not divide the batch --num-envs * --num-steps = 10; allowed: a divisor of 10.",
+        ),
+        (["--alpha", "-1"], "--alpha must be >= 0 (got -1.0)"),
+        (["--min-std", "1"], "--min-std must be below 1"),
+        (["--resume", "no/such/file"], "--resume 'no/such/file': no such checkpoint file"),
+    ],
+)
 def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, capsys, flags, expected):
     """In-process through the script's own entry point (cli, which `python baselines/ppo.py` runs, as the
     subprocess tests above check), to keep the test fast: exit code 2 and one line naming the flag."""

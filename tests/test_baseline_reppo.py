@@ -33,8 +33,9 @@ def test_closed_form_kl_matches_torch_distributions():
     std_old, std_new = torch.rand(40, 2, dtype=torch.float64) + 0.1, torch.rand(40, 2, dtype=torch.float64) + 0.1
     old = torch.distributions.Independent(torch.distributions.Normal(mean_old, std_old), 1)
     new = torch.distributions.Independent(torch.distributions.Normal(mean_new, std_new), 1)
-    torch.testing.assert_close(reppo.gaussian_kl(mean_old, std_old, mean_new, std_new),
-                               torch.distributions.kl_divergence(old, new))
+    torch.testing.assert_close(
+        reppo.gaussian_kl(mean_old, std_old, mean_new, std_new), torch.distributions.kl_divergence(old, new)
+    )
 
 
 def test_lambda_returns_match_the_forward_view_with_a_truncation_and_a_termination():
@@ -43,9 +44,12 @@ def test_lambda_returns_match_the_forward_view_with_a_truncation_and_a_terminati
     rewards, next_values = rng.normal(size=(T, N)), rng.normal(size=(T, N))
     terminations, truncations = np.zeros((T, N)), np.zeros((T, N))
     truncations[1, 0], terminations[3, 1] = 1.0, 1.0
-    returns = reppo.lambda_returns(*(torch.tensor(a) for a in (rewards, next_values, terminations, truncations)),
-                                   gamma=0.9, gae_lambda=0.6)
-    expected = lambda_returns_forward_view(rewards[..., None], next_values[..., None], terminations, truncations, 0.9, 0.6)
+    returns = reppo.lambda_returns(
+        *(torch.tensor(a) for a in (rewards, next_values, terminations, truncations)), gamma=0.9, gae_lambda=0.6
+    )
+    expected = lambda_returns_forward_view(
+        rewards[..., None], next_values[..., None], terminations, truncations, 0.9, 0.6
+    )
     np.testing.assert_allclose(returns.numpy(), expected[..., 0], atol=1e-12)
 
 
@@ -72,8 +76,17 @@ def test_smoke_training_checkpoint_evaluation_and_resume(tmp_path, repo_root):
     result = run_script([script, *common, "--total-timesteps", "512"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = single_run_dir(tmp_path)
-    for tag in ["charts/episodic_return", "charts/SPS", "charts/entropy_estimate", "charts/alpha", "charts/beta",
-                "losses/critic_cross_entropy", "losses/aux_loss", "losses/actor_loss", "losses/kl"]:
+    for tag in [
+        "charts/episodic_return",
+        "charts/SPS",
+        "charts/entropy_estimate",
+        "charts/alpha",
+        "charts/beta",
+        "losses/critic_cross_entropy",
+        "losses/aux_loss",
+        "losses/actor_loss",
+        "losses/kl",
+    ]:
         _, values = read_scalars(run_dir, tag)
         assert len(values) > 0 and all(map(math.isfinite, values)), tag
     checkpoint = os.path.join(run_dir, "reppo.cleanrl_model")
@@ -81,17 +94,21 @@ def test_smoke_training_checkpoint_evaluation_and_resume(tmp_path, repo_root):
     assert evaluation.returncode == 0 and "mean return" in evaluation.stdout, evaluation.stderr
     resumed = run_script([script, *common, "--total-timesteps", "768", "--resume", checkpoint], cwd=tmp_path)
     assert resumed.returncode == 0 and "at step 512" in resumed.stdout, resumed.stderr
-    as_module = run_script(["-m", "baselines.reppo", "--env-id", "Pendulum-v1", *SMALL, "--total-timesteps", "128"],
-                           cwd=tmp_path)
+    as_module = run_script(
+        ["-m", "baselines.reppo", "--env-id", "Pendulum-v1", *SMALL, "--total-timesteps", "128"], cwd=tmp_path
+    )
     assert as_module.returncode == 0, as_module.stderr
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
-    (["--minibatch-size", "100000"], "--minibatch-size 100000 exceeds the rollout's"),
-    (["--v-min", "1", "--v-max", "0"], "--v-min 1.0 must be below --v-max 0.0"),
-    (["--num-diffusion-steps", "4"], "Unrecognized"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
+        (["--minibatch-size", "100000"], "--minibatch-size 100000 exceeds the rollout's"),
+        (["--v-min", "1", "--v-max", "0"], "--v-min 1.0 must be below --v-max 0.0"),
+        (["--num-diffusion-steps", "4"], "Unrecognized"),
+    ],
+)
 def test_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
     result = run_script([os.path.join(repo_root, "baselines", "reppo.py"), *flags], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -102,9 +119,11 @@ def test_twin_hl_gauss_histogram_and_critic_value_match_diffreppos_tested_ones()
     """The twin carries its own copy of the HL-Gauss target (scripts are self-contained); it must equal
     diffreppo.py's, which tests/test_diffreppo.py checks against bin-by-bin integrals, also outside the support."""
     import diffreppo
+
     values = torch.linspace(-14.0, 14.0, 57, dtype=torch.float64)
-    torch.testing.assert_close(reppo.hl_gauss_histogram(values, -10.0, 10.0, 41),
-                               diffreppo.hl_gauss_histogram(values, -10.0, 10.0, 41))
+    torch.testing.assert_close(
+        reppo.hl_gauss_histogram(values, -10.0, 10.0, 41), diffreppo.hl_gauss_histogram(values, -10.0, 10.0, 41)
+    )
     critic = reppo.DistributionalCritic(3, 1, hidden_dim=8, num_bins=11, v_min=-2.0, v_max=3.0)
     logits = torch.randn(4, 11)
     centres = torch.linspace(-2.0, 3.0, 12)[:-1] + 5.0 / 22

@@ -23,9 +23,21 @@ from common.replay_buffer import ReplayBuffer, step_and_store
 SCRIPT = "baselines/sac.py"
 LOW, HIGH = [-1.0, -2.0, 0.0], [2.0, 0.0, 0.5]  # centres 0.5, -1, 0.25; half-widths 1.5, 1, 0.25
 SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "64"]
-TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/updates_per_second",
-        "charts/entropy_estimate", "charts/alpha", "losses/qf1_values", "losses/qf2_values", "losses/qf1_loss",
-        "losses/qf2_loss", "losses/qf_loss", "losses/actor_loss", "losses/alpha_loss"]
+TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/updates_per_second",
+    "charts/entropy_estimate",
+    "charts/alpha",
+    "losses/qf1_values",
+    "losses/qf2_values",
+    "losses/qf1_loss",
+    "losses/qf2_loss",
+    "losses/qf_loss",
+    "losses/actor_loss",
+    "losses/alpha_loss",
+]
 
 
 def make_agent(obs_dim=4, mean_bias=None, seed=0):
@@ -42,7 +54,10 @@ def reference_log_prob(agent, obs, x):
     """log pi(a|s) by torch.distributions: Normal(mean, std) pushed through tanh, then a = c + h y.
     The transforms cache their last input, so log_prob(a) sees the exact x (no atanh of a saturated a)."""
     mean, log_std = agent.actor(obs)
-    tanh, affine = TanhTransform(cache_size=1), AffineTransform(agent.action_center, agent.action_half_width, cache_size=1)
+    tanh, affine = (
+        TanhTransform(cache_size=1),
+        AffineTransform(agent.action_center, agent.action_half_width, cache_size=1),
+    )
     policy = TransformedDistribution(Normal(mean, log_std.exp()), [tanh, affine], validate_args=False)
     action = affine(tanh(x))
     return action, policy.log_prob(action).sum(-1)
@@ -60,17 +75,22 @@ def test_log_pi_equals_torch_distributions(mean_bias):
     expected_action, expected = reference_log_prob(agent, obs, x)
     torch.testing.assert_close(action, expected_action)
     torch.testing.assert_close(log_pi, expected, rtol=1e-10, atol=1e-9)
-    assert torch.all((action >= agent.action_center - agent.action_half_width)
-                     & (action <= agent.action_center + agent.action_half_width))
+    assert torch.all(
+        (action >= agent.action_center - agent.action_half_width)
+        & (action <= agent.action_center + agent.action_half_width)
+    )
     if mean_bias is not None:
         assert x.abs().min() > 20
         assert torch.isinf(torch.log(1 - torch.tanh(x) ** 2)).all()  # the naive formula fails here
         mean, log_std = agent.actor(obs)
-        asymptotic = (sac.gaussian_log_prob(x, mean, log_std.exp())
-                      - (torch.log(agent.action_half_width) + math.log(4.0) - 2 * x.abs()).sum(-1))
+        asymptotic = sac.gaussian_log_prob(x, mean, log_std.exp()) - (
+            torch.log(agent.action_half_width) + math.log(4.0) - 2 * x.abs()
+        ).sum(-1)
         torch.testing.assert_close(log_pi, asymptotic, rtol=1e-10, atol=1e-9)
-        cleanrl = (torch.distributions.Normal(mean, log_std.exp()).log_prob(x)
-                   - torch.log(agent.action_half_width * (1 - torch.tanh(x) ** 2) + 1e-6)).sum(-1)
+        cleanrl = (
+            torch.distributions.Normal(mean, log_std.exp()).log_prob(x)
+            - torch.log(agent.action_half_width * (1 - torch.tanh(x) ** 2) + 1e-6)
+        ).sum(-1)
         assert (log_pi - cleanrl).min() > 10  # the epsilon form understates log pi (overstates entropy) by far
 
 
@@ -88,18 +108,27 @@ def test_sample_is_reparameterised_and_deterministic_act_is_the_squashed_mean():
     assert not entropy_estimate.requires_grad
     mean, log_std = agent.actor(obs)
     assert log_std.min() >= sac.LOG_STD_MIN and log_std.max() <= sac.LOG_STD_MAX
-    torch.testing.assert_close(agent.act(obs, deterministic=True), agent.action_center + agent.action_half_width * torch.tanh(mean))
+    torch.testing.assert_close(
+        agent.act(obs, deterministic=True), agent.action_center + agent.action_half_width * torch.tanh(mean)
+    )
 
 
 def test_soft_bellman_target_hand_computed():
     """y = r + gamma (1 - terminated)(min Q' - alpha log pi'):
     r=1, gamma=0.9, min Q'=10, alpha=0.5, log pi'=-2: 1 + 0.9 (10 + 1) = 10.9, and 1 when terminated;
     r=-1, gamma=0.99, min Q'=4, alpha=0.2, log pi'=3: -1 + 0.99 (4 - 0.6) = 2.366."""
-    target = sac.soft_bellman_target(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), torch.tensor([10.0, 10.0]),
-                                     torch.tensor([-2.0, -2.0]), alpha=0.5, gamma=0.9)
+    target = sac.soft_bellman_target(
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([10.0, 10.0]),
+        torch.tensor([-2.0, -2.0]),
+        alpha=0.5,
+        gamma=0.9,
+    )
     torch.testing.assert_close(target, torch.tensor([10.9, 1.0]))
-    target = sac.soft_bellman_target(torch.tensor([-1.0]), torch.tensor([0.0]), torch.tensor([4.0]), torch.tensor([3.0]),
-                                     alpha=0.2, gamma=0.99)
+    target = sac.soft_bellman_target(
+        torch.tensor([-1.0]), torch.tensor([0.0]), torch.tensor([4.0]), torch.tensor([3.0]), alpha=0.2, gamma=0.99
+    )
     torch.testing.assert_close(target, torch.tensor([2.366]))
 
 
@@ -116,8 +145,9 @@ def test_time_limit_stores_true_final_observation_and_bootstraps():
 
 
 def test_smoke_training_on_hopper_logs_every_tag(tmp_path, repo_root):
-    result = run_script([os.path.join(repo_root, SCRIPT), "--env-id", "Hopper-v4", "--total-timesteps", "700", *SMALL],
-                        cwd=tmp_path)
+    result = run_script(
+        [os.path.join(repo_root, SCRIPT), "--env-id", "Hopper-v4", "--total-timesteps", "700", *SMALL], cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "step       700/700" in result.stdout and "updates/s" in result.stdout
     run_dir = single_run_dir(tmp_path)
@@ -165,18 +195,28 @@ def one_error_line(stderr: str) -> str:
 def test_bad_input_from_the_command_line_gives_one_clear_line(tmp_path, repo_root):
     """Run as a plain file without PYTHONPATH (python baselines/sac.py): the script finds common/ itself."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, os.path.join(repo_root, SCRIPT), "--tau", "0"], check=False, cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo_root, SCRIPT), "--tau", "0"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert "--tau must be in (0, 1]" in one_error_line(result.stderr)
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--env-id", "Pendulum-v9"], "--env-id 'Pendulum-v9' is not a registered gymnasium environment"),
-    (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
-    (["--batch-size", "512", "--buffer-size", "256"], "--batch-size 512 is larger than --buffer-size 256"),
-    (["--learning-starts", "100", "--batch-size", "256"], "--learning-starts 100 is below --batch-size 256"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--env-id", "Pendulum-v9"], "--env-id 'Pendulum-v9' is not a registered gymnasium environment"),
+        (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
+        (["--batch-size", "512", "--buffer-size", "256"], "--batch-size 512 is larger than --buffer-size 256"),
+        (["--learning-starts", "100", "--batch-size", "256"], "--learning-starts 100 is below --batch-size 256"),
+    ],
+)
 def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, capsys, flags, expected):
     """The same path as the command line (run_cli around main), in-process to save interpreter starts."""
     monkeypatch.chdir(tmp_path)
@@ -189,9 +229,28 @@ def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, capsys, flags, ex
 
 
 def test_divergence_is_detected_and_reported(tmp_path, repo_root):
-    result = run_script([os.path.join(repo_root, SCRIPT), "--env-id", "Pendulum-v1", "--total-timesteps", "400",
-                         "--q-lr", "1e30", "--policy-lr", "1e30", "--learning-starts", "64", "--batch-size", "64",
-                         "--hidden-dim", "64"], cwd=tmp_path)
+    result = run_script(
+        [
+            os.path.join(repo_root, SCRIPT),
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "400",
+            "--q-lr",
+            "1e30",
+            "--policy-lr",
+            "1e30",
+            "--learning-starts",
+            "64",
+            "--batch-size",
+            "64",
+            "--hidden-dim",
+            "64",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert re.search(rf"{SCRIPT}: training diverged: (critic|actor) loss is (nan|inf) at step \d+", result.stderr), result.stderr
+    assert re.search(rf"{SCRIPT}: training diverged: (critic|actor) loss is (nan|inf) at step \d+", result.stderr), (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr

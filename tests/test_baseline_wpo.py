@@ -19,9 +19,20 @@ from common.replay_buffer import ReplayBuffer, step_and_store
 
 SCRIPT = os.path.join("baselines", "wpo.py")
 SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "64"]
-TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/updates_per_second",
-        "charts/entropy_estimate", "charts/alpha", "losses/qf1_values", "losses/qf1_loss", "losses/qf2_loss",
-        "losses/qf_loss", "losses/actor_loss", "losses/alpha_loss"]
+TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/updates_per_second",
+    "charts/entropy_estimate",
+    "charts/alpha",
+    "losses/qf1_values",
+    "losses/qf1_loss",
+    "losses/qf2_loss",
+    "losses/qf_loss",
+    "losses/actor_loss",
+    "losses/alpha_loss",
+]
 
 
 def make_agent(obs_dim=3, low=(-1.0, -2.0), high=(1.0, 4.0), seed=0):
@@ -54,7 +65,8 @@ def test_log_prob_equals_torch_distributions_tanh_affine_transform():
     c, h = torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([1.0, 3.0], dtype=torch.float64)
     policy = torch.distributions.TransformedDistribution(
         torch.distributions.Normal(mean, std),
-        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(c, h)])
+        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(c, h)],
+    )
     torch.testing.assert_close(log_prob, policy.log_prob(action).sum(-1), rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(agent.log_prob(x, mean, std), log_prob)
 
@@ -63,8 +75,10 @@ def one_state_agent(mean, std):
     """An agent whose Gaussian is N(mean, diag(std^2)) at obs = 0: the trunk biases are 0, so the hidden
     layer is 0 there and the mean is fc_mean.bias (its bias gradient is the gradient w.r.t. the mean)."""
     agent = make_agent(obs_dim=1)
-    raw = torch.atanh((torch.log(torch.tensor(std, dtype=torch.float64)) - wpo.LOG_STD_MIN)
-                      / (wpo.LOG_STD_MAX - wpo.LOG_STD_MIN) * 2 - 1)
+    raw = torch.atanh(
+        (torch.log(torch.tensor(std, dtype=torch.float64)) - wpo.LOG_STD_MIN) / (wpo.LOG_STD_MAX - wpo.LOG_STD_MIN) * 2
+        - 1
+    )
     with torch.no_grad():
         agent.fc_mean.bias.copy_(torch.tensor(mean, dtype=torch.float64))
         agent.fc_logstd.bias.copy_(raw)
@@ -90,8 +104,9 @@ def test_wpo_gradient_equals_minus_mean_velocity_and_moves_the_mean_up_q(fisher_
     agent = one_state_agent(mean, std)
     obs = torch.zeros(20000, 1, dtype=torch.float64)
     torch.manual_seed(3)
-    loss, entropy_estimate = wpo.wpo_actor_loss(agent, pre_tanh_quadratic_critic(agent, optimum), obs, alpha,
-                                                fisher_preconditioner)
+    loss, entropy_estimate = wpo.wpo_actor_loss(
+        agent, pre_tanh_quadratic_critic(agent, optimum), obs, alpha, fisher_preconditioner
+    )
     loss.backward()
     torch.manual_seed(3)  # the loss draws one randn_like(mean): the same noise gives the same x
     m, s = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
@@ -119,7 +134,10 @@ def test_entropy_term_of_the_velocity_widens_a_narrow_policy():
     (s = 0.3 around 0) d loss / d s = -(2 alpha / s^3)(1 - 2 E[(x - m) tanh x]) < 0, so a descent step
     raises std (and the sign of alpha in the velocity is checked)."""
     agent = one_state_agent([0.0, 0.0], [0.3, 0.3])
-    zero_critic = lambda obs, a: torch.zeros(len(obs), dtype=obs.dtype)
+
+    def zero_critic(obs, a):
+        return torch.zeros(len(obs), dtype=obs.dtype)
+
     loss, _ = wpo.wpo_actor_loss(agent, zero_critic, torch.zeros(4096, 1, dtype=torch.float64), 0.5, True)
     loss.backward()
     assert torch.all(agent.fc_logstd.bias.grad < 0)
@@ -128,8 +146,9 @@ def test_entropy_term_of_the_velocity_widens_a_narrow_policy():
 
 def test_time_limit_bootstraps_from_true_final_observation_and_termination_does_not():
     for env_id, steps, obs, next_obs, terminations in (
-            ("tests/CountingTruncated-v0", 5, [0, 1, 2, 0, 1], [1, 2, 3, 1, 2], [0, 0, 0, 0, 0]),
-            ("tests/CountingTerminated-v0", 4, [0, 1, 0, 1], [1, 2, 1, 2], [0, 1, 0, 1])):
+        ("tests/CountingTruncated-v0", 5, [0, 1, 2, 0, 1], [1, 2, 3, 1, 2], [0, 0, 0, 0, 0]),
+        ("tests/CountingTerminated-v0", 4, [0, 1, 0, 1], [1, 2, 1, 2], [0, 1, 0, 1]),
+    ):
         envs = make_vector_env(env_id, num_envs=1, seed=0)
         buffer = ReplayBuffer(100, 1, 1, torch.device("cpu"))
         observation, _ = envs.reset(seed=0)
@@ -138,8 +157,14 @@ def test_time_limit_bootstraps_from_true_final_observation_and_termination_does_
         np.testing.assert_array_equal(buffer.obs[:steps, 0].numpy(), obs)
         np.testing.assert_array_equal(buffer.next_obs[:steps, 0].numpy(), next_obs)
         np.testing.assert_array_equal(buffer.terminations[:steps].numpy(), terminations)
-    target = wpo.soft_bellman_target(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), torch.tensor([10.0, 10.0]),
-                                     torch.tensor([-2.0, -2.0]), alpha=0.5, gamma=0.9)
+    target = wpo.soft_bellman_target(
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([10.0, 10.0]),
+        torch.tensor([-2.0, -2.0]),
+        alpha=0.5,
+        gamma=0.9,
+    )
     torch.testing.assert_close(target, torch.tensor([10.9, 1.0]))  # 1 + 0.9 (10 + 0.5 * 2), and 1 if terminated
 
 
@@ -153,8 +178,9 @@ def test_untrained_actor_samples_unit_gaussian_pre_tanh_actions():
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "Hopper-v4"])
 def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id):
-    result = run_script([os.path.join(repo_root, SCRIPT), "--env-id", env_id, "--total-timesteps", "1200", *SMALL],
-                        cwd=tmp_path)
+    result = run_script(
+        [os.path.join(repo_root, SCRIPT), "--env-id", env_id, "--total-timesteps", "1200", *SMALL], cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "step      1200/1200" in result.stdout and "updates/s" in result.stdout
     run_dir = single_run_dir(tmp_path)
@@ -210,8 +236,15 @@ def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, capsys, flags, ex
 def test_bad_input_from_the_command_line_without_pythonpath(tmp_path, repo_root):
     """Run as a user would, from another folder and without PYTHONPATH: the script finds common/ itself."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, os.path.join(repo_root, SCRIPT), *BAD_INPUT[-1][0]], cwd=tmp_path,
-                            env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo_root, SCRIPT), *BAD_INPUT[-1][0]],
+        cwd=tmp_path,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = error_lines(result.stderr)
@@ -220,9 +253,23 @@ def test_bad_input_from_the_command_line_without_pythonpath(tmp_path, repo_root)
 
 def test_divergence_is_detected_and_reported(tmp_path, repo_root):
     """Absurd learning rates blow the critics up; training stops with a clear message, exit 1."""
-    result = run_script([os.path.join(repo_root, SCRIPT), "--env-id", "Pendulum-v1", "--total-timesteps", "1000",
-                         "--q-lr", "1e30", "--policy-lr", "1e30", *SMALL], cwd=tmp_path)
+    result = run_script(
+        [
+            os.path.join(repo_root, SCRIPT),
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "1000",
+            "--q-lr",
+            "1e30",
+            "--policy-lr",
+            "1e30",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert re.search(r"baselines/wpo\.py: training diverged: (critic|actor) loss is (nan|inf) at step \d+",
-                     result.stderr), result.stderr
+    assert re.search(
+        r"baselines/wpo\.py: training diverged: (critic|actor) loss is (nan|inf) at step \d+", result.stderr
+    ), result.stderr
     assert "Traceback" not in result.stderr

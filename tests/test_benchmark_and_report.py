@@ -62,15 +62,31 @@ def test_report_table_has_known_final_returns_spread_and_wall_clock(synthetic_ru
     assert gaussian.final_returns == [5.0] and gaussian.std == 0.0
 
     table = markdown_table(summaries, last_episodes=10).splitlines()
-    assert table[2] == "| Toy-v0 | diffalg | 2 | 2k | 19.5 +- 5.0 | 14, 24 | 3.0 +- 1.0 min |"  # 14.5, 24.5 rounded half-even
+    assert (
+        table[2] == "| Toy-v0 | diffalg | 2 | 2k | 19.5 +- 5.0 | 14, 24 | 3.0 +- 1.0 min |"
+    )  # 14.5, 24.5 rounded half-even
     assert table[3] == "| Toy-v0 | alg | 1 | 3k | 5.0 +- 0.0 | 5 | 30.0 s |"
 
 
 def test_report_command_writes_png_and_table_with_reference_column(synthetic_runs):
     reference = synthetic_runs / "reference.csv"
     reference.write_text("env_id,algorithm,return,std,source\nToy-v0,alg,7.5,1.5,paper\n")
-    result = run_script(["-m", "benchmarks.report", "runs", "--out-dir", "out", "--name", "cmp", "--last-episodes", "5",
-                         "--reference", str(reference)], cwd=synthetic_runs)
+    result = run_script(
+        [
+            "-m",
+            "benchmarks.report",
+            "runs",
+            "--out-dir",
+            "out",
+            "--name",
+            "cmp",
+            "--last-episodes",
+            "5",
+            "--reference",
+            str(reference),
+        ],
+        cwd=synthetic_runs,
+    )
     assert result.returncode == 0, result.stderr
     table = (synthetic_runs / "out" / "cmp.md").read_text().splitlines()
     assert table[0].endswith("| wall-clock per run | reference |")
@@ -81,36 +97,76 @@ def test_report_command_writes_png_and_table_with_reference_column(synthetic_run
 
 
 def test_report_filters_and_bad_input(synthetic_runs):
-    result = run_script(["-m", "benchmarks.report", "runs", "--algorithms", "alg", "--out-dir", "out"], cwd=synthetic_runs)
+    result = run_script(
+        ["-m", "benchmarks.report", "runs", "--algorithms", "alg", "--out-dir", "out"], cwd=synthetic_runs
+    )
     assert result.returncode == 0, result.stderr
     assert "diffalg" not in (synthetic_runs / "out" / "report.md").read_text()
     bad_csv = synthetic_runs / "bad.csv"
     bad_csv.write_text("env,algo\nToy-v0,alg\n")
-    for flags, expected in [(["nowhere"], "'nowhere': no such folder"),
-                            (["runs", "--env-ids", "Other-v0"], "no run folders"),
-                            (["runs", "--reference", str(bad_csv)], "missing column(s) algorithm, env_id, return")]:
+    for flags, expected in [
+        (["nowhere"], "'nowhere': no such folder"),
+        (["runs", "--env-ids", "Other-v0"], "no run folders"),
+        (["runs", "--reference", str(bad_csv)], "missing column(s) algorithm, env_id, return"),
+    ]:
         result = run_script(["-m", "benchmarks.report", *flags], cwd=synthetic_runs)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.startswith("benchmarks.report: error:") and expected in result.stderr, result.stderr
 
 
 def test_benchmark_dry_run_prints_commands_and_runs_nothing(tmp_path, repo_root):
-    result = run_script(["-m", "benchmarks.grid", "--scripts", "diffppo.py", "diffsac.py", "--env-ids", "Pendulum-v1",
-                         "Hopper-v4", "--seeds", "1", "2", "--total-timesteps", "1000", "--workdir", str(tmp_path),
-                         "--dry-run"], cwd=repo_root)
+    result = run_script(
+        [
+            "-m",
+            "benchmarks.grid",
+            "--scripts",
+            "diffppo.py",
+            "diffsac.py",
+            "--env-ids",
+            "Pendulum-v1",
+            "Hopper-v4",
+            "--seeds",
+            "1",
+            "2",
+            "--total-timesteps",
+            "1000",
+            "--workdir",
+            str(tmp_path),
+            "--dry-run",
+        ],
+        cwd=repo_root,
+    )
     assert result.returncode == 0, result.stderr
     assert "2 scripts x 2 envs x 2 seeds = 8 runs; 0 already finished, 8 to run" in result.stdout
     commands = [line for line in result.stdout.splitlines() if line.startswith("[run]")]
     assert len(commands) == 8
-    assert (f"diffsac.py --env-id Hopper-v4 --seed 2 --exp-name diffsac --total-timesteps 1000 > "
-            f"{tmp_path}/benchmark_logs/Hopper-v4__diffsac__2.log") in commands[-1]
+    assert (
+        f"diffsac.py --env-id Hopper-v4 --seed 2 --exp-name diffsac --total-timesteps 1000 > "
+        f"{tmp_path}/benchmark_logs/Hopper-v4__diffsac__2.log"
+    ) in commands[-1]
     assert not os.path.exists(tmp_path / "runs") and not os.path.exists(tmp_path / "benchmark_logs")
 
 
 @pytest.mark.parametrize("executor", ["local", "submitit-local"])
 def test_benchmark_runs_grid_then_resume_skips_finished_runs(tmp_path, repo_root, executor):
-    grid = ["-m", "benchmarks.grid", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1", "2",
-            "--total-timesteps", "512", TINY_PPO, "--workdir", str(tmp_path), "--executor", executor]
+    grid = [
+        "-m",
+        "benchmarks.grid",
+        "--scripts",
+        "diffppo.py",
+        "--env-ids",
+        "Pendulum-v1",
+        "--seeds",
+        "1",
+        "2",
+        "--total-timesteps",
+        "512",
+        TINY_PPO,
+        "--workdir",
+        str(tmp_path),
+        "--executor",
+        executor,
+    ]
     result = run_script(grid, cwd=repo_root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("[done] Pendulum-v1__diffppo__") == 2
@@ -121,9 +177,15 @@ def test_benchmark_runs_grid_then_resume_skips_finished_runs(tmp_path, repo_root
         assert "step       512/512" in (tmp_path / "benchmark_logs" / f"Pendulum-v1__diffppo__{seed}.log").read_text()
 
         summary = json.loads((tmp_path / "summaries" / f"Pendulum-v1__diffppo__{seed}.json").read_text())
-        assert summary["seed"] == seed and summary["flags"]["total_timesteps"] == "512" and summary["script"] == "diffppo.py"
-        assert summary["command"].startswith(f"python diffppo.py --env-id Pendulum-v1 --seed {seed} --exp-name diffppo "
-                                             "--total-timesteps 512 --num-steps 256")
+        assert (
+            summary["seed"] == seed
+            and summary["flags"]["total_timesteps"] == "512"
+            and summary["script"] == "diffppo.py"
+        )
+        assert summary["command"].startswith(
+            f"python diffppo.py --env-id Pendulum-v1 --seed {seed} --exp-name diffppo "
+            "--total-timesteps 512 --num-steps 256"
+        )
         assert summary["flags"]["num_diffusion_steps"] == "2" and not summary["resumed"]
         assert set(summary["versions"]) == {"torch", "gymnasium", "mujoco", "project"}
 
@@ -143,8 +205,23 @@ def test_benchmark_runs_grid_then_resume_skips_finished_runs(tmp_path, repo_root
 
 
 def test_benchmark_writes_missing_summaries_of_runs_finished_earlier(tmp_path, repo_root):
-    grid = ["-m", "benchmarks.grid", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
-            "--total-timesteps", "512", TINY_PPO, "--workdir", str(tmp_path), "--summary-every", "256"]
+    grid = [
+        "-m",
+        "benchmarks.grid",
+        "--scripts",
+        "diffppo.py",
+        "--env-ids",
+        "Pendulum-v1",
+        "--seeds",
+        "1",
+        "--total-timesteps",
+        "512",
+        TINY_PPO,
+        "--workdir",
+        str(tmp_path),
+        "--summary-every",
+        "256",
+    ]
     assert run_script(grid, cwd=repo_root).returncode == 0
     summary_path = tmp_path / "summaries" / "Pendulum-v1__diffppo__1.json"
     written = json.loads(summary_path.read_text())
@@ -161,24 +238,45 @@ def test_benchmark_writes_missing_summaries_of_runs_finished_earlier(tmp_path, r
 
 
 def test_benchmark_reports_a_failed_run_and_writes_no_marker(tmp_path, repo_root):
-    result = run_script(["-m", "benchmarks.grid", "--scripts", "diffppo.py", "--env-ids", "Pendulum-v1", "--seeds", "1",
-                         "--extra=--num-diffusion-steps 0", "--workdir", str(tmp_path)], cwd=repo_root)
+    result = run_script(
+        [
+            "-m",
+            "benchmarks.grid",
+            "--scripts",
+            "diffppo.py",
+            "--env-ids",
+            "Pendulum-v1",
+            "--seeds",
+            "1",
+            "--extra=--num-diffusion-steps 0",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=repo_root,
+    )
     assert result.returncode == 1
     assert "[FAILED (exit 2)] Pendulum-v1__diffppo__1" in result.stdout
-    assert "--num-diffusion-steps must be at least 1" in (tmp_path / "benchmark_logs" / "Pendulum-v1__diffppo__1.log").read_text()
+    assert (
+        "--num-diffusion-steps must be at least 1"
+        in (tmp_path / "benchmark_logs" / "Pendulum-v1__diffppo__1.log").read_text()
+    )
     assert not (tmp_path / "benchmark_logs" / "Pendulum-v1__diffppo__1.done.json").exists()
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--scripts", "nope.py"], "--scripts 'nope.py': no such file"),
-    (["--env-ids", "Hopper-v9"], "--env-id 'Hopper-v9' is not a registered gymnasium environment"),
-    (["--seeds", "1", "1"], "a seed is repeated"),
-    (["--extra=--seed 3"], "--extra must not set --exp-name, --seed or --env-id"),
-    (["--workers", "0"], "--workers must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--scripts", "nope.py"], "--scripts 'nope.py': no such file"),
+        (["--env-ids", "Hopper-v9"], "--env-id 'Hopper-v9' is not a registered gymnasium environment"),
+        (["--seeds", "1", "1"], "a seed is repeated"),
+        (["--extra=--seed 3"], "--extra must not set --exp-name, --seed or --env-id"),
+        (["--workers", "0"], "--workers must be at least 1"),
+    ],
+)
 def test_benchmark_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
-    result = run_script(["-m", "benchmarks.grid", "--scripts", "diffppo.py", *flags, "--workdir", str(tmp_path)],
-                        cwd=repo_root)
+    result = run_script(
+        ["-m", "benchmarks.grid", "--scripts", "diffppo.py", *flags, "--workdir", str(tmp_path)], cwd=repo_root
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("benchmarks.grid: error:") and expected in result.stderr, result.stderr
 
@@ -190,8 +288,17 @@ def test_run_finished_by_another_grid_meanwhile_is_skipped_unless_rerun(tmp_path
     (tmp_path / "runs" / "Toy-v0__alg__1__1700000000").mkdir(parents=True)
     marker = tmp_path / "Toy-v0__alg__1.done.json"
     marker.write_text(json.dumps({"run_dir": "runs/Toy-v0__alg__1__1700000000"}))
-    run = Run(str(tmp_path / "missing.py"), "Toy-v0", 1, "alg", ["python", str(tmp_path / "missing.py")], str(tmp_path),
-              str(tmp_path / "Toy-v0__alg__1.log"), str(marker), summary_path=None)
+    run = Run(
+        str(tmp_path / "missing.py"),
+        "Toy-v0",
+        1,
+        "alg",
+        ["python", str(tmp_path / "missing.py")],
+        str(tmp_path),
+        str(tmp_path / "Toy-v0__alg__1.log"),
+        str(marker),
+        summary_path=None,
+    )
     outcome = run_one(run)
     assert outcome["skipped"] and outcome["returncode"] == 0 and not (tmp_path / "Toy-v0__alg__1.log").exists()
     assert describe(outcome).startswith("[skip, finished meanwhile] Toy-v0__alg__1")

@@ -18,7 +18,9 @@ def test_log_normaliser_matches_closed_forms():
     alpha = 0.5 doubles the exponent: Z = (e^2 - e^-2) / 2."""
     assert log_normaliser(lambda a: a[..., 0], 1, 1.0) == pytest.approx(math.log(math.e - 1 / math.e), abs=1e-6)
     assert log_normaliser(lambda a: a.sum(-1), 2, 1.0) == pytest.approx(2 * math.log(math.e - 1 / math.e), abs=1e-5)
-    assert log_normaliser(lambda a: a[..., 0], 1, 0.5) == pytest.approx(math.log((math.e ** 2 - math.e ** -2) / 2), abs=1e-6)
+    assert log_normaliser(lambda a: a[..., 0], 1, 0.5) == pytest.approx(
+        math.log((math.e**2 - math.e**-2) / 2), abs=1e-6
+    )
 
 
 class UntrainedChainTarget:
@@ -30,7 +32,7 @@ class UntrainedChainTarget:
     def reward(self, action):
         a = np.clip(action[..., 0], -1 + 1e-12, 1 - 1e-12)
         x = np.arctanh(a)
-        return -0.5 * x ** 2 - 0.5 * math.log(2 * math.pi) - np.log1p(-a ** 2)
+        return -0.5 * x**2 - 0.5 * math.log(2 * math.pi) - np.log1p(-(a**2))
 
     def modes(self):
         return np.array([[-0.5], [0.5]])
@@ -71,23 +73,42 @@ def test_training_lowers_the_bound_on_the_double_well():
     well below that of the untrained chain (about 1.9 nats here) and stays non-negative."""
     env = gym.make("DoubleWellBandit-v0").unwrapped
     untrained = fit(Args(alpha=0.2, updates=0, num_diffusion_steps=4, eval_samples=4000, hidden_dim=64), 0, env)
-    trained = fit(Args(alpha=0.2, updates=300, num_diffusion_steps=4, eval_samples=4000, hidden_dim=64,
-                       learning_rate=1e-3), 0, env)
+    trained = fit(
+        Args(alpha=0.2, updates=300, num_diffusion_steps=4, eval_samples=4000, hidden_dim=64, learning_rate=1e-3),
+        0,
+        env,
+    )
     assert untrained["bound"] > 1.0
     assert -0.05 < trained["bound"] < 0.6 * untrained["bound"]
 
 
 def test_chain_fit_command_prints_rows_and_rejects_bad_flags(tmp_path, repo_root):
     out = tmp_path / "table.md"
-    result = run_script(["benchmarks/chain_fit.py", "--seeds", "1", "--updates", "20", "--eval-samples", "500",
-                         "--loss", "log-variance", "--out", str(out)], cwd=repo_root)
+    result = run_script(
+        [
+            "benchmarks/chain_fit.py",
+            "--seeds",
+            "1",
+            "--updates",
+            "20",
+            "--eval-samples",
+            "500",
+            "--loss",
+            "log-variance",
+            "--out",
+            str(out),
+        ],
+        cwd=repo_root,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     row = out.read_text().splitlines()[0]
     assert row.startswith("| UnequalModesBandit-v0 | --updates 20, --loss log-variance | 1 | ")
     assert row.split("|")[5].strip() == "0.50 / 0.30 / 0.20"
-    for flag, value, message in [("--env-id", "Hopper-v4", "allowed: DoubleWellBandit-v0"),
-                                 ("--loss", "forward", "allowed: reverse-kl, log-variance"),
-                                 ("--num-diffusion-steps", "0", "--num-diffusion-steps must be at least 1"),
-                                 ("--alpha", "nan", "--alpha must be a positive number")]:
+    for flag, value, message in [
+        ("--env-id", "Hopper-v4", "allowed: DoubleWellBandit-v0"),
+        ("--loss", "forward", "allowed: reverse-kl, log-variance"),
+        ("--num-diffusion-steps", "0", "--num-diffusion-steps must be at least 1"),
+        ("--alpha", "nan", "--alpha must be a positive number"),
+    ]:
         bad = run_script(["benchmarks/chain_fit.py", flag, value], cwd=repo_root)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr

@@ -63,10 +63,16 @@ def test_evaluation_uses_checkpoint_statistics_and_leaves_them_frozen(tmp_path):
     normalizer = ObservationNormalizer((3,))
     normalizer.update(np.random.default_rng(2).normal([1.0, -1.0, 4.0], [0.5, 2.0, 3.0], size=(500, 3)))
     path = str(tmp_path / "diffppo.cleanrl_model")
-    save_checkpoint(path, {"script": "diffppo", "agent_kwargs": dict(obs_dim=3, action_dim=1, action_low=[-2.0],
-                                                                      action_high=[2.0], num_diffusion_steps=2),
-                           "agent": agent.state_dict(), "obs_normalizer": normalizer.state_dict(),
-                           "args": {"env_id": "Pendulum-v1"}})
+    save_checkpoint(
+        path,
+        {
+            "script": "diffppo",
+            "agent_kwargs": dict(obs_dim=3, action_dim=1, action_low=[-2.0], action_high=[2.0], num_diffusion_steps=2),
+            "agent": agent.state_dict(),
+            "obs_normalizer": normalizer.state_dict(),
+            "args": {"env_id": "Pendulum-v1"},
+        },
+    )
     loaded_agent, loaded_normalizer, _ = load_agent(path)
     seen = []
     original_act = loaded_agent.act
@@ -92,8 +98,12 @@ def test_unknown_env_id_suggests_close_matches():
 
 
 def test_plotting_groups_runs_by_env_and_experiment():
-    groups = group_runs(["runs/Hopper-v4__diffppo__1__10", "runs/Hopper-v4__diffppo__2__11", "runs/Pendulum-v1__diffsac__1__12"])
-    assert dict(groups["Hopper-v4"]) == {"diffppo": ["runs/Hopper-v4__diffppo__1__10", "runs/Hopper-v4__diffppo__2__11"]}
+    groups = group_runs(
+        ["runs/Hopper-v4__diffppo__1__10", "runs/Hopper-v4__diffppo__2__11", "runs/Pendulum-v1__diffsac__1__12"]
+    )
+    assert dict(groups["Hopper-v4"]) == {
+        "diffppo": ["runs/Hopper-v4__diffppo__1__10", "runs/Hopper-v4__diffppo__2__11"]
+    }
     assert list(groups["Pendulum-v1"]) == ["diffsac"]
 
 

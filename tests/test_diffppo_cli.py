@@ -9,14 +9,34 @@ from conftest import run_script, single_run_dir
 from benchmarks.logs import read_scalars
 
 SMALL = ["--num-steps", "256", "--num-minibatches", "8", "--update-epochs", "2"]
-TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/entropy_estimate", "charts/alpha",
-        "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac"]
+TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/entropy_estimate",
+    "charts/alpha",
+    "losses/policy_loss",
+    "losses/value_loss",
+    "losses/approx_kl",
+    "losses/clipfrac",
+]
 
 
 @pytest.mark.parametrize("env_id,num_diffusion_steps", [("Hopper-v4", 8), ("Pendulum-v1", 4)])
 def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusion_steps):
-    result = run_script([os.path.join(repo_root, "diffppo.py"), "--env-id", env_id, "--total-timesteps", "2048",
-                         "--num-diffusion-steps", str(num_diffusion_steps), *SMALL], cwd=tmp_path)
+    result = run_script(
+        [
+            os.path.join(repo_root, "diffppo.py"),
+            "--env-id",
+            env_id,
+            "--total-timesteps",
+            "2048",
+            "--num-diffusion-steps",
+            str(num_diffusion_steps),
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "step      2048/2048" in result.stdout and "SPS" in result.stdout
     run_dir = single_run_dir(tmp_path)
@@ -27,8 +47,18 @@ def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusio
 
 def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     script = os.path.join(repo_root, "diffppo.py")
-    common = ["--env-id", "Pendulum-v1", "--num-diffusion-steps", "3", *SMALL, "--save-model", "--eval-episodes", "2",
-              "--checkpoint-frequency", "1"]
+    common = [
+        "--env-id",
+        "Pendulum-v1",
+        "--num-diffusion-steps",
+        "3",
+        *SMALL,
+        "--save-model",
+        "--eval-episodes",
+        "2",
+        "--checkpoint-frequency",
+        "1",
+    ]
     result = run_script([script, *common, "--total-timesteps", "512"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "evaluation (2 deterministic episodes): mean return" in result.stdout
@@ -51,16 +81,24 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     assert list(steps) == [256, 512, 768, 1024]
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--env-id", "CartPole-v1"], "--env-id CartPole-v1 has a Discrete action space"),
-    (["--env-id", "Hoper-v4"], "--env-id 'Hoper-v4' is not a registered gymnasium environment. Did you mean: Hopper-v4"),
-    (["--num-diffusion-steps", "0"], "--num-diffusion-steps must be at least 1 (got 0)"),
-    (["--num-steps", "10", "--num-diffusion-steps", "1", "--num-minibatches", "7"],
-     "--num-minibatches 7 does not divide the augmented batch"),
-    (["--alpha", "-1"], "--alpha must be >= 0"),
-    (["--behaviour-noise-scale", "-1"], "--behaviour-noise-scale must be a positive number (got -1.0)"),
-    (["--resume", "no/such/file"], "--resume 'no/such/file': no such checkpoint file"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--env-id", "CartPole-v1"], "--env-id CartPole-v1 has a Discrete action space"),
+        (
+            ["--env-id", "Hoper-v4"],
+            "--env-id 'Hoper-v4' is not a registered gymnasium environment. Did you mean: Hopper-v4",
+        ),
+        (["--num-diffusion-steps", "0"], "--num-diffusion-steps must be at least 1 (got 0)"),
+        (
+            ["--num-steps", "10", "--num-diffusion-steps", "1", "--num-minibatches", "7"],
+            "--num-minibatches 7 does not divide the augmented batch",
+        ),
+        (["--alpha", "-1"], "--alpha must be >= 0"),
+        (["--behaviour-noise-scale", "-1"], "--behaviour-noise-scale must be a positive number (got -1.0)"),
+        (["--resume", "no/such/file"], "--resume 'no/such/file': no such checkpoint file"),
+    ],
+)
 def test_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
     result = run_script([os.path.join(repo_root, "diffppo.py"), *flags], cwd=tmp_path)
     assert result.returncode == 2
@@ -71,8 +109,20 @@ def test_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
 
 def test_divergence_is_detected_and_reported(tmp_path, repo_root):
     """An absurd learning rate blows the networks up; training stops with a clear message, exit 1."""
-    result = run_script([os.path.join(repo_root, "diffppo.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "2048",
-                         "--learning-rate", "1e30", "--no-anneal-lr", *SMALL], cwd=tmp_path)
+    result = run_script(
+        [
+            os.path.join(repo_root, "diffppo.py"),
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "2048",
+            "--learning-rate",
+            "1e30",
+            "--no-anneal-lr",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"diffppo.py: training diverged: loss is (nan|inf) at step \d+", result.stderr), result.stderr
     assert "Traceback" not in result.stderr

@@ -105,8 +105,9 @@ def rewards_over_episode(env_id, steps, gamma=0.9):
     last_rewards, dones = [], []
     for _ in range(steps):
         chain = torch.zeros(1, 3, 1)
-        _, env_reward, bootstrap, done, _ = step_with_bootstrap(envs, agent, chain, ObservationNormalizer.identity((1,)),
-                                                                UnitRewards(), gamma)
+        _, env_reward, bootstrap, done, _ = step_with_bootstrap(
+            envs, agent, chain, ObservationNormalizer.identity((1,)), UnitRewards(), gamma
+        )
         augmented = augmented_rewards(np.zeros((1, 1, 2), np.float32), env_reward[None], bootstrap[None])
         last_rewards.append(augmented[0, 0, -1])
         dones.append(bool(done[0]))

@@ -13,10 +13,32 @@ from conftest import run_script, single_run_dir
 import diffreppo
 from benchmarks.logs import read_scalars
 
-SMALL = ["--num-envs", "2", "--num-steps", "64", "--minibatch-size", "128", "--update-epochs", "2", "--hidden-dim", "64"]
-TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/entropy_estimate", "charts/alpha",
-        "charts/beta", "losses/critic_loss", "losses/critic_cross_entropy", "losses/aux_loss", "losses/actor_loss",
-        "losses/kl", "losses/kl_over_bound"]
+SMALL = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "64",
+    "--minibatch-size",
+    "128",
+    "--update-epochs",
+    "2",
+    "--hidden-dim",
+    "64",
+]
+TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/entropy_estimate",
+    "charts/alpha",
+    "charts/beta",
+    "losses/critic_loss",
+    "losses/critic_cross_entropy",
+    "losses/aux_loss",
+    "losses/actor_loss",
+    "losses/kl",
+    "losses/kl_over_bound",
+]
 
 
 def normal_cdf(x: float) -> float:
@@ -33,8 +55,10 @@ def test_hl_gauss_histogram_matches_bin_integrals_and_keeps_the_mean(value):
     sigma = 0.75 * width
     edges = [v_min + i * width for i in range(num_bins + 1)]
     inside = normal_cdf((v_max - value) / sigma) - normal_cdf((v_min - value) / sigma)
-    expected = [(normal_cdf((edges[i + 1] - value) / sigma) - normal_cdf((edges[i] - value) / sigma)) / inside
-                for i in range(num_bins)]
+    expected = [
+        (normal_cdf((edges[i + 1] - value) / sigma) - normal_cdf((edges[i] - value) / sigma)) / inside
+        for i in range(num_bins)
+    ]
     np.testing.assert_allclose(histogram.numpy(), expected, atol=1e-12)
     assert histogram.sum().item() == pytest.approx(1.0, abs=1e-12)
     centres = torch.tensor([v_min + (i + 0.5) * width for i in range(num_bins)], dtype=torch.float64)
@@ -65,8 +89,9 @@ def test_closed_form_kl_matches_torch_distributions():
     std_old, std_new = torch.rand(50, 3, dtype=torch.float64) + 0.1, torch.rand(50, 3, dtype=torch.float64) + 0.1
     old = torch.distributions.Independent(torch.distributions.Normal(mean_old, std_old), 1)
     new = torch.distributions.Independent(torch.distributions.Normal(mean_new, std_new), 1)
-    torch.testing.assert_close(diffreppo.gaussian_kl(mean_old, std_old, mean_new, std_new),
-                               torch.distributions.kl_divergence(old, new))
+    torch.testing.assert_close(
+        diffreppo.gaussian_kl(mean_old, std_old, mean_new, std_new), torch.distributions.kl_divergence(old, new)
+    )
     assert diffreppo.gaussian_kl(mean_old, std_old, mean_old, std_old).abs().max() < 1e-12
 
 
@@ -82,8 +107,15 @@ def lambda_returns_forward_view(rewards, next_values, terminations, truncations,
             for j in range(K):
                 env_step = j == K - 1
                 g = (gamma if env_step else 1.0) if augmented_gamma is None else augmented_gamma
-                seq.append((rewards[t, env, j], g, next_values[t, env, j], env_step and terminations[t, env] > 0,
-                            env_step and (truncations[t, env] > 0 or t == T - 1)))
+                seq.append(
+                    (
+                        rewards[t, env, j],
+                        g,
+                        next_values[t, env, j],
+                        env_step and terminations[t, env] > 0,
+                        env_step and (truncations[t, env] > 0 or t == T - 1),
+                    )
+                )
         for i in range(len(seq)):
             horizon = next(n for n in range(1, len(seq) - i + 1) if seq[i + n - 1][4] or seq[i + n - 1][3])
             n_step = []
@@ -94,7 +126,10 @@ def lambda_returns_forward_view(rewards, next_values, terminations, truncations,
                     total += discount * r
                     discount *= g * (0.0 if term else 1.0)
                 n_step.append(total + discount * seq[i + n - 1][2])
-            value = sum((1 - lam) * lam ** (n - 1) * n_step[n - 1] for n in range(1, horizon)) + lam ** (horizon - 1) * n_step[-1]
+            value = (
+                sum((1 - lam) * lam ** (n - 1) * n_step[n - 1] for n in range(1, horizon))
+                + lam ** (horizon - 1) * n_step[-1]
+            )
             out[i // K, env, i % K] = value
     return out
 
@@ -107,8 +142,12 @@ def test_lambda_returns_match_the_forward_view_with_a_truncation_and_a_terminati
     rewards, next_values = rng.normal(size=(T, N, K)), rng.normal(size=(T, N, K))
     terminations, truncations = np.zeros((T, N)), np.zeros((T, N))
     truncations[1, 0], terminations[2, 1] = 1.0, 1.0
-    returns = diffreppo.augmented_lambda_returns(*(torch.tensor(a) for a in (rewards, next_values, terminations, truncations)),
-                                                 gamma=0.9, gae_lambda=0.7, augmented_gamma=augmented_gamma)
+    returns = diffreppo.augmented_lambda_returns(
+        *(torch.tensor(a) for a in (rewards, next_values, terminations, truncations)),
+        gamma=0.9,
+        gae_lambda=0.7,
+        augmented_gamma=augmented_gamma,
+    )
     expected = lambda_returns_forward_view(rewards, next_values, terminations, truncations, 0.9, 0.7, augmented_gamma)
     np.testing.assert_allclose(returns.numpy(), expected, atol=1e-12)
     # the termination: the env step's return is its reward alone, nothing bootstraps past it
@@ -124,8 +163,9 @@ def test_actor_loss_backpropagates_through_one_diffusion_step_only():
     critic = diffreppo.DistributionalCritic(4, 2, K, hidden_dim=32, num_bins=21)
     obs, x_k = torch.randn(64, 4), torch.randn(64, 2)
     k = torch.full((64,), 3)
-    loss, log_ratio_term, kl = diffreppo.actor_losses(agent, agent.actor, critic, obs, x_k, k, alpha=0.1, beta=1.0,
-                                                      kl_bound=0.1)
+    loss, log_ratio_term, kl = diffreppo.actor_losses(
+        agent, agent.actor, critic, obs, x_k, k, alpha=0.1, beta=1.0, kl_bound=0.1
+    )
     loss.backward()
     embedding_grad = agent.actor.time_embedding.weight.grad
     for row in range(K + 1):
@@ -162,15 +202,27 @@ def test_step_log_ratio_terms_add_up_to_the_path_log_ratio():
     total = torch.zeros(10)
     for j in range(K):
         k = torch.full((10,), K - j)
-        total += diffreppo.step_log_ratio_term(agent.actor, chain[:, j], k, chain[:, j + 1], step_log_q[:, j],
-                                               agent.action_half_width)
+        total += diffreppo.step_log_ratio_term(
+            agent.actor, chain[:, j], k, chain[:, j + 1], step_log_q[:, j], agent.action_half_width
+        )
     torch.testing.assert_close(total, log_prior + step_log_ratio.sum(1) - squash)
 
 
 @pytest.mark.parametrize("env_id,num_diffusion_steps", [("Hopper-v4", 8), ("Pendulum-v1", 1)])
 def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusion_steps):
-    result = run_script([os.path.join(repo_root, "diffreppo.py"), "--env-id", env_id, "--total-timesteps", "512",
-                         "--num-diffusion-steps", str(num_diffusion_steps), *SMALL], cwd=tmp_path)
+    result = run_script(
+        [
+            os.path.join(repo_root, "diffreppo.py"),
+            "--env-id",
+            env_id,
+            "--total-timesteps",
+            "512",
+            "--num-diffusion-steps",
+            str(num_diffusion_steps),
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "step       512/512" in result.stdout
     run_dir = single_run_dir(tmp_path)
@@ -181,8 +233,18 @@ def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusio
 
 def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     script = os.path.join(repo_root, "diffreppo.py")
-    common = ["--env-id", "Pendulum-v1", "--num-diffusion-steps", "3", *SMALL, "--save-model", "--eval-episodes", "2",
-              "--checkpoint-frequency", "1"]
+    common = [
+        "--env-id",
+        "Pendulum-v1",
+        "--num-diffusion-steps",
+        "3",
+        *SMALL,
+        "--save-model",
+        "--eval-episodes",
+        "2",
+        "--checkpoint-frequency",
+        "1",
+    ]
     result = run_script([script, *common, "--total-timesteps", "256"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "evaluation (2 deterministic episodes): mean return" in result.stdout
@@ -195,21 +257,25 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout and "at step 256" in resumed.stdout
     assert "step       384/512" in resumed.stdout and "step       128/" not in resumed.stdout
-    other = run_script([script, "--env-id", "Pendulum-v1", "--num-diffusion-steps", "2", *SMALL, "--resume", checkpoint],
-                       cwd=tmp_path)
+    other = run_script(
+        [script, "--env-id", "Pendulum-v1", "--num-diffusion-steps", "2", *SMALL, "--resume", checkpoint], cwd=tmp_path
+    )
     assert other.returncode == 2 and "--num-diffusion-steps 2 differs from the resumed run's 3" in other.stderr
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
-    (["--num-diffusion-steps", "0"], "--num-diffusion-steps must be at least 1 (got 0)"),
-    (["--minibatch-size", "100000"], "--minibatch-size 100000 exceeds the rollout's"),
-    (["--v-min", "5", "--v-max", "5"], "--v-min 5.0 must be below --v-max 5.0"),
-    (["--kl-bound", "nan"], "--kl-bound must be a finite number"),
-    (["--alpha", "0"], "--alpha must be positive"),
-    (["--augmented-gamma", "1.5"], "--augmented-gamma must be in (0, 1]"),
-    (["--num-bins", "1"], "--num-bins must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
+        (["--num-diffusion-steps", "0"], "--num-diffusion-steps must be at least 1 (got 0)"),
+        (["--minibatch-size", "100000"], "--minibatch-size 100000 exceeds the rollout's"),
+        (["--v-min", "5", "--v-max", "5"], "--v-min 5.0 must be below --v-max 5.0"),
+        (["--kl-bound", "nan"], "--kl-bound must be a finite number"),
+        (["--alpha", "0"], "--alpha must be positive"),
+        (["--augmented-gamma", "1.5"], "--augmented-gamma must be in (0, 1]"),
+        (["--num-bins", "1"], "--num-bins must be at least 2"),
+    ],
+)
 def test_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
     result = run_script([os.path.join(repo_root, "diffreppo.py"), *flags], cwd=tmp_path)
     assert result.returncode == 2
@@ -219,8 +285,19 @@ def test_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
 
 
 def test_divergence_is_detected_and_reported(tmp_path, repo_root):
-    result = run_script([os.path.join(repo_root, "diffreppo.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "512",
-                         "--learning-rate", "1e30", *SMALL], cwd=tmp_path)
+    result = run_script(
+        [
+            os.path.join(repo_root, "diffreppo.py"),
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "512",
+            "--learning-rate",
+            "1e30",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"diffreppo.py: training diverged: (critic|actor) loss is (nan|inf)", result.stderr), result.stderr
     assert "Traceback" not in result.stderr

@@ -14,7 +14,9 @@ from common.replay_buffer import ReplayBuffer, step_and_store
 
 def make_agent_and_critics(obs_dim=4, action_dim=2, num_diffusion_steps=5, seed=0):
     torch.manual_seed(seed)
-    agent = diffsac.Agent(obs_dim, action_dim, [-1.0] * action_dim, [2.0] * action_dim, num_diffusion_steps, hidden_dim=32)
+    agent = diffsac.Agent(
+        obs_dim, action_dim, [-1.0] * action_dim, [2.0] * action_dim, num_diffusion_steps, hidden_dim=32
+    )
     with torch.no_grad():
         agent.actor.mean_net[-1].weight.normal_(0, 0.05)  # away from the initialisation, x_0 stays moderate
     return agent, diffsac.SoftQNetwork(obs_dim, action_dim, 32), diffsac.SoftQNetwork(obs_dim, action_dim, 32)
@@ -87,8 +89,14 @@ def test_alpha_moves_toward_the_target_entropy():
 def test_soft_bellman_target_bootstraps_unless_terminated():
     """y = r + gamma (1 - terminated)(min Q' - alpha L'): r=1, gamma=0.9, min Q'=10, alpha=0.5, L'=-2
     gives 1 + 0.9 * (10 + 1) = 10.9 when not terminated, and 1 when terminated."""
-    target = diffsac.soft_bellman_target(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), torch.tensor([10.0, 10.0]),
-                                         torch.tensor([-2.0, -2.0]), alpha=0.5, gamma=0.9)
+    target = diffsac.soft_bellman_target(
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([10.0, 10.0]),
+        torch.tensor([-2.0, -2.0]),
+        alpha=0.5,
+        gamma=0.9,
+    )
     torch.testing.assert_close(target, torch.tensor([10.9, 1.0]))
 
 
@@ -122,7 +130,9 @@ def test_annealed_alpha_raises_the_weight_on_q_linearly_from_alpha_start_to_alph
     and 1/alpha_t (the weight on Q in the surrogate alpha L - Q, divided by alpha_t) linear in p in between."""
     assert diffsac.annealed_alpha(0.2, 4.0, 0.0) == pytest.approx(4.0)
     assert diffsac.annealed_alpha(0.2, 4.0, 1.0) == pytest.approx(0.2)
-    assert diffsac.annealed_alpha(0.2, 4.0, 3.0) == pytest.approx(0.2) and diffsac.annealed_alpha(0.2, 4.0, -1.0) == pytest.approx(4.0)
+    assert diffsac.annealed_alpha(0.2, 4.0, 3.0) == pytest.approx(0.2) and diffsac.annealed_alpha(
+        0.2, 4.0, -1.0
+    ) == pytest.approx(4.0)
     inverse = [1 / diffsac.annealed_alpha(0.2, 4.0, p) for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert np.diff(inverse) == pytest.approx([np.diff(inverse)[0]] * 4)
     assert inverse[-1] - inverse[0] == pytest.approx(1 / 0.2 - 1 / 4.0)
@@ -131,8 +141,9 @@ def test_annealed_alpha_raises_the_weight_on_q_linearly_from_alpha_start_to_alph
 def exact_agent(obs_dim=3, action_dim=2, num_diffusion_steps=4):
     """The untrained chain with its mean network's output zeroed: exactly the reverse process of
     x_0 ~ N(0, I), so L = log pi(a) on every path (method.md §2), pi the law of a = c + h tanh(x_0)."""
-    agent = diffsac.Agent(obs_dim, action_dim, [-1.0] * action_dim, [2.0] * action_dim, num_diffusion_steps,
-                          hidden_dim=16).double()
+    agent = diffsac.Agent(
+        obs_dim, action_dim, [-1.0] * action_dim, [2.0] * action_dim, num_diffusion_steps, hidden_dim=16
+    ).double()
     with torch.no_grad():
         agent.actor.mean_net[-1].weight.zero_()
         agent.actor.mean_net[-1].bias.zero_()
@@ -167,4 +178,3 @@ def test_log_variance_loss_is_zero_when_alpha_l_minus_q_is_constant_at_each_stat
     batch_variance = (5.0 * obs.sum(-1)).var()
     assert batch_variance > 1.0  # so a variance over the batch would be far from zero
     assert torch.isfinite(entropy_estimate)
-

@@ -128,8 +128,9 @@ def test_tanh_change_of_variables_density_integrates_to_gaussian_cdf(script):
     mean, std, center, half_width = 0.4, 0.9, 1.0, 2.5
     a = torch.linspace(center - half_width, center + half_width, 400001)[1:-1]
     x = torch.atanh((a - center) / half_width)
-    log_density = (torch.distributions.Normal(mean, std).log_prob(x)
-                   - math.log(half_width) - script.log_one_minus_tanh_squared(x))
+    log_density = (
+        torch.distributions.Normal(mean, std).log_prob(x) - math.log(half_width) - script.log_one_minus_tanh_squared(x)
+    )
     cdf = torch.cumulative_trapezoid(log_density.exp(), a)
     for a_0 in (-0.5, 1.0, 2.9):
         index = int(torch.searchsorted(a, torch.tensor(a_0)))
@@ -184,8 +185,11 @@ def test_log_ratio_is_exact_for_gaussian_target_on_every_path(script, num_diffus
     exact_prior = torch.distributions.Normal(mus[-1], math.sqrt(variances[-1])).log_prob(chain[:, 0, 0])
     path_log_ratio = exact_prior + step_log_ratio.sum(1) - squash_log_det
     x_0 = chain[:, -1, 0]
-    log_pi = (torch.distributions.Normal(m, math.sqrt(v)).log_prob(x_0)
-              - torch.log(half_width[0]) - log_one_minus_tanh_squared_direct(x_0))
+    log_pi = (
+        torch.distributions.Normal(m, math.sqrt(v)).log_prob(x_0)
+        - torch.log(half_width[0])
+        - log_one_minus_tanh_squared_direct(x_0)
+    )
     torch.testing.assert_close(path_log_ratio, log_pi, atol=1e-6, rtol=1e-6)
 
 
@@ -195,14 +199,21 @@ def test_initial_actor_log_ratio_is_exact_log_policy(script):
     x_0 ~ N(0, I), path by path. This runs the actor's own sampler and its L.
     """
     torch.manual_seed(2)
-    agent = script.Agent(obs_dim=4, action_dim=3, action_low=[-1, -2, 0], action_high=[1, 2, 3], num_diffusion_steps=6).double()
+    agent = script.Agent(
+        obs_dim=4, action_dim=3, action_low=[-1, -2, 0], action_high=[1, 2, 3], num_diffusion_steps=6
+    ).double()
     zero_mean_network(agent.actor)
     chain, step_log_q = agent.actor.sample_chain(torch.randn(500, 4))
-    step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
+    step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
+        chain, step_log_q, agent.action_half_width
+    )
     path_log_ratio = log_prior + step_log_ratio.sum(1) - squash_log_det
     x_0 = chain[:, -1]
-    log_pi = (torch.distributions.Normal(0.0, 1.0).log_prob(x_0)
-              - torch.log(agent.action_half_width) - log_one_minus_tanh_squared_direct(x_0)).sum(-1)
+    log_pi = (
+        torch.distributions.Normal(0.0, 1.0).log_prob(x_0)
+        - torch.log(agent.action_half_width)
+        - log_one_minus_tanh_squared_direct(x_0)
+    ).sum(-1)
     torch.testing.assert_close(path_log_ratio, log_pi, atol=1e-6, rtol=1e-6)
 
 
@@ -226,7 +237,9 @@ def entropy_estimate_by_sampling(agent, obs, samples=400_000):
     """H_est = -E[L] by Monte Carlo, with its standard error, and the mean squash term."""
     with torch.no_grad():
         chain, step_log_q = agent.actor.sample_chain(obs.expand(samples, -1))
-        step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
+        step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
+            chain, step_log_q, agent.action_half_width
+        )
     path_log_ratio = log_prior + step_log_ratio.sum(1) - squash_log_det
     return -path_log_ratio.mean().item(), path_log_ratio.std().item() / math.sqrt(samples), squash_log_det.mean().item()
 

@@ -10,7 +10,9 @@ import diffwpo
 
 def make_agent(obs_dim=2, action_dim=2, num_diffusion_steps=3, seed=0):
     torch.manual_seed(seed)
-    agent = diffwpo.Agent(obs_dim, action_dim, [-1.0] * action_dim, [1.0] * action_dim, num_diffusion_steps, hidden_dim=32)
+    agent = diffwpo.Agent(
+        obs_dim, action_dim, [-1.0] * action_dim, [1.0] * action_dim, num_diffusion_steps, hidden_dim=32
+    )
     with torch.no_grad():
         agent.actor.mean_net[-1].weight.normal_(0, 0.3)
     return agent
@@ -51,8 +53,9 @@ def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q():
             return mean.mean(0), std[0]
 
         mean_before, std = policy_mean()
-        loss, _ = diffwpo.wpo_actor_loss(agent, quadratic_critic(center), obs, alpha=0.0,
-                                         fisher_preconditioner=fisher_preconditioner)
+        loss, _ = diffwpo.wpo_actor_loss(
+            agent, quadratic_critic(center), obs, alpha=0.0, fisher_preconditioner=fisher_preconditioner
+        )
         loss.backward()
         bias_gradient = agent.actor.mean_net[-1].bias.grad
         expected = 2 * (mean_before - center) / (1.0 if fisher_preconditioner else std**2)
@@ -62,8 +65,11 @@ def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q():
             agent.actor.mean_net[-1].bias -= 0.01 * bias_gradient
         mean_after, _ = policy_mean()
         step, gradient_of_q = mean_after - mean_before, -2 * (mean_before - center)
-        assert torch.nn.functional.cosine_similarity(step, gradient_of_q, dim=0) > 0.99 if fisher_preconditioner else \
-            torch.all(torch.sign(step) == torch.sign(gradient_of_q))
+        assert (
+            torch.nn.functional.cosine_similarity(step, gradient_of_q, dim=0) > 0.99
+            if fisher_preconditioner
+            else torch.all(torch.sign(step) == torch.sign(gradient_of_q))
+        )
 
 
 def test_bellman_target_inside_chain_uses_next_augmented_state_without_reward():
@@ -76,8 +82,9 @@ def test_bellman_target_inside_chain_uses_next_augmented_state_without_reward():
     obs, next_obs = torch.rand(batch, 1), torch.rand(batch, 1) + 5
     chains = torch.randn(batch, num_diffusion_steps + 1, 2)
     rewards, terminations = torch.randn(batch), (torch.rand(batch) < 0.5).float()
-    b_obs, x_k, k, x_previous, target = diffwpo.critic_targets(agent, critic, critic, obs, chains, rewards, next_obs,
-                                                               terminations, alpha=0.0, gamma=0.9)
+    b_obs, x_k, k, x_previous, target = diffwpo.critic_targets(
+        agent, critic, critic, obs, chains, rewards, next_obs, terminations, alpha=0.0, gamma=0.9
+    )
     assert set(k.tolist()) == set(range(1, num_diffusion_steps + 1))  # every step gets sampled
     rows = torch.arange(batch)
     torch.testing.assert_close(x_k, chains[rows, num_diffusion_steps - k])
@@ -90,8 +97,13 @@ def test_bellman_target_inside_chain_uses_next_augmented_state_without_reward():
 
 def test_augmented_bellman_target_by_hand():
     """Inside: y = V_next = 3. Last step: y = 1 + 0.5 * 3 = 2.5, or 1 when terminated."""
-    target = diffwpo.augmented_bellman_target(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 1.0]),
-                                              torch.tensor([False, True, True]), torch.tensor([3.0, 3.0, 3.0]), 0.5)
+    target = diffwpo.augmented_bellman_target(
+        torch.tensor([1.0, 1.0, 1.0]),
+        torch.tensor([0.0, 0.0, 1.0]),
+        torch.tensor([False, True, True]),
+        torch.tensor([3.0, 3.0, 3.0]),
+        0.5,
+    )
     torch.testing.assert_close(target, torch.tensor([3.0, 2.5, 1.0]))
 
 
@@ -103,8 +115,7 @@ def test_rolled_out_soft_value_accumulates_the_whole_path_log_ratio():
     zero = lambda obs, x_k, k, x: torch.zeros(len(obs))  # noqa: E731
     alpha = 0.7
     with torch.no_grad():
-        value = diffwpo.soft_value(agent, zero, zero, obs, torch.randn(len(obs), 2),
-                                   torch.full((len(obs),), 4), alpha)
+        value = diffwpo.soft_value(agent, zero, zero, obs, torch.randn(len(obs), 2), torch.full((len(obs),), 4), alpha)
         chain, step_log_q = agent.actor.sample_chain(obs)
         terms, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
         path_log_ratio = log_prior + terms.sum(1) - squash_log_det
@@ -124,5 +135,3 @@ def test_critic_gradient_vanishes_where_the_action_saturates():
         (gradients[scale],) = torch.autograd.grad(critic(obs, x_k, k, x).sum(), x)
     assert gradients[0.0].abs().mean() > 1e-3
     assert gradients[20.0].abs().max() < 1e-12
-
-

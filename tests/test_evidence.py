@@ -17,8 +17,16 @@ def write_summary(results_dir, grid, env_id, exp_name, seed, evaluation, curve=N
     folder = os.path.join(results_dir, grid, "summaries")
     os.makedirs(folder, exist_ok=True)
     curve = curve or {str(step): evaluation * step / 500_000 for step in range(5_000, 505_001, 5_000)}
-    summary = {"env_id": env_id, "exp_name": exp_name, "seed": seed, "deterministic_eval_mean": evaluation,
-               "running_mean_at": curve, "final_running_mean": evaluation, "wall_clock_s": 600.0 + seed, "last_step": 501_187}
+    summary = {
+        "env_id": env_id,
+        "exp_name": exp_name,
+        "seed": seed,
+        "deterministic_eval_mean": evaluation,
+        "running_mean_at": curve,
+        "final_running_mean": evaluation,
+        "wall_clock_s": 600.0 + seed,
+        "last_step": 501_187,
+    }
     with open(os.path.join(folder, f"{env_id}__{exp_name}__{seed}.json"), "w") as file:
         json.dump(summary, file)
 
@@ -39,8 +47,9 @@ def test_probability_of_improvement_equals_pairwise_count_averaged_over_tasks():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(3, 2)), rng.normal(size=(3, 2)) + 0.2
     y[0, 0] = x[1, 0]  # one tie, counted as one half
-    by_hand = np.mean([np.mean([(a > b) + 0.5 * (a == b) for a, b in itertools.product(x[:, task], y[:, task])])
-                       for task in range(2)])
+    by_hand = np.mean(
+        [np.mean([(a > b) + 0.5 * (a == b) for a, b in itertools.product(x[:, task], y[:, task])]) for task in range(2)]
+    )
     point, low, high = evidence.improvement_probability(x, y)
     assert point == pytest.approx(by_hand) and low <= point <= high
 
@@ -62,8 +71,10 @@ def test_bootstrap_interval_covers_the_iqm_and_is_reproducible():
     assert first[0] == pytest.approx(evidence.interquartile_mean(scores))
 
 
-@pytest.mark.parametrize("low,high,expected", [(0.6, 0.9, "**reproduced**"), (0.1, 0.4, "**refuted**"),
-                                               (0.3, 0.8, "not separated"), (0.5, 1.0, "not separated")])
+@pytest.mark.parametrize(
+    "low,high,expected",
+    [(0.6, 0.9, "**reproduced**"), (0.1, 0.4, "**refuted**"), (0.3, 0.8, "not separated"), (0.5, 1.0, "not separated")],
+)
 def test_verdict_rule(low, high, expected):
     assert evidence.verdict(low, high) == expected
     words = {"**reproduced**": "**X better**", "**refuted**": "**Y better**", "not separated": "not separated"}
@@ -71,10 +82,19 @@ def test_verdict_rule(low, high, expected):
 
 
 def test_a_pair_that_wins_every_seed_on_every_task_is_reproduced_and_the_reverse_refuted(tmp_path):
-    onpolicy_grid(tmp_path, {("Hopper-v4", "diffppo"): [900, 950, 1000], ("Hopper-v4", "ppo"): [100, 200, 300],
-                             ("Walker2d-v4", "diffppo"): [1900, 2000, 2100], ("Walker2d-v4", "ppo"): [500, 600, 700],
-                             ("Hopper-v4", "diffreppo"): [10, 20, 30], ("Hopper-v4", "reppo"): [500, 600, 700],
-                             ("Walker2d-v4", "diffreppo"): [110, 120, 130], ("Walker2d-v4", "reppo"): [900, 1000, 1100]})
+    onpolicy_grid(
+        tmp_path,
+        {
+            ("Hopper-v4", "diffppo"): [900, 950, 1000],
+            ("Hopper-v4", "ppo"): [100, 200, 300],
+            ("Walker2d-v4", "diffppo"): [1900, 2000, 2100],
+            ("Walker2d-v4", "ppo"): [500, 600, 700],
+            ("Hopper-v4", "diffreppo"): [10, 20, 30],
+            ("Hopper-v4", "reppo"): [500, 600, 700],
+            ("Walker2d-v4", "diffreppo"): [110, 120, 130],
+            ("Walker2d-v4", "reppo"): [900, 1000, 1100],
+        },
+    )
     runs = evidence.load_runs(str(tmp_path), evidence.ONPOLICY)
     text, results = evidence.aggregate_table(runs, evidence.ONPOLICY, REFERENCES)
     assert results[("diffppo", "ppo")][0] == (1.0, 1.0, 1.0)
@@ -89,8 +109,10 @@ def test_rebuild_fills_the_page_reports_missing_runs_and_is_stable(tmp_path, rep
     results = tmp_path / "results"
     onpolicy_grid(results, {("Hopper-v4", "diffppo"): [900, 950, 1000], ("Hopper-v4", "ppo"): [100, 200, 300]})
     page = tmp_path / "page.md"
-    page.write_text("# Title\n\n<!-- generated:claims -->\nold\n<!-- /generated:claims -->\n\ntext kept\n\n"
-                    "<!-- generated:onpolicy_500k -->\n<!-- /generated:onpolicy_500k -->\n")
+    page.write_text(
+        "# Title\n\n<!-- generated:claims -->\nold\n<!-- /generated:claims -->\n\ntext kept\n\n"
+        "<!-- generated:onpolicy_500k -->\n<!-- /generated:onpolicy_500k -->\n"
+    )
     command = ["-m", "benchmarks.evidence", "--pages", str(page), "--results-dir", str(results)]
     assert run_script(command + ["--check"], cwd=repo_root).returncode == 1  # out of date before the first rebuild
     first = run_script(command, cwd=repo_root)
@@ -101,7 +123,9 @@ def test_rebuild_fills_the_page_reports_missing_runs_and_is_stable(tmp_path, rep
     assert "| Hopper-v4 | DiffPPO | 3 of 3 | 950.0 (900, 950, 1000) |" in text
     assert "| Walker2d-v4 | DiffPPO | 0 of 3 | not run yet |" in text
     # Hopper alone is complete, and the verdict says it covers Hopper alone.
-    assert "DiffPPO vs PPO: P(X > Y) = 1.00 [1.00, 1.00], **reproduced** (Hopper only; Walker2d not measured yet)" in text
+    assert (
+        "DiffPPO vs PPO: P(X > Y) = 1.00 [1.00, 1.00], **reproduced** (Hopper only; Walker2d not measured yet)" in text
+    )
     assert "DiffREPPO vs REPPO: not measured yet" in text
     assert "--workdir results/onpolicy_500k" in text
     assert (tmp_path / "evidence_onpolicy_500k.png").stat().st_size > 10_000
@@ -126,7 +150,9 @@ def test_sample_efficiency_curve_uses_the_recorded_steps_and_has_no_gaps(tmp_pat
 def test_a_block_the_command_does_not_make_is_refused(tmp_path, repo_root):
     page = tmp_path / "page.md"
     page.write_text("<!-- generated:nonsense -->\n<!-- /generated:nonsense -->\n")
-    result = run_script(["-m", "benchmarks.evidence", "--pages", str(page), "--results-dir", str(tmp_path)], cwd=repo_root)
+    result = run_script(
+        ["-m", "benchmarks.evidence", "--pages", str(page), "--results-dir", str(tmp_path)], cwd=repo_root
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "generated blocks this command does not make: nonsense" in result.stderr
 

@@ -91,7 +91,9 @@ def test_share_rule_and_weight_bar_against_unequal_targets():
     assert not covers_every_mode(np.array([0.69, 0.1, 0.21]), target)  # 0.1 < 0.15: the middle mode starved
     assert not covers_every_mode(np.array([0.3, 0.3, 0.4]), target)  # 0.4 > 1.5 * 0.2
     assert covers_every_mode(np.array([0.3, 0.3, 0.4]))  # ... which the equal-mode default (1/3 each) accepts
-    assert weights_match(np.array([0.54, 0.27, 0.19]), target) and not weights_match(np.array([0.56, 0.25, 0.19]), target)
+    assert weights_match(np.array([0.54, 0.27, 0.19]), target) and not weights_match(
+        np.array([0.56, 0.25, 0.19]), target
+    )
 
 
 def test_bandits_are_one_step_and_turn_task_is_eight_steps_of_the_same_reward():
@@ -132,15 +134,33 @@ def test_mode_shares_total_variation_and_coverage_on_known_samples():
     assert histogram(np.array([[-0.99], [-0.01], [0.01], [0.99]]), 2).tolist() == [0.5, 0.5]
     assert covers_every_mode(np.array([0.5, 0.5])) and covers_every_mode(np.array([0.26, 0.74]))
     assert not covers_every_mode(np.array([0.24, 0.76])) and not covers_every_mode(np.array([1.0, 0.0]))
-    assert covers_every_mode(np.array([0.125, 0.375, 0.25, 0.25])) and not covers_every_mode(np.array([0.1, 0.4, 0.25, 0.25]))
+    assert covers_every_mode(np.array([0.125, 0.375, 0.25, 0.25])) and not covers_every_mode(
+        np.array([0.1, 0.4, 0.25, 0.25])
+    )
     assert not covers_every_mode(np.array([0.4, 0.2, 0.2, 0.2]))  # one mode above 1.5/M, none below 0.5/M
 
 
 def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_root):
-    command = ["-m", "benchmarks.multimodal", "--script", "diffsac.py", "--env-id", "DoubleWellBandit-v0",
-               "--seeds", "1", "--total-timesteps", "600", "--samples", "500", "--workdir", str(tmp_path),
-               "--out-dir", str(tmp_path / "out"), "--exp-suffix=-short",
-               "--extra=--learning-starts 256 --batch-size 64 --hidden-dim 64 --num-diffusion-steps 2"]
+    command = [
+        "-m",
+        "benchmarks.multimodal",
+        "--script",
+        "diffsac.py",
+        "--env-id",
+        "DoubleWellBandit-v0",
+        "--seeds",
+        "1",
+        "--total-timesteps",
+        "600",
+        "--samples",
+        "500",
+        "--workdir",
+        str(tmp_path),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--exp-suffix=-short",
+        "--extra=--learning-starts 256 --batch-size 64 --hidden-dim 64 --num-diffusion-steps 2",
+    ]
     result = run_script(command, cwd=repo_root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--no-autotune" in result.stdout and "--alpha 0.2" in result.stdout
@@ -156,10 +176,18 @@ def test_multimodal_command_trains_and_writes_plot_and_numbers(tmp_path, repo_ro
     assert os.path.getsize(tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short__chain.png") > 10000
     # The same command again analyses the finished run without training it; other flags under the same name are refused.
     again = run_script(command, cwd=repo_root)
-    assert again.returncode == 0 and "[done] DoubleWellBandit-v0__diffsac-short__1" in again.stdout and "[run]" not in again.stdout
+    assert (
+        again.returncode == 0
+        and "[done] DoubleWellBandit-v0__diffsac-short__1" in again.stdout
+        and "[run]" not in again.stdout
+    )
     assert (tmp_path / "out" / "DoubleWellBandit-v0__diffsac-short.md").read_text().splitlines()[2] == row
     changed = run_script([*command, "--alpha", "0.3"], cwd=repo_root)
-    assert changed.returncode == 2 and "finished before with other flags" in changed.stderr and "--exp-suffix" in changed.stderr
+    assert (
+        changed.returncode == 2
+        and "finished before with other flags" in changed.stderr
+        and "--exp-suffix" in changed.stderr
+    )
 
 
 def test_multimodal_command_rejects_other_envs(tmp_path, repo_root):
@@ -173,10 +201,10 @@ def test_mass_near_modes_matches_gaussian_closed_forms():
     # pi* ~ exp(-|a|^2 / (2 alpha)) is N(0, alpha I) (truncation at +-1 negligible for alpha = 0.01, sigma = 0.1):
     # mass within r of the mode 0 is erf(r / (sigma sqrt 2)) in 1-D and 1 - exp(-r^2 / (2 sigma^2)) in 2-D.
     sigma, radius = 0.1, 0.15
-    one_d = target_mass_near_modes(lambda a: -(a ** 2).sum(-1) / 2, np.zeros((1, 1)), sigma ** 2, radius, points=4000)
+    one_d = target_mass_near_modes(lambda a: -(a**2).sum(-1) / 2, np.zeros((1, 1)), sigma**2, radius, points=4000)
     assert one_d[0] == pytest.approx(math.erf(radius / (sigma * math.sqrt(2))), abs=1e-4)
-    two_d = target_mass_near_modes(lambda a: -(a ** 2).sum(-1) / 2, np.zeros((1, 2)), sigma ** 2, radius, points=800)
-    assert two_d[0] == pytest.approx(1 - math.exp(-radius ** 2 / (2 * sigma ** 2)), abs=2e-3)
+    two_d = target_mass_near_modes(lambda a: -(a**2).sum(-1) / 2, np.zeros((1, 2)), sigma**2, radius, points=800)
+    assert two_d[0] == pytest.approx(1 - math.exp(-(radius**2) / (2 * sigma**2)), abs=2e-3)
     actions = np.array([[0.0], [0.05], [0.15], [-0.45], [0.6]])  # 0.15: outside the radius 0.1
     assert mass_near_modes(actions, np.array([[0.0], [-0.5]]), 0.1).tolist() == [0.4, 0.2]
     assert mode_radius(DOUBLE_WELL_MODES) == pytest.approx(0.125)
@@ -199,16 +227,20 @@ def test_strict_coverage_rejects_a_broad_bump_that_the_share_rule_accepts():
     assert not covers_every_mode_strictly(shares, mass_near_modes(bump, modes, radius), target_near)
     # One well only fails both.
     one_well = exact[exact[:, 0] > 0]
-    assert not covers_every_mode_strictly(mode_shares(one_well, modes), mass_near_modes(one_well, modes, radius), target_near)
+    assert not covers_every_mode_strictly(
+        mode_shares(one_well, modes), mass_near_modes(one_well, modes, radius), target_near
+    )
 
 
 def test_every_script_gets_flags_that_fix_the_temperature_on_the_raw_reward():
     from benchmarks.multimodal import fixed_temperature_flags
+
     assert fixed_temperature_flags("diffsac.py", 0.2) == ["--no-autotune"]
     assert fixed_temperature_flags("baselines/ppo.py", 0.2) == ["--no-norm-reward"]
     reppo = fixed_temperature_flags("diffreppo.py", 0.2)
     assert "--no-norm-reward" in reppo and "--no-autotune" in reppo and "--v-min" in reppo
-    # the peers: rewards scaled by 1/alpha, so that SDAC's softmax of Q * alpha_0 / alpha (alpha = alpha_0) is exp(r / alpha)
+    # the peers: rewards scaled by 1/alpha, so that SDAC's softmax of Q * alpha_0 / alpha (alpha = alpha_0)
+    # is exp(r / alpha)
     for script in ("peers/sdac.py", "peers/dpmd.py"):
         flags = fixed_temperature_flags(script, 0.25)
         assert flags[:1] == ["--no-autotune"] and float(flags[flags.index("--reward-scale") + 1]) == 4.0

@@ -11,14 +11,34 @@ from conftest import run_script, single_run_dir
 from benchmarks.logs import read_scalars
 from peers import dpmd, sdac
 
-SMALL = ["--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "32", "--num-hidden-layers", "2",
-         "--num-particles", "4", "--num-diffusion-steps", "5", "--num-envs", "2"]
+SMALL = [
+    "--learning-starts",
+    "256",
+    "--batch-size",
+    "64",
+    "--hidden-dim",
+    "32",
+    "--num-hidden-layers",
+    "2",
+    "--num-particles",
+    "4",
+    "--num-diffusion-steps",
+    "5",
+    "--num-envs",
+    "2",
+]
 
 
 def make_policy(module=dpmd, steps=20, scale=0.8):
     torch.manual_seed(0)
-    return module.DiffusionPolicy(obs_dim=3, action_dim=2, num_diffusion_steps=steps, beta_schedule_scale=scale,
-                                  hidden_dim=16, num_hidden_layers=2)
+    return module.DiffusionPolicy(
+        obs_dim=3,
+        action_dim=2,
+        num_diffusion_steps=steps,
+        beta_schedule_scale=scale,
+        hidden_dim=16,
+        num_hidden_layers=2,
+    )
 
 
 @pytest.mark.parametrize("module", [dpmd, sdac])
@@ -71,7 +91,7 @@ def test_x0_reconstruction_inverts_the_forward_noising(module):
 def test_posterior_coefficients_are_bayes_rule_for_the_previous_step(module):
     """q(x_{t-1} | x_t, x_0) ~ N(x_t; sqrt(1-b_t) x_{t-1}, b_t) N(x_{t-1}; sqrt(abar_{t-1}) x_0, 1 - abar_{t-1})."""
     policy = make_policy(module)
-    betas = (0.8 * torch.linspace(1e-4, 0.999, 20, dtype=torch.float64))
+    betas = 0.8 * torch.linspace(1e-4, 0.999, 20, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0)
     for t in range(1, 20):
         precision = (1 - betas[t]) / betas[t] + 1 / (1 - abar[t - 1])
@@ -106,8 +126,16 @@ def test_sampled_actions_stay_in_the_box(module):
 
 def make_agent(module, particles=6):
     torch.manual_seed(0)
-    return module.Agent(obs_dim=3, action_dim=2, action_low=[-2.0, 0.0], action_high=[2.0, 1.0], num_diffusion_steps=4,
-                        num_particles=particles, hidden_dim=16, num_hidden_layers=2)
+    return module.Agent(
+        obs_dim=3,
+        action_dim=2,
+        action_low=[-2.0, 0.0],
+        action_high=[2.0, 1.0],
+        num_diffusion_steps=4,
+        num_particles=particles,
+        hidden_dim=16,
+        num_hidden_layers=2,
+    )
 
 
 @pytest.mark.parametrize("module", [dpmd, sdac])
@@ -117,7 +145,9 @@ def test_best_of_n_picks_the_candidate_with_the_highest_min_q(module, monkeypatc
     monkeypatch.setattr(agent.policy, "sample", lambda obs: candidates)
     monkeypatch.setattr(agent, "min_q", lambda obs, x: -((x - target) ** 2).sum(-1))
     chosen = agent.best_of_n(torch.zeros(4, 3))
-    expected = candidates.view(4, 6, 2)[torch.arange(4), (-((candidates.view(4, 6, 2) - target) ** 2).sum(-1)).argmax(1)]
+    expected = candidates.view(4, 6, 2)[
+        torch.arange(4), (-((candidates.view(4, 6, 2) - target) ** 2).sum(-1)).argmax(1)
+    ]
     torch.testing.assert_close(chosen, expected)
 
 
@@ -126,7 +156,9 @@ def test_act_scales_into_the_action_box_and_deterministic_has_no_exploration_noi
     agent = make_agent(module)
     agent.exploration_std.fill_(10.0)  # huge noise: explored actions hit the box edges
     monkeypatch.setattr(agent, "best_of_n", lambda obs: torch.zeros(obs.shape[0], 2))
-    torch.testing.assert_close(agent.act(torch.zeros(5, 3), deterministic=True), torch.tensor([[0.0, 0.5]]).expand(5, 2))
+    torch.testing.assert_close(
+        agent.act(torch.zeros(5, 3), deterministic=True), torch.tensor([[0.0, 0.5]]).expand(5, 2)
+    )
     explored = agent.act(torch.zeros(2000, 3))
     assert explored[:, 0].min() == -2.0 and explored[:, 0].max() == 2.0 and explored[:, 1].min() == 0.0
 
@@ -183,19 +215,27 @@ def test_policy_learning_rate_decays_linearly_between_the_reference_steps():
     args = dpmd.Args()
     assert dpmd.policy_learning_rate(args, 0) == 3e-4 and dpmd.policy_learning_rate(args, 25000) == 3e-4
     assert dpmd.policy_learning_rate(args, 50000) == pytest.approx(1.65e-4)
-    assert dpmd.policy_learning_rate(args, 75000) == pytest.approx(3e-5) == dpmd.policy_learning_rate(args, 10 ** 6)
+    assert dpmd.policy_learning_rate(args, 75000) == pytest.approx(3e-5) == dpmd.policy_learning_rate(args, 10**6)
 
 
 @pytest.mark.parametrize("script", ["peers/dpmd.py", "peers/sdac.py"])
 @pytest.mark.parametrize("env_id", ["Hopper-v4", "Pendulum-v1"])
 def test_smoke_training_logs_every_tag(tmp_path, repo_root, script, env_id):
-    result = run_script([os.path.join(repo_root, script), "--env-id", env_id, "--total-timesteps", "1200", *SMALL],
-                        cwd=tmp_path)
+    result = run_script(
+        [os.path.join(repo_root, script), "--env-id", env_id, "--total-timesteps", "1200", *SMALL], cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "step      1200/1200" in result.stdout and "updates/s" in result.stdout
     run_dir = single_run_dir(tmp_path)
-    for tag in ["charts/episodic_return", "charts/SPS", "charts/alpha", "charts/exploration_entropy",
-                "losses/qf1_loss", "losses/qf2_loss", "losses/actor_loss"]:
+    for tag in [
+        "charts/episodic_return",
+        "charts/SPS",
+        "charts/alpha",
+        "charts/exploration_entropy",
+        "losses/qf1_loss",
+        "losses/qf2_loss",
+        "losses/actor_loss",
+    ]:
         _, values = read_scalars(run_dir, tag)
         assert len(values) > 0 and all(math.isfinite(v) for v in values), tag
 
@@ -210,8 +250,10 @@ def test_save_model_then_evaluate_checkpoint_then_resume_as_a_module(tmp_path, r
     evaluation = run_script(["-m", "common.evaluation", checkpoint, "--episodes", "2"], cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr
     assert "Pendulum-v1 (deterministic, 2 episodes): mean return" in evaluation.stdout
-    resumed = run_script([os.path.join(repo_root, "peers", f"{name}.py"), *common, "--total-timesteps", "1200",
-                          "--resume", checkpoint], cwd=tmp_path)
+    resumed = run_script(
+        [os.path.join(repo_root, "peers", f"{name}.py"), *common, "--total-timesteps", "1200", "--resume", checkpoint],
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout and "at step 600" in resumed.stdout and "step      1200/1200" in resumed.stdout
     other = "sdac" if name == "dpmd" else "dpmd"
@@ -220,14 +262,17 @@ def test_save_model_then_evaluate_checkpoint_then_resume_as_a_module(tmp_path, r
 
 
 @pytest.mark.parametrize("script", ["peers/dpmd.py", "peers/sdac.py"])
-@pytest.mark.parametrize("flags,expected", [
-    (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
-    (["--num-diffusion-steps", "0"], "--num-diffusion-steps must be at least 1 (got 0)"),
-    (["--num-particles", "0"], "--num-particles must be at least 1 (got 0)"),
-    (["--alpha", "nan"], "--alpha must be a finite number (got nan)"),
-    (["--beta-schedule-scale", "1.5"], "--beta-schedule-scale must be in (0, 1]"),
-    (["--learning-starts", "100", "--batch-size", "256"], "--learning-starts 100 is below --batch-size 256"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--env-id", "MountainCar-v0"], "--env-id MountainCar-v0 has a Discrete action space"),
+        (["--num-diffusion-steps", "0"], "--num-diffusion-steps must be at least 1 (got 0)"),
+        (["--num-particles", "0"], "--num-particles must be at least 1 (got 0)"),
+        (["--alpha", "nan"], "--alpha must be a finite number (got nan)"),
+        (["--beta-schedule-scale", "1.5"], "--beta-schedule-scale must be in (0, 1]"),
+        (["--learning-starts", "100", "--batch-size", "256"], "--learning-starts 100 is below --batch-size 256"),
+    ],
+)
 def test_bad_input_gives_one_clear_line(tmp_path, repo_root, script, flags, expected):
     result = run_script([os.path.join(repo_root, script), *flags], cwd=tmp_path)
     assert result.returncode == 2, result.stderr

@@ -29,8 +29,18 @@ from common.replay_buffer import (
     save_with_replay_buffer,
 )
 
-SCRIPTS = ["diffppo.py", "diffsac.py", "diffwpo.py", "diffreppo.py", "baselines/ppo.py", "baselines/sac.py",
-           "baselines/wpo.py", "baselines/reppo.py", "peers/dpmd.py", "peers/sdac.py"]
+SCRIPTS = [
+    "diffppo.py",
+    "diffsac.py",
+    "diffwpo.py",
+    "diffreppo.py",
+    "baselines/ppo.py",
+    "baselines/sac.py",
+    "baselines/wpo.py",
+    "baselines/reppo.py",
+    "peers/dpmd.py",
+    "peers/sdac.py",
+]
 OFF_POLICY = ["diffsac.py", "diffwpo.py", "baselines/sac.py", "baselines/wpo.py", "peers/dpmd.py", "peers/sdac.py"]
 
 
@@ -40,6 +50,7 @@ def module_of(script: str) -> str:
 
 def fake_checkpoint(path, script_module: str, args, global_step: int = 1000) -> str:
     from dataclasses import asdict
+
     torch.save({"script": script_module, "args": asdict(args), "global_step": global_step}, path)
     return str(path)
 
@@ -49,27 +60,33 @@ def fake_checkpoint(path, script_module: str, args, global_step: int = 1000) -> 
 # ----------------------------------------------------------------------------------------------
 def test_resume_takes_the_saved_flags_without_repeating_them(tmp_path):
     diffppo = importlib.import_module("diffppo")
-    path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffppo",
-                           diffppo.Args(num_steps=256, env_id="Pendulum-v1", exp_name="mine"))
+    path = fake_checkpoint(
+        tmp_path / "c.cleanrl_model", "diffppo", diffppo.Args(num_steps=256, env_id="Pendulum-v1", exp_name="mine")
+    )
     args, checkpoint = parse_args(diffppo.Args, "diffppo", diffppo.CHECKS, ["--resume", path])
     assert (args.num_steps, args.env_id, args.exp_name, args.resume) == (256, "Pendulum-v1", "mine", path)
-    args, _ = parse_args(diffppo.Args, "diffppo", diffppo.CHECKS,
-                         [f"--resume={path}", "--total-timesteps", "5000", "--num-steps", "256"])
+    args, _ = parse_args(
+        diffppo.Args, "diffppo", diffppo.CHECKS, [f"--resume={path}", "--total-timesteps", "5000", "--num-steps", "256"]
+    )
     assert args.total_timesteps == 5000 and args.num_steps == 256  # repeating a saved value is fine
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--num-steps", "2048"], "--num-steps 2048 differs from the resumed run's 256"),
-    (["--exp-name", "other"], "--exp-name other differs from the resumed run's mine"),
-    (["--total-timesteps", "1000"], "--total-timesteps 1000 is not beyond the checkpoint's step 1000"),
-    (["--total-timesteps", "10"], "is not beyond the checkpoint's step 1000"),
-    (["--eval-episodes", "0"], "--eval-episodes must be at least 1"),
-    (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--num-steps", "2048"], "--num-steps 2048 differs from the resumed run's 256"),
+        (["--exp-name", "other"], "--exp-name other differs from the resumed run's mine"),
+        (["--total-timesteps", "1000"], "--total-timesteps 1000 is not beyond the checkpoint's step 1000"),
+        (["--total-timesteps", "10"], "is not beyond the checkpoint's step 1000"),
+        (["--eval-episodes", "0"], "--eval-episodes must be at least 1"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+    ],
+)
 def test_resume_refuses_a_changed_flag_or_a_target_already_reached(tmp_path, flags, expected):
     diffppo = importlib.import_module("diffppo")
-    path = fake_checkpoint(tmp_path / "c.cleanrl_model", "diffppo",
-                           diffppo.Args(num_steps=256, env_id="Pendulum-v1", exp_name="mine"))
+    path = fake_checkpoint(
+        tmp_path / "c.cleanrl_model", "diffppo", diffppo.Args(num_steps=256, env_id="Pendulum-v1", exp_name="mine")
+    )
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
         parse_args(diffppo.Args, "diffppo", diffppo.CHECKS, ["--resume", path, *flags])
 
@@ -109,6 +126,7 @@ def test_progress_gives_no_time_left_during_random_steps_then_the_learning_rate(
     not shown; once learning runs, the time left is the steps left at the rate since the previous line."""
     import io
     import types
+
     clock = iter([0.0, 1.0, 2.0, 102.0])
     monkeypatch.setattr(runs, "time", types.SimpleNamespace(time=lambda: next(clock)))
     stream = io.StringIO()
@@ -243,13 +261,31 @@ def test_a_kill_anywhere_in_a_save_leaves_a_checkpoint_with_the_buffer_of_its_ow
 
 @pytest.mark.parametrize("script", ["diffsac.py", "peers/sdac.py"])
 def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step(tmp_path, monkeypatch, script):
-    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "100000", "--learning-starts", "300", "--batch-size", "64",
-             "--save-model", "--checkpoint-frequency", "400", "--hidden-dim", "64"]
+    flags = [
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        "100000",
+        "--learning-starts",
+        "300",
+        "--batch-size",
+        "64",
+        "--save-model",
+        "--checkpoint-frequency",
+        "400",
+        "--hidden-dim",
+        "64",
+    ]
     if script.startswith("peers"):
         flags += ["--num-diffusion-steps", "3", "--num-particles", "2", "--num-reconstructions", "4"]
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, script), *flags], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO_ROOT, script), *flags],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     while not glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model")) and time.time() < deadline:
         time.sleep(0.5)
@@ -274,8 +310,22 @@ def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step
 
 def test_killed_on_policy_run_resumes_with_its_normaliser_optimiser_and_step(tmp_path, monkeypatch):
     import gymnasium as gym
-    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "1024", "--num-steps", "512", "--save-model",
-             "--checkpoint-frequency", "1", "--num-diffusion-steps", "2", "--eval-episodes", "1"]
+
+    flags = [
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        "1024",
+        "--num-steps",
+        "512",
+        "--save-model",
+        "--checkpoint-frequency",
+        "1",
+        "--num-diffusion-steps",
+        "2",
+        "--eval-episodes",
+        "1",
+    ]
     result = run_script([os.path.join(REPO_ROOT, "diffppo.py"), *flags], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     model_path = glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model"))[0]
@@ -300,9 +350,24 @@ def test_killed_on_policy_run_resumes_with_its_normaliser_optimiser_and_step(tmp
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_checkpoint_and_exits_128_plus_signal(tmp_path, signal_number):
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "diffsac.py"), "--env-id", "Pendulum-v1",
-                                "--learning-starts", "300", "--batch-size", "64", "--save-model"],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "diffsac.py"),
+            "--env-id",
+            "Pendulum-v1",
+            "--learning-starts",
+            "300",
+            "--batch-size",
+            "64",
+            "--save-model",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not glob.glob(str(tmp_path / "runs" / "*" / "events.*")) and time.time() < deadline:
         time.sleep(0.2)
@@ -322,8 +387,19 @@ def test_resume_from_an_older_checkpoint_leaves_one_curve_in_tensorboard(tmp_pat
     (here: the run went on to 2,000 and its checkpoint is put back to step 1,000). Resuming must drop
     the abandoned 1,000..2,000 segment; without the purge every episode step after 1,000 appears twice."""
     script = os.path.join(REPO_ROOT, "baselines/sac.py")
-    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "500", "--batch-size", "64", "--hidden-dim", "64",
-             "--save-model", "--eval-episodes", "1"]
+    flags = [
+        "--env-id",
+        "Pendulum-v1",
+        "--learning-starts",
+        "500",
+        "--batch-size",
+        "64",
+        "--hidden-dim",
+        "64",
+        "--save-model",
+        "--eval-episodes",
+        "1",
+    ]
     assert run_script([script, *flags, "--total-timesteps", "1000"], cwd=tmp_path).returncode == 0
     run_dir = single_run_dir(tmp_path)
     model_path = os.path.join(run_dir, "sac.cleanrl_model")
@@ -346,11 +422,17 @@ def test_resume_from_an_older_checkpoint_leaves_one_curve_in_tensorboard(tmp_pat
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_flags_are_refused_before_any_work(tmp_path, script):
-    float_flag = {"diffppo.py": "--learning-rate", "baselines/ppo.py": "--learning-rate", "diffreppo.py": "--learning-rate",
-                  "baselines/reppo.py": "--learning-rate"}.get(script, "--q-lr")
+    float_flag = {
+        "diffppo.py": "--learning-rate",
+        "baselines/ppo.py": "--learning-rate",
+        "diffreppo.py": "--learning-rate",
+        "baselines/reppo.py": "--learning-rate",
+    }.get(script, "--q-lr")
     # Every float flag and --eval-episodes are checked in-process above; here each script's command line.
-    for flags, expected in [([float_flag, "nan", "--eval-episodes", "1"], f"{float_flag} must be a finite number (got nan)"),
-                            (["--hidden-dim", "10000000", "--env-id", "Pendulum-v1"], "GiB available")]:
+    for flags, expected in [
+        ([float_flag, "nan", "--eval-episodes", "1"], f"{float_flag} must be a finite number (got nan)"),
+        (["--hidden-dim", "10000000", "--env-id", "Pendulum-v1"], "GiB available"),
+    ]:
         result = run_script([os.path.join(REPO_ROOT, script), *flags], cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
@@ -384,13 +466,28 @@ def submitit_task_pid(root_pid: int) -> int:
 def test_a_resumed_grid_run_takes_its_target_and_threads_from_the_grid_command_and_nothing_else(tmp_path):
     from benchmarks import grid as benchmark
     from common.cli import CHANGEABLE_ON_RESUME
-    args = benchmark.Args(scripts=["baselines/sac.py"], env_ids=["Pendulum-v1"], seeds=[1], total_timesteps=3000,
-                          workdir=str(tmp_path), extra="--learning-starts 1000 --torch-threads=2 --save-model "
-                                                       "--eval-episodes 3 --torch-threads 4")
+
+    args = benchmark.Args(
+        scripts=["baselines/sac.py"],
+        env_ids=["Pendulum-v1"],
+        seeds=[1],
+        total_timesteps=3000,
+        workdir=str(tmp_path),
+        extra="--learning-starts 1000 --torch-threads=2 --save-model --eval-episodes 3 --torch-threads 4",
+    )
     run = benchmark.build_grid(args)[0]
     command = benchmark.resume_command(run, "runs/x/sac.cleanrl_model")
-    assert command[1:] == [run.script, "--resume", "runs/x/sac.cleanrl_model", "--total-timesteps", "3000",
-                           "--torch-threads", "4", "--eval-episodes", "3"]  # the last --torch-threads wins
+    assert command[1:] == [
+        run.script,
+        "--resume",
+        "runs/x/sac.cleanrl_model",
+        "--total-timesteps",
+        "3000",
+        "--torch-threads",
+        "4",
+        "--eval-episodes",
+        "3",
+    ]  # the last --torch-threads wins
     # Every carried flag is one the scripts accept on --resume (the others would be refused there).
     assert {flag[2:].replace("-", "_") for flag in benchmark.CARRIED_ON_RESUME} <= set(CHANGEABLE_ON_RESUME)
 
@@ -399,11 +496,17 @@ def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_
     import submitit
 
     from benchmarks import grid as benchmark
+
     monkeypatch.setenv("PYTHONPATH", REPO_ROOT)
-    args = benchmark.Args(scripts=["baselines/sac.py"], env_ids=["Pendulum-v1"], seeds=[1], total_timesteps=3000,
-                          workdir=str(tmp_path), executor="submitit-local",
-                          extra="--learning-starts 1000 --batch-size 64 --save-model --checkpoint-frequency 200 "
-                                "--eval-episodes 1")
+    args = benchmark.Args(
+        scripts=["baselines/sac.py"],
+        env_ids=["Pendulum-v1"],
+        seeds=[1],
+        total_timesteps=3000,
+        workdir=str(tmp_path),
+        executor="submitit-local",
+        extra="--learning-starts 1000 --batch-size 64 --save-model --checkpoint-frequency 200 --eval-episodes 1",
+    )
     run = benchmark.build_grid(args)[0]
     executor = submitit.AutoExecutor(folder=str(tmp_path / "submitit"), cluster="local")
     executor.update_parameters(timeout_min=10)
@@ -430,28 +533,60 @@ def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_
 # A user's own environment, video, Weights and Biases
 # ----------------------------------------------------------------------------------------------
 def run_with_tests_importable(args, cwd, extra_env=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.path.join(REPO_ROOT, "tests")]),
-           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.path.join(REPO_ROOT, "tests")]),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        **(extra_env or {}),
+    }
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_env_id_module_colon_id_imports_the_users_package_first(tmp_path):
-    result = run_with_tests_importable([os.path.join(REPO_ROOT, "diffsac.py"), "--env-id", "user_envs:UserBandit-v0",
-                                        "--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "32",
-                                        "--save-model", "--eval-episodes", "2"], tmp_path)
+    result = run_with_tests_importable(
+        [
+            os.path.join(REPO_ROOT, "diffsac.py"),
+            "--env-id",
+            "user_envs:UserBandit-v0",
+            "--total-timesteps",
+            "400",
+            "--learning-starts",
+            "200",
+            "--batch-size",
+            "32",
+            "--save-model",
+            "--eval-episodes",
+            "2",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "evaluation (2 deterministic episodes): mean return" in result.stdout
     checkpoint = glob.glob(str(tmp_path / "runs" / "*" / "diffsac.cleanrl_model"))[0]
     evaluation = run_with_tests_importable(["-m", "common.evaluation", checkpoint, "--episodes", "2"], tmp_path)
     assert evaluation.returncode == 0 and "user_envs:UserBandit-v0" in evaluation.stdout, evaluation.stderr
-    missing = run_script([os.path.join(REPO_ROOT, "diffsac.py"), "--env-id", "no_such_package:UserBandit-v0"], cwd=tmp_path)
+    missing = run_script(
+        [os.path.join(REPO_ROOT, "diffsac.py"), "--env-id", "no_such_package:UserBandit-v0"], cwd=tmp_path
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "cannot import module 'no_such_package'" in missing.stderr
 
 
 def test_capture_video_on_classic_control_writes_videos(tmp_path):
-    result = run_script([os.path.join(REPO_ROOT, "baselines/ppo.py"), "--env-id", "Pendulum-v1", "--total-timesteps",
-                         "1024", "--num-steps", "1024", "--capture-video"], cwd=tmp_path)
+    result = run_script(
+        [
+            os.path.join(REPO_ROOT, "baselines/ppo.py"),
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "1024",
+            "--num-steps",
+            "1024",
+            "--capture-video",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     videos = glob.glob(str(tmp_path / "videos" / "*" / "*.mp4"))
     assert videos and all(os.path.getsize(path) > 1000 for path in videos)
@@ -459,18 +594,34 @@ def test_capture_video_on_classic_control_writes_videos(tmp_path):
 
 def test_capture_video_without_the_renderer_is_refused_before_any_folder(tmp_path, monkeypatch):
     from common.envs import make_vector_env
+
     monkeypatch.setitem(sys.modules, "pygame", None)  # as if pygame were not installed
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="--capture-video: rendering Pendulum-v1 needs a package that is not installed"):
+    with pytest.raises(
+        ConfigError, match="--capture-video: rendering Pendulum-v1 needs a package that is not installed"
+    ):
         make_vector_env("Pendulum-v1", 1, seed=1, capture_video=True, run_name="x")
     assert not os.path.exists(tmp_path / "videos")
 
 
 def test_track_logs_to_weights_and_biases_offline(tmp_path):
-    result = run_with_tests_importable([os.path.join(REPO_ROOT, "baselines/ppo.py"), "--env-id", "Pendulum-v1",
-                                        "--total-timesteps", "1024", "--num-steps", "1024", "--track",
-                                        "--wandb-project-name", "tests", "--capture-video"], tmp_path,
-                                       {"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    result = run_with_tests_importable(
+        [
+            os.path.join(REPO_ROOT, "baselines/ppo.py"),
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "1024",
+            "--num-steps",
+            "1024",
+            "--track",
+            "--wandb-project-name",
+            "tests",
+            "--capture-video",
+        ],
+        tmp_path,
+        {"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
     assert result.returncode == 0, result.stderr
     (offline_run,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
     assert glob.glob(os.path.join(offline_run, "files", "runs", "*", "events.out.tfevents.*"))  # TensorBoard synced
@@ -483,6 +634,8 @@ def test_track_logs_to_weights_and_biases_offline(tmp_path):
 def test_track_without_wandb_is_one_line_with_the_install_command(monkeypatch):
     baseline_ppo = importlib.import_module("baselines.ppo")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
+    )
     with pytest.raises(ConfigError, match="--track needs the wandb package, which is not installed: pip install wandb"):
         parse_args(baseline_ppo.Args, "baselines.ppo", baseline_ppo.CHECKS, ["--track"])

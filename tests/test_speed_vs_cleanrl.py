@@ -7,7 +7,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("speed_vs_cleanrl", os.path.join(ROOT, "benchmarks", "speed_vs_cleanrl.py"))
+spec = importlib.util.spec_from_file_location(
+    "speed_vs_cleanrl", os.path.join(ROOT, "benchmarks", "speed_vs_cleanrl.py")
+)
 speed = importlib.util.module_from_spec(spec)
 sys.modules["speed_vs_cleanrl"] = speed  # dataclasses look their module up there
 spec.loader.exec_module(speed)
@@ -32,13 +34,32 @@ def test_runs_alternate_order_and_the_ratio_is_ours_over_cleanrl(monkeypatch, ca
         return 100.0 if cleanrl else 75.0
 
     monkeypatch.setattr(speed, "run", fake_run)
-    monkeypatch.setattr(sys, "argv", ["speed_vs_cleanrl.py", "--cleanrl-dir", "/cleanrl", "--scripts", "diffppo.py",
-                                      "diffsac.py", "--repeats", "2", "--common=--num-envs 8"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "speed_vs_cleanrl.py",
+            "--cleanrl-dir",
+            "/cleanrl",
+            "--scripts",
+            "diffppo.py",
+            "diffsac.py",
+            "--repeats",
+            "2",
+            "--common=--num-envs 8",
+        ],
+    )
     speed.main()
-    assert calls == [("ours", "diffppo.py"), ("cleanrl", "ppo_continuous_action.py"),
-                     ("ours", "diffsac.py"), ("cleanrl", "sac_continuous_action.py"),
-                     ("cleanrl", "ppo_continuous_action.py"), ("ours", "diffppo.py"),
-                     ("cleanrl", "sac_continuous_action.py"), ("ours", "diffsac.py")]
+    assert calls == [
+        ("ours", "diffppo.py"),
+        ("cleanrl", "ppo_continuous_action.py"),
+        ("ours", "diffsac.py"),
+        ("cleanrl", "sac_continuous_action.py"),
+        ("cleanrl", "ppo_continuous_action.py"),
+        ("ours", "diffppo.py"),
+        ("cleanrl", "sac_continuous_action.py"),
+        ("ours", "diffsac.py"),
+    ]
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| diff")]
     assert len(rows) == 4 and all(row.rstrip(" |").endswith("0.75") for row in rows)
 

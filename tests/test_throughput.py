@@ -65,9 +65,23 @@ def test_every_diffusion_script_has_an_existing_gaussian_twin():
 
 def test_matmul_ceiling_of_a_short_run_counts_one_acting_pass_per_policy_step(tmp_path):
     # 300 steps, the first 256 random: 44 steps act through the policy, and every update learns.
-    result = run_script([os.path.join(ROOT, "benchmarks", "matmul_ceiling.py"), "baselines/sac.py", "--env-id",
-                         "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "256", "--batch-size", "64",
-                         "--hidden-dim", "32"], cwd=tmp_path)
+    result = run_script(
+        [
+            os.path.join(ROOT, "benchmarks", "matmul_ceiling.py"),
+            "baselines/sac.py",
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "300",
+            "--learning-starts",
+            "256",
+            "--batch-size",
+            "64",
+            "--hidden-dim",
+            "32",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["acting"]["products"] > 0 and summary["acting"]["products"] % 44 == 0
