@@ -1,4 +1,4 @@
-"""The evidence: every generated table and figure of docs/benchmarks.md, rebuilt from committed run summaries.
+"""The evidence: every generated table and figure of docs/results.md, rebuilt from committed run summaries.
 
     python -m benchmarks.evidence            # rewrite the generated blocks of the docs and README, and the figures
     python -m benchmarks.evidence --check    # exit 1, naming the blocks, if a page differs from what the summaries give
@@ -75,7 +75,7 @@ class Experiment:
     env_ids: tuple[str, ...]
     seeds: tuple[int, ...]
     steps: tuple[int, ...]  # training running-mean columns of the runs table
-    commands: tuple[str, ...]  # what makes the runs on this machine
+    commands: tuple[str, ...]  # what makes the runs on a 2-core CPU machine
     cluster_command: str  # the same study at paper scale
     borrowed: dict[str, tuple[str, str]] = field(default_factory=dict)  # exp name here -> (experiment, exp name there)
     variants: dict[str, str] = field(default_factory=dict)  # an ablation: exp name -> what differs (one table row each)
@@ -671,9 +671,17 @@ MULTIMODAL_CLAIM = (
 )
 
 
+def budget(experiment: Experiment) -> str:
+    """'100k steps, 3 seeds, Hopper, Walker2d': the experiment's steps (from its title), seeds and tasks."""
+    steps = {"k_ablation": "500k steps (DiffPPO), 100k (DiffSAC)"}.get(
+        experiment.name, experiment.title.split(", ")[-1].replace("environment steps", "steps")
+    )
+    return f"{steps}, {len(experiment.seeds)} seeds, {task_names(experiment.env_ids)}"
+
+
 def claims_table(pair_results: dict, short: bool = False) -> str:
     """One row per claim: the comparisons that decide it, our result and the verdict. ``short``: the README's
-    version (verdicts only, links into docs/benchmarks.md)."""
+    version in plain words (yes, no, can't tell; the budget; a link into docs/results.md)."""
 
     def result(x, y, experiment):
         if (x, y) not in pair_results:
@@ -683,19 +691,20 @@ def claims_table(pair_results: dict, short: bool = False) -> str:
         # A verdict from part of the grid says so: "Hopper only; Walker2d not measured yet".
         scope = f" ({task_names(tasks)} only; {task_names(missing)} not measured yet)" if missing else ""
         if short:
-            interval = f"P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}]"
-            return f"{label(x)} vs {label(y)}: {verdict(low, high)} ({interval}){scope}"
+            answer = verdict(low, high, ("**yes**", "**no**")).replace("not separated", "can't tell")
+            return f"{label(x)} beats {label(y)}: {answer} ({point:.2f} [{low:.2f}, {high:.2f}]){scope}"
         return f"{label(x)} vs {label(y)}: P(X > Y) = {point:.2f} [{low:.2f}, {high:.2f}], {verdict(low, high)}{scope}"
 
     if short:
-        lines = ["| claim | our result at this machine's budget (3 seeds, 95% CI) |", "|---|---|"]
+        lines = ["| claim | answer (P, 95% interval) | budget |", "|---|---|---|"]
         lines += [
-            f"| [{claim}](docs/benchmarks.md#{anchor(experiment.title)}) ({paper}) | "
-            f"{'<br>'.join(result(x, y, experiment) for x, y in pairs)} |"
+            f"| [{claim}](docs/results.md#{anchor(experiment.title)}) ({paper}) | "
+            f"{'<br>'.join(result(x, y, experiment) for x, y in pairs)} | {budget(experiment)} |"
             for claim, paper, pairs, experiment in CLAIMS
         ]
         claim, paper, text = MULTIMODAL_CLAIM
-        return "\n".join(lines + [f"| [{claim}](docs/multimodal.md) ({paper}) | {text.split(':')[0]} |"])
+        partly = "partly: the default actor losses keep some modes, the mass-covering ones every mode"
+        return "\n".join(lines + [f"| [{claim}](docs/multimodal.md) ({paper}) | {partly} | bandits and a sequential task, 3 seeds |"])
     lines = [
         "| claim | paper | our result (probability of improvement over seeds and tasks, 95% CI) | backed by |",
         "|---|---|---|---|",
@@ -739,7 +748,7 @@ def build_blocks(results_dir: str, docs_dir: str | None, references: dict) -> di
             for here, (source, there) in experiment.borrowed.items()
         )
         blocks[experiment.name] = (
-            f"{finished}{reused} Commands (this machine):\n\n{commands_block(experiment)}\n\n"
+            f"{finished}{reused} Commands (2 CPU cores):\n\n{commands_block(experiment)}\n\n"
             f"At paper scale: `{experiment.cluster_command}`\n\n{body}"
         )
     blocks["claims"] = claims_table(pair_results)
@@ -773,7 +782,7 @@ def replace_blocks(page: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
 @dataclass
 class Args:
     pages: list[str] = field(
-        default_factory=lambda: [os.path.join(REPO_ROOT, "docs", "benchmarks.md"), os.path.join(REPO_ROOT, "README.md")]
+        default_factory=lambda: [os.path.join(REPO_ROOT, "docs", "results.md"), os.path.join(REPO_ROOT, "README.md")]
     )
     """the pages whose <!-- generated:NAME --> blocks are rewritten; the figures go beside the first"""
     results_dir: str = os.path.join(REPO_ROOT, "results")

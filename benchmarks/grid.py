@@ -3,8 +3,7 @@
     python -m benchmarks.grid --scripts diffppo.py baselines/ppo.py \
         --env-ids InvertedPendulum-v4 Hopper-v4 --seeds 1 2 3 --total-timesteps 1000000 \
         --workdir results/ppo_pair --workers 2 --extra="--save-model"
-    python -m benchmarks.report results/ppo_pair/runs --out-dir results/ppo_pair
-    python -m benchmarks.evidence   # every table and figure of docs/benchmarks.md from results/*/summaries
+    python -m benchmarks.evidence   # every table and figure of docs/results.md from results/*/summaries
 
 Every run is ``python SCRIPT --env-id ENV --seed S --exp-name NAME [--total-timesteps N] [--extra ...]``
 with the working directory --workdir, so its TensorBoard logs land in WORKDIR/runs/ (the
@@ -480,7 +479,7 @@ def main() -> None:
     if outcomes:
         print(
             f"{len(outcomes) - len(failed)} runs finished, {len(failed)} failed. "
-            f"Report: python -m benchmarks.report {os.path.join(args.workdir, 'runs')} --out-dir {args.workdir}"
+            f"Summaries: {os.path.join(args.workdir, 'summaries')} (python -m benchmarks.evidence reads them)"
         )
     if failed:
         print("failed: " + ", ".join(f"{outcome['key']} (see {outcome['log']})" for outcome in failed), file=sys.stderr)

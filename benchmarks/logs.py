@@ -33,3 +33,17 @@ def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
     ends = np.arange(1, len(values) + 1)
     starts = np.maximum(ends - window, 0)
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
+
+
+def wall_clock_seconds(run_dir: str) -> float:
+    """Seconds the run's processes spent training: each TensorBoard file is written by one process (a resumed
+    run adds a file), so this sums first-to-last event per file, leaving out the time between a stop and
+    its resume (which may be a day)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    spans = []
+    for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        times = [event.wall_time for event in EventFileLoader(path).Load() if event.HasField("summary")]
+        if times:  # a file's own header event is left out: it has no scalar and its time is the file's opening
+            spans.append(max(times) - min(times))
+    return float(sum(spans)) if spans else float("nan")

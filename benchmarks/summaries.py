@@ -29,8 +29,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.logs import read_scalars, rolling_mean  # noqa: E402
-from benchmarks.report import wall_clock_seconds  # noqa: E402
+from benchmarks.logs import read_scalars, rolling_mean, wall_clock_seconds  # noqa: E402
 
 SUMMARY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "summaries")
 

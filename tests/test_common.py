@@ -1,4 +1,4 @@
-"""common/: normalisation statistics, checkpoints, evaluation with frozen statistics, env checks, plotting."""
+"""common/: normalisation statistics, checkpoints, evaluation with frozen statistics, env checks."""
 
 import os
 
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import diffppo
-from benchmarks.plotting import group_runs
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.envs import ConfigError, check_env_id
 from common.evaluation import evaluate, load_agent
@@ -95,16 +94,6 @@ def test_evaluation_uses_checkpoint_statistics_and_leaves_them_frozen(tmp_path):
 def test_unknown_env_id_suggests_close_matches():
     with pytest.raises(ConfigError, match="Did you mean: Humanoid-v5"):
         check_env_id("Humanoid-v55")
-
-
-def test_plotting_groups_runs_by_env_and_experiment():
-    groups = group_runs(
-        ["runs/Hopper-v4__diffppo__1__10", "runs/Hopper-v4__diffppo__2__11", "runs/Pendulum-v1__diffsac__1__12"]
-    )
-    assert dict(groups["Hopper-v4"]) == {
-        "diffppo": ["runs/Hopper-v4__diffppo__1__10", "runs/Hopper-v4__diffppo__2__11"]
-    }
-    assert list(groups["Pendulum-v1"]) == ["diffsac"]
 
 
 def test_reward_normalizer_disabled_returns_raw_rewards():

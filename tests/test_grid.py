@@ -1,4 +1,4 @@
-"""benchmarks.grid (grid runner) and benchmarks.report (curves and table) from the command line."""
+"""benchmarks.grid (grid runner) from the command line, and the wall-clock of a run read from its logs."""
 
 import json
 import os
@@ -10,7 +10,6 @@ import pytest
 from conftest import run_script
 from torch.utils.tensorboard import SummaryWriter
 
-from benchmarks.report import find_run_dirs, markdown_table, summarise
 
 TINY_PPO = "--extra=--num-steps 256 --num-minibatches 4 --num-diffusion-steps 2"
 
@@ -37,7 +36,7 @@ def synthetic_runs(tmp_path):
 
 
 def test_wall_clock_of_a_resumed_run_leaves_out_the_time_between_stop_and_resume(tmp_path):
-    from benchmarks.report import wall_clock_seconds
+    from benchmarks.logs import wall_clock_seconds
 
     run_dir = tmp_path / "Toy-v0__alg__1__1700000000"
     start = time.time()
@@ -49,69 +48,6 @@ def test_wall_clock_of_a_resumed_run_leaves_out_the_time_between_stop_and_resume
         time.sleep(1.1)  # event file names carry the second they were opened
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
     assert wall_clock_seconds(str(run_dir)) == pytest.approx(180)
-
-
-def test_report_table_has_known_final_returns_spread_and_wall_clock(synthetic_runs):
-    summaries = summarise(find_run_dirs([str(synthetic_runs / "runs")]), last_episodes=10)
-    assert [(s.env_id, s.algorithm) for s in summaries] == [("Toy-v0", "diffalg"), ("Toy-v0", "alg")]
-    diffusion, gaussian = summaries
-    assert diffusion.final_returns == [14.5, 24.5]
-    assert diffusion.mean == pytest.approx(19.5) and diffusion.std == pytest.approx(5.0)  # population std over seeds
-    assert diffusion.last_steps == [2000, 2000]
-    assert diffusion.wall_clock == pytest.approx([120, 240], abs=2)
-    assert gaussian.final_returns == [5.0] and gaussian.std == 0.0
-
-    table = markdown_table(summaries, last_episodes=10).splitlines()
-    assert (
-        table[2] == "| Toy-v0 | diffalg | 2 | 2k | 19.5 +- 5.0 | 14, 24 | 3.0 +- 1.0 min |"
-    )  # 14.5, 24.5 rounded half-even
-    assert table[3] == "| Toy-v0 | alg | 1 | 3k | 5.0 +- 0.0 | 5 | 30.0 s |"
-
-
-def test_report_command_writes_png_and_table_with_reference_column(synthetic_runs):
-    reference = synthetic_runs / "reference.csv"
-    reference.write_text("env_id,algorithm,return,std,source\nToy-v0,alg,7.5,1.5,paper\n")
-    result = run_script(
-        [
-            "-m",
-            "benchmarks.report",
-            "runs",
-            "--out-dir",
-            "out",
-            "--name",
-            "cmp",
-            "--last-episodes",
-            "5",
-            "--reference",
-            str(reference),
-        ],
-        cwd=synthetic_runs,
-    )
-    assert result.returncode == 0, result.stderr
-    table = (synthetic_runs / "out" / "cmp.md").read_text().splitlines()
-    assert table[0].endswith("| wall-clock per run | reference |")
-    assert table[2].startswith("| Toy-v0 | diffalg | 2 | 2k | 22.0 +- 5.0 | 17, 27 |") and table[2].endswith("|  |")
-    assert table[3].endswith("| 7.5 +- 1.5 (paper) |")
-    image = matplotlib.image.imread(synthetic_runs / "out" / "cmp.png")
-    assert image.shape[0] > 100 and image.shape[1] > 100
-
-
-def test_report_filters_and_bad_input(synthetic_runs):
-    result = run_script(
-        ["-m", "benchmarks.report", "runs", "--algorithms", "alg", "--out-dir", "out"], cwd=synthetic_runs
-    )
-    assert result.returncode == 0, result.stderr
-    assert "diffalg" not in (synthetic_runs / "out" / "report.md").read_text()
-    bad_csv = synthetic_runs / "bad.csv"
-    bad_csv.write_text("env,algo\nToy-v0,alg\n")
-    for flags, expected in [
-        (["nowhere"], "'nowhere': no such folder"),
-        (["runs", "--env-ids", "Other-v0"], "no run folders"),
-        (["runs", "--reference", str(bad_csv)], "missing column(s) algorithm, env_id, return"),
-    ]:
-        result = run_script(["-m", "benchmarks.report", *flags], cwd=synthetic_runs)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert result.stderr.startswith("benchmarks.report: error:") and expected in result.stderr, result.stderr
 
 
 def test_benchmark_dry_run_prints_commands_and_runs_nothing(tmp_path, repo_root):
@@ -192,10 +128,6 @@ def test_benchmark_runs_grid_then_resume_skips_finished_runs(tmp_path, repo_root
     again = run_script(grid + ["--seeds", "1", "2", "3", "--dry-run"], cwd=repo_root)
     assert "3 runs; 2 already finished, 1 to run" in again.stdout
     assert again.stdout.count("[skip, finished]") == 2 and "[run] " in again.stdout
-
-    report = run_script(["-m", "benchmarks.report", str(tmp_path / "runs"), "--out-dir", str(tmp_path)], cwd=repo_root)
-    assert report.returncode == 0, report.stderr
-    assert "| Pendulum-v1 | diffppo | 2 |" in report.stdout
 
     # The next session: a fresh checkout holds only the committed summaries, and the grid still skips those runs.
     for folder in ("runs", "benchmark_logs"):
