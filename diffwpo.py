@@ -109,40 +109,20 @@ class Args(RunArgs):
     """width of the two hidden layers of the actor's mean network (run K times per action)"""
 
 
-CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
-    *at_least_one(
-        "num_diffusion_steps",
-        "batch_size",
-        "buffer_size",
-        "policy_frequency",
-        "target_network_frequency",
-        "hidden_dim",
-        "actor_hidden_dim",
-    ),
-    (
-        lambda a: a.batch_size <= a.buffer_size,
-        "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; allowed: --batch-size <= --buffer-size.",
-    ),
-    (
-        lambda a: a.learning_starts >= a.batch_size,
-        "--learning-starts {learning_starts} is below --batch-size "
-        "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist).",
-    ),
-    (
-        lambda a: a.total_timesteps > a.learning_starts,
-        "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}.",
-    ),
-    (
-        lambda a: a.alpha >= 0 and (a.alpha > 0 or not a.autotune),
-        "--alpha must be >= 0, and > 0 with --autotune (got {alpha}).",
-    ),
+CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
+    *at_least_one("num_diffusion_steps", "batch_size", "buffer_size", "policy_frequency", "target_network_frequency"),
+    *at_least_one("hidden_dim", "actor_hidden_dim"),
+    ("batch_size <= buffer_size", "--batch-size {batch_size} is larger than --buffer-size {buffer_size}."),
+    ("learning_starts >= batch_size", "--learning-starts {learning_starts} is below --batch-size {batch_size}."),
+    ("total_timesteps > learning_starts", "--total-timesteps {total_timesteps} must exceed --learning-starts."),
+    ("alpha >= 0 and (alpha > 0 or not autotune)", "--alpha must be >= 0, and > 0 with --autotune (got {alpha})."),
     *in_unit_interval("gamma", "tau"),
     *positive("policy_lr", "q_lr", "min_std"),
-    (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma_k (got {min_std})."),
+    ("min_std < 1", "--min-std must be below 1, the largest sigma_k (got {min_std})."),
 ]
 
 
-# ---- diffusion actor: identical in every diffusion script (tests/test_actor_copies.py); method.md §1, §2 ----
+# ---- diffusion actor: identical in every diffusion script (tests/test_reference_scripts.py); method.md §1-2 ----
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -153,47 +133,35 @@ def cosine_beta_schedule(num_diffusion_steps: int, s: float = 0.008, max_beta: f
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta).float()
 
 
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def gaussian_log_prob(x, mean, std):
     """log N(x; mean, diag(std^2)) summed over the last axis."""
     return (-0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI).sum(-1)
 
 
-def log_one_minus_tanh_squared(x: torch.Tensor) -> torch.Tensor:
+def log_one_minus_tanh_squared(x):
     """log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x| (method.md §2)."""
     return 2.0 * (math.log(2.0) - x - nn.functional.softplus(-2.0 * x))
 
 
-def squash_log_det(x_0: torch.Tensor, action_half_width: torch.Tensor) -> torch.Tensor:
+def squash_log_det(x_0, action_half_width):
     """sum_i log h_i + log(1 - tanh(x_0i)^2): the log-Jacobian of a = c + h tanh(x_0), per sample."""
     return (torch.log(action_half_width) + log_one_minus_tanh_squared(x_0)).sum(-1)
 
 
-def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+def layer_init(layer, std=math.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
 class DiffusionActor(nn.Module):
-    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(mean, diag(sigma_k^2)) (method.md §1).
+    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(sqrt(alpha_k) x_k + f(s, x_k, k), sigma_k^2) (method.md
+    §1); at initialisation f ~ 0 and sigma_k^2 = beta_k, the exact reverse process of x_0 ~ N(0, I). Chains are in
+    time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K, chain[:, K] = x_0, and step j has k = K - j."""
 
-    mean = sqrt(alpha_k) x_k + f(s, x_k, k), f's last layer near zero and sigma_k^2 = beta_k at initialisation:
-    the exact reverse process of x_0 ~ N(0, I). Chains are stored in time order: chain[:, j] = x_{K-j}, so
-    chain[:, 0] = x_K and chain[:, K] = x_0; step j goes from x_k to x_{k-1} with k = K - j.
-    """
-
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        num_diffusion_steps: int,
-        hidden_dim: int = 64,
-        min_std: float = 0.01,
-        time_embedding_dim: int = 16,
-        activation: str = "tanh",
-    ):
+    def __init__(self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=64, min_std=0.01, activation="tanh"):
         super().__init__()
-        self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
+        self.num_diffusion_steps, self.action_dim, time_embedding_dim = num_diffusion_steps, action_dim, 16
         Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
         self.activation = {"tanh": torch.tanh, "relu": torch.relu}[activation]  # the same, as a function
         betas = cosine_beta_schedule(num_diffusion_steps)
@@ -211,35 +179,30 @@ class DiffusionActor(nn.Module):
         self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
         self.log_std_min = math.log(min_std)
 
-    def clamp_log_std_(self) -> None:
+    def clamp_log_std_(self):
         """Keep sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)."""
         with torch.no_grad():
             self.log_std.clamp_(self.log_std_min, 0.0)
 
-    def kernel(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def kernel(self, obs, x_k, k):
         """Mean and std of q(x_{k-1} | x_k, s, k); k is a LongTensor of diffusion indices in 1..K."""
         features = torch.cat([obs, x_k, self.time_embedding(k)], dim=-1)
         mean = self.sqrt_alphas[k - 1, None] * x_k + self.mean_net(features)
-        std = self.log_std[k - 1].clamp(self.log_std_min, 0.0).exp()
-        return mean, std
+        return mean, self.log_std[k - 1].clamp(self.log_std_min, 0.0).exp()
 
-    def log_prob(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor, x_previous: torch.Tensor):
+    def log_prob(self, obs, x_k, k, x_previous):
         """log q(x_{k-1} | x_k, s, k) for a batch of augmented samples (any mix of k)."""
-        mean, std = self.kernel(obs, x_k, k)
-        return gaussian_log_prob(x_previous, mean, std)
+        return gaussian_log_prob(x_previous, *self.kernel(obs, x_k, k))
 
-    def forward_log_prob(self, x_k: torch.Tensor, x_previous: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def forward_log_prob(self, x_k, x_previous, k):
         """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
         return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
 
-    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False, noise_scale: float = 1.0):
-        """(chain [B, K+1, d] in time order, log q of each step [B, K] in time order): ``kernel`` run K times, fused.
-
-        deterministic: x_K = 0 and every step takes the kernel mean. noise_scale: x_{k-1} = mean + noise_scale *
-        sigma_k * eps (widened paths; log q stays the kernels'). The same numbers as ``kernel`` step by step
-        (tests/test_diffusion_log_probability.py), with the observation's and k's parts of the first layer
-        computed once per chain and log q read off the noise.
-        """
+    def sample_chain(self, obs, deterministic=False, noise_scale=1.0):
+        """(chain [B, K+1, d], log q of each step [B, K]), both in time order: ``kernel`` run K times, fused (the
+        same numbers, tests/test_diffusion_log_probability.py): the first layer's observation and k parts are
+        computed once per chain, and log q is read off the noise. deterministic: x_K = 0 and no noise.
+        noise_scale: x_{k-1} = mean + noise_scale sigma_k eps (widened paths; log q stays the kernels')."""
         batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
@@ -247,12 +210,8 @@ class DiffusionActor(nn.Module):
         time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim :].T  # [K+1, H], row k
         log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
         std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
-        noise_shape = (K + 1, batch, self.action_dim)
-        noise = (
-            obs.new_zeros(noise_shape)
-            if deterministic
-            else torch.randn(noise_shape, device=obs.device, dtype=obs.dtype)
-        )
+        shape = (K + 1, batch, self.action_dim)
+        noise = obs.new_zeros(shape) if deterministic else torch.randn(shape, device=obs.device, dtype=obs.dtype)
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
         step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
         activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
@@ -267,15 +226,15 @@ class DiffusionActor(nn.Module):
         step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
         return torch.stack(chain, dim=1), step_log_q
 
-    def chain_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor):
-        """(step_log_ratio [B, K] in time order, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}); log_prior [B],
-        log N(x_K; 0, I)): the parts of the path log-ratio L that do not involve the squash (method.md §2)."""
-        step_k = self.step_k.expand(chain.shape[0], -1)
-        step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], step_k)
-        log_prior = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0]))
-        return step_log_ratio, log_prior
+    def chain_log_ratio_terms(self, chain, step_log_q):
+        """(l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) [B, K] in time order, log N(x_K; 0, I) [B]): the parts of
+        the path log-ratio L without the squash (method.md §2)."""
+        step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], self.step_k)
+        return step_log_ratio, gaussian_log_prob(
+            chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0])
+        )
 
-    def path_log_ratio_terms(self, chain: torch.Tensor, step_log_q: torch.Tensor, action_half_width: torch.Tensor):
+    def path_log_ratio_terms(self, chain, step_log_q, action_half_width):
         """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""
         return (*self.chain_log_ratio_terms(chain, step_log_q), squash_log_det(chain[:, -1], action_half_width))
 

@@ -103,29 +103,20 @@ class Args(RunArgs):
     """width of the two hidden layers of the mean and value networks"""
 
 
-CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
+CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
     *at_least_one("num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
     (
-        lambda a: a.num_envs * a.num_steps % a.num_minibatches == 0,
-        lambda a: (
-            f"--num-minibatches {a.num_minibatches} "
-            f"does not divide the batch --num-envs * --num-steps = {a.num_envs * a.num_steps}; allowed: a divisor of "
-            f"{a.num_envs * a.num_steps}."
-        ),
+        "num_envs * num_steps % num_minibatches == 0",
+        "--num-minibatches {num_minibatches} does not divide the batch --num-envs * --num-steps = "
+        "{num_envs * num_steps}; allowed: a divisor of {num_envs * num_steps}.",
     ),
-    (
-        lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
-        lambda a: (
-            f"--total-timesteps {a.total_timesteps} is "
-            f"less than one rollout (--num-envs * --num-steps = {a.num_envs * a.num_steps})."
-        ),
-    ),
-    (lambda a: a.alpha >= 0, "--alpha must be >= 0 (got {alpha})."),
-    (lambda a: a.alpha > 0 or not a.autotune, "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
+    ("total_timesteps >= num_envs * num_steps", "--total-timesteps {total_timesteps} is less than one rollout."),
+    ("alpha >= 0", "--alpha must be >= 0 (got {alpha})."),
+    ("alpha > 0 or not autotune", "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
     *in_unit_interval("gamma"),
     *in_unit_interval("gae_lambda", closed=True),
     *positive("learning_rate", "clip_coef", "min_std"),
-    (lambda a: a.min_std < 1, "--min-std must be below 1, the largest sigma (got {min_std})."),
+    ("min_std < 1", "--min-std must be below 1, the largest sigma (got {min_std})."),
 ]
 
 

@@ -102,28 +102,19 @@ class Args(RunArgs):
     """Adam learning rate of log(alpha) and log(beta) (the official value)"""
 
 
-CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
+CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
     *at_least_one("num_steps", "minibatch_size", "update_epochs", "hidden_dim", "actor_hidden_dim"),
-    (lambda a: a.num_bins >= 2, "--num-bins must be at least 2 (got {num_bins})."),
+    ("num_bins >= 2", "--num-bins must be at least 2 (got {num_bins})."),
     (
-        lambda a: a.minibatch_size <= a.num_envs * a.num_steps,
-        lambda a: (
-            f"--minibatch-size {a.minibatch_size} exceeds "
-            f"the rollout's {a.num_envs * a.num_steps} transitions (--num-envs x --num-steps); allowed: at most that."
-        ),
+        "minibatch_size <= num_envs * num_steps",
+        "--minibatch-size {minibatch_size} exceeds the rollout's {num_envs * num_steps} transitions.",
     ),
-    (
-        lambda a: a.total_timesteps >= a.num_envs * a.num_steps,
-        lambda a: (
-            f"--total-timesteps {a.total_timesteps} is "
-            f"less than one rollout (--num-envs x --num-steps = {a.num_envs * a.num_steps})."
-        ),
-    ),
+    ("total_timesteps >= num_envs * num_steps", "--total-timesteps {total_timesteps} is less than one rollout."),
     *positive("learning_rate", "max_grad_norm", "multiplier_lr", "alpha", "kl_bound", "beta"),
-    (lambda a: a.v_min < a.v_max, "--v-min {v_min} must be below --v-max {v_max}."),
+    ("v_min < v_max", "--v-min {v_min} must be below --v-max {v_max}."),
     *in_unit_interval("gamma"),
     *in_unit_interval("gae_lambda", closed=True),
-    (lambda a: a.aux_loss_coef >= 0, "--aux-loss-coef must be >= 0 (got {aux_loss_coef})."),
+    ("aux_loss_coef >= 0", "--aux-loss-coef must be >= 0 (got {aux_loss_coef})."),
 ]
 
 

@@ -95,27 +95,13 @@ class Args(RunArgs):
     """width of the two hidden layers of the actor"""
 
 
-CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
-    *at_least_one(
-        "batch_size", "buffer_size", "policy_frequency", "target_network_frequency", "hidden_dim", "actor_hidden_dim"
-    ),
-    (
-        lambda a: a.batch_size <= a.buffer_size,
-        "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; allowed: --batch-size <= --buffer-size.",
-    ),
-    (
-        lambda a: a.learning_starts >= a.batch_size,
-        "--learning-starts {learning_starts} is below --batch-size "
-        "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist).",
-    ),
-    (
-        lambda a: a.total_timesteps > a.learning_starts,
-        "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}.",
-    ),
-    (
-        lambda a: a.alpha >= 0 and (a.alpha > 0 or not a.autotune),
-        "--alpha must be >= 0, and > 0 with --autotune (got {alpha}).",
-    ),
+CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
+    *at_least_one("batch_size", "buffer_size", "policy_frequency", "target_network_frequency", "hidden_dim"),
+    *at_least_one("actor_hidden_dim"),
+    ("batch_size <= buffer_size", "--batch-size {batch_size} is larger than --buffer-size {buffer_size}."),
+    ("learning_starts >= batch_size", "--learning-starts {learning_starts} is below --batch-size {batch_size}."),
+    ("total_timesteps > learning_starts", "--total-timesteps {total_timesteps} must exceed --learning-starts."),
+    ("alpha >= 0 and (alpha > 0 or not autotune)", "--alpha must be >= 0, and > 0 with --autotune (got {alpha})."),
     *in_unit_interval("gamma", "tau"),
     *positive("policy_lr", "q_lr"),
 ]

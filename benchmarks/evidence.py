@@ -704,7 +704,9 @@ def claims_table(pair_results: dict, short: bool = False) -> str:
         ]
         claim, paper, text = MULTIMODAL_CLAIM
         partly = "partly: the default actor losses keep some modes, the mass-covering ones every mode"
-        return "\n".join(lines + [f"| [{claim}](docs/multimodal.md) ({paper}) | {partly} | bandits and a sequential task, 3 seeds |"])
+        return "\n".join(
+            lines + [f"| [{claim}](docs/multimodal.md) ({paper}) | {partly} | bandits and a sequential task, 3 seeds |"]
+        )
     lines = [
         "| claim | paper | our result (probability of improvement over seeds and tasks, 95% CI) | backed by |",
         "|---|---|---|---|",

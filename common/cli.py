@@ -53,26 +53,20 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def at_least_one(*fields: str) -> list[tuple]:
+def at_least_one(*fields: str) -> list[tuple[str, str]]:
     """Check rows: each named integer flag is at least 1."""
-    return [(lambda a, f=f: getattr(a, f) >= 1, f"{flag(f)} must be at least 1 (got {{{f}}}).") for f in fields]
+    return [(f"{f} >= 1", f"{flag(f)} must be at least 1 (got {{{f}}}).") for f in fields]
 
 
-def positive(*fields: str) -> list[tuple]:
+def positive(*fields: str) -> list[tuple[str, str]]:
     """Check rows: each named flag is above 0."""
-    return [(lambda a, f=f: getattr(a, f) > 0, f"{flag(f)} must be positive (got {{{f}}}).") for f in fields]
+    return [(f"{f} > 0", f"{flag(f)} must be positive (got {{{f}}}).") for f in fields]
 
 
-def in_unit_interval(*fields: str, closed: bool = False) -> list[tuple]:
+def in_unit_interval(*fields: str, closed: bool = False) -> list[tuple[str, str]]:
     """Check rows: each named flag is in (0, 1], or [0, 1] when closed."""
-    interval = "[0, 1]" if closed else "(0, 1]"
-    return [
-        (
-            lambda a, f=f: (0 <= getattr(a, f) if closed else 0 < getattr(a, f)) and getattr(a, f) <= 1,
-            f"{flag(f)} must be in {interval} (got {{{f}}}).",
-        )
-        for f in fields
-    ]
+    low, interval = ("0 <=", "[0, 1]") if closed else ("0 <", "(0, 1]")
+    return [(f"{low} {f} <= 1", f"{flag(f)} must be in {interval} (got {{{f}}}).") for f in fields]
 
 
 def check_finite(args: Any) -> None:
@@ -83,12 +77,14 @@ def check_finite(args: Any) -> None:
             raise ConfigError(f"{flag(field.name)} must be a finite number (got {value}).")
 
 
-def check(args: Any, checks: list[tuple]) -> None:
-    """ConfigError with the message of the first failing (condition, message) row; a message is a format string
-    of the flags' names ({gamma}) or a function of the flags."""
+def check(args: Any, checks: list[tuple[str, str]]) -> None:
+    """ConfigError for the first (condition, message) row whose condition is false. Both are Python expressions
+    over the flags' names: the condition as written ("batch_size <= buffer_size"), the message as an f-string
+    ("--batch-size {batch_size} is larger than --buffer-size {buffer_size}")."""
+    names = {"__builtins__": {}, **vars(args)}
     for condition, message in checks:
-        if not condition(args):
-            raise ConfigError(message(args) if callable(message) else message.format(**vars(args)))
+        if not eval(condition, names):
+            raise ConfigError(eval("f" + repr(message), names))
 
 
 def resume_path_in(argv: list[str]) -> str | None:
@@ -152,7 +148,4 @@ def check_resume(args: Any, saved: Any, checkpoint: dict, names: set[str]) -> No
         )
 
 
-COMMON_CHECKS = [
-    *at_least_one("eval_episodes", "num_envs", "checkpoint_frequency", "torch_threads"),
-    (lambda a: a.total_timesteps >= 1, "--total-timesteps must be at least 1 (got {total_timesteps})."),
-]
+COMMON_CHECKS = at_least_one("eval_episodes", "num_envs", "checkpoint_frequency", "torch_threads", "total_timesteps")

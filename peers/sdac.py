@@ -132,36 +132,16 @@ class Args(RunArgs):
     """M, reconstructions of the clean action per noised policy action (the reference: 64)"""
 
 
-CHECKS = [  # (condition, message): flags that cannot work, refused before anything is built
-    *at_least_one(
-        "updates_per_iteration",
-        "batch_size",
-        "buffer_size",
-        "policy_frequency",
-        "alpha_frequency",
-        "num_diffusion_steps",
-        "num_particles",
-        "hidden_dim",
-        "num_hidden_layers",
-        "policy_lr_decay_steps",
-        "num_reconstructions",
-    ),
-    (
-        lambda a: a.batch_size <= a.buffer_size,
-        "--batch-size {batch_size} is larger than --buffer-size {buffer_size}; allowed: --batch-size <= --buffer-size.",
-    ),
-    (
-        lambda a: a.learning_starts >= a.batch_size,
-        "--learning-starts {learning_starts} is below --batch-size "
-        "{batch_size}; allowed: --learning-starts >= --batch-size (the first batch must exist).",
-    ),
-    (
-        lambda a: a.total_timesteps > a.learning_starts,
-        "--total-timesteps {total_timesteps} must exceed --learning-starts {learning_starts}.",
-    ),
+CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
+    *at_least_one("updates_per_iteration", "batch_size", "buffer_size", "policy_frequency", "alpha_frequency"),
+    *at_least_one("num_diffusion_steps", "num_particles", "hidden_dim", "num_hidden_layers", "policy_lr_decay_steps"),
+    ("batch_size <= buffer_size", "--batch-size {batch_size} is larger than --buffer-size {buffer_size}."),
+    ("learning_starts >= batch_size", "--learning-starts {learning_starts} is below --batch-size {batch_size}."),
+    ("total_timesteps > learning_starts", "--total-timesteps {total_timesteps} must exceed --learning-starts."),
     *positive("alpha", "q_lr", "policy_lr", "policy_lr_end", "alpha_lr", "exploration_noise", "reward_scale"),
     *in_unit_interval("beta_schedule_scale", "gamma", "tau"),
-    (lambda a: a.policy_lr_decay_start >= 0, "--policy-lr-decay-start must be >= 0 (got {policy_lr_decay_start})."),
+    ("policy_lr_decay_start >= 0", "--policy-lr-decay-start must be >= 0 (got {policy_lr_decay_start})."),
+    *at_least_one("num_reconstructions"),
 ]
 
 

@@ -5,11 +5,9 @@ import os
 import shutil
 import time
 
-import matplotlib.image
 import pytest
 from conftest import run_script
 from torch.utils.tensorboard import SummaryWriter
-
 
 TINY_PPO = "--extra=--num-steps 256 --num-minibatches 4 --num-diffusion-steps 2"
 
