@@ -648,23 +648,12 @@ def main() -> None:
         update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)
 
         rollout_entropy = -path_log_ratio_buffer.mean().item()
-        run.log(
-            global_step,
-            {
-                "charts/entropy_estimate": rollout_entropy,
-                "charts/alpha": alpha,
-                "charts/beta": beta,
-                "charts/saturated_action_fraction": saturated_buffer.mean(),
-                "charts/latent_abs_max": chain_buffer.abs().amax(),
-                "losses/critic_loss": critic_loss,
-                "losses/critic_cross_entropy": cross_entropy,
-                "losses/aux_loss": aux_loss,
-                "losses/actor_loss": actor_loss,
-                "losses/kl": kl.mean(),
-                "losses/kl_over_bound": np.mean(kl_over_bound),
-                "losses/returns_mean": b_returns.mean(),
-            },
-        )
+        run.log(global_step, "charts", entropy_estimate=rollout_entropy, alpha=alpha, beta=beta)
+        run.log(global_step, "charts", saturated_action_fraction=saturated_buffer.mean())
+        run.log(global_step, "charts", latent_abs_max=chain_buffer.abs().amax())
+        run.log(global_step, "losses", critic_loss=critic_loss, critic_cross_entropy=cross_entropy, aux_loss=aux_loss)
+        run.log(global_step, "losses", actor_loss=actor_loss, kl=kl.mean(), kl_over_bound=np.mean(kl_over_bound))
+        run.log(global_step, "losses", returns_mean=b_returns.mean())
         run.show(
             global_step,
             f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "

@@ -356,55 +356,30 @@ def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_e
 
 def main() -> None:
     run = Run(Args, "diffsac", CHECKS)
-    args, envs, device = run.args, run.envs, run.device
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        action_low=envs.single_action_space.low.tolist(),
-        action_high=envs.single_action_space.high.tolist(),
-        num_diffusion_steps=args.num_diffusion_steps,
-        hidden_dim=args.actor_hidden_dim,
-        min_std=args.min_std,
-    )
-    check_memory(
-        count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4),
-        ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim),
-        device,
-        "--hidden-dim, --actor-hidden-dim or --buffer-size",
-    )
+    args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
+    K = args.num_diffusion_steps
+    agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
+
+    def networks():
+        return [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4
+
+    buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim)
+    check_memory(count_parameters(networks), buffer_bytes, device, "--hidden-dim, --actor-hidden-dim or --buffer-size")
     agent = Agent(**agent_kwargs).to(device)
-    qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
-    qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
-    qf1_target = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
-    qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
+    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(4))
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    log_alpha = torch.tensor(
-        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
-    )
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device)
+    log_alpha.requires_grad_(args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # SAC does not normalise; checkpoints stay uniform
-    checkpoint = run.restore(
-        {
-            "agent": agent,
-            "qf1": qf1,
-            "qf2": qf2,
-            "qf1_target": qf1_target,
-            "qf2_target": qf2_target,
-            "q_optimizer": q_optimizer,
-            "actor_optimizer": actor_optimizer,
-            "obs_normalizer": obs_normalizer,
-            "log_alpha": log_alpha,
-            "alpha_optimizer": alpha_optimizer,
-        },
-        agent_kwargs=agent_kwargs,
-    )
-    global_step = checkpoint.get("global_step", 0)
-    alpha = log_alpha.exp().item()
+    state = dict(agent=agent, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target, log_alpha=log_alpha)
+    state.update(q_optimizer=q_optimizer, actor_optimizer=actor_optimizer, alpha_optimizer=alpha_optimizer)
+    checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), agent_kwargs=agent_kwargs)
+    global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
     replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
     learning_starts = run.resume_replay_buffer(replay_buffer, args.learning_starts)
     updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
@@ -480,21 +455,13 @@ def main() -> None:
                 learning_starts,
             )
             if updates >= args.policy_frequency:
-                run.log(
-                    global_step,
-                    {
-                        "charts/updates_per_second": updates_per_second,
-                        "charts/alpha": alpha,
-                        "losses/qf1_values": qf1_values.mean(),
-                        "losses/qf2_values": qf2_values.mean(),
-                        "losses/qf1_loss": qf1_loss,
-                        "losses/qf2_loss": qf2_loss,
-                        "losses/qf_loss": qf_loss / 2.0,
-                        "losses/actor_loss": actor_loss,
-                        "charts/entropy_estimate": entropy_estimate,
-                        **({"losses/alpha_loss": loss_alpha} if args.autotune else {}),
-                    },
-                )
+                run.log(global_step, "charts", updates_per_second=updates_per_second, alpha=alpha)
+                run.log(global_step, "charts", entropy_estimate=entropy_estimate)
+                run.log(global_step, "losses", qf1_values=qf1_values.mean(), qf2_values=qf2_values.mean())
+                run.log(global_step, "losses", qf1_loss=qf1_loss, qf2_loss=qf2_loss, qf_loss=qf_loss / 2.0)
+                run.log(global_step, "losses", actor_loss=actor_loss)
+                if args.autotune:
+                    run.log(global_step, "losses", alpha_loss=loss_alpha)
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
             run.save(global_step, replay_buffer)

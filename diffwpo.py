@@ -516,20 +516,12 @@ def main() -> None:
                 learning_starts,
             )
             if updates >= args.policy_frequency:
-                run.log(
-                    global_step,
-                    {
-                        "charts/updates_per_second": updates_per_second,
-                        "charts/alpha": alpha,
-                        "losses/qf1_values": qf1_values.mean(),
-                        "losses/qf1_loss": qf1_loss,
-                        "losses/qf2_loss": qf2_loss,
-                        "losses/qf_loss": qf_loss / 2.0,
-                        "losses/actor_loss": actor_loss,
-                        "charts/entropy_estimate": entropy_estimate,
-                        **({"losses/alpha_loss": loss_alpha} if args.autotune else {}),
-                    },
-                )
+                run.log(global_step, "charts", updates_per_second=updates_per_second, alpha=alpha)
+                run.log(global_step, "charts", entropy_estimate=entropy_estimate)
+                run.log(global_step, "losses", qf1_values=qf1_values.mean(), qf1_loss=qf1_loss, qf2_loss=qf2_loss)
+                run.log(global_step, "losses", qf_loss=qf_loss / 2.0, actor_loss=actor_loss)
+                if args.autotune:
+                    run.log(global_step, "losses", alpha_loss=loss_alpha)
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
             run.save(global_step, replay_buffer)

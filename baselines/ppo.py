@@ -385,24 +385,15 @@ def main(argv: list[str] | None = None) -> None:
             alpha_loss.backward()
             alpha_optimizer.step()
             alpha = log_alpha.exp().item()
-            run.log(global_step, {"losses/alpha_loss": alpha_loss})
+            run.log(global_step, "losses", alpha_loss=alpha_loss)
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        run.log(
-            global_step,
-            {
-                "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                "charts/entropy_estimate": entropy_estimate,
-                "charts/alpha": alpha,
-                "losses/value_loss": v_loss,
-                "losses/policy_loss": pg_loss,
-                "losses/old_approx_kl": old_approx_kl,
-                "losses/approx_kl": approx_kl,
-                "losses/clipfrac": np.mean(clipfracs),
-                "losses/explained_variance": explained_var,
-            },
-        )
+        run.log(global_step, "charts", learning_rate=optimizer.param_groups[0]["lr"], entropy_estimate=entropy_estimate)
+        run.log(global_step, "charts", alpha=alpha)
+        run.log(global_step, "losses", value_loss=v_loss, policy_loss=pg_loss, old_approx_kl=old_approx_kl)
+        run.log(global_step, "losses", approx_kl=approx_kl, clipfrac=np.mean(clipfracs))
+        run.log(global_step, "losses", explained_variance=explained_var)
         run.show(global_step, f"entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)

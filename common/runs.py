@@ -82,6 +82,15 @@ class Run:
         torch.set_num_threads(args.torch_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
         self.envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, self.name)
+        space = self.envs.single_action_space
+        self.obs_dim, self.action_dim = self.envs.single_observation_space.shape[0], space.shape[0]
+        # The networks' environment arguments, saved in checkpoints so that common.evaluation can rebuild the agent.
+        self.space = dict(
+            obs_dim=self.obs_dim,
+            action_dim=self.action_dim,
+            action_low=space.low.tolist(),
+            action_high=space.high.tolist(),
+        )
         self.recent_returns, self.saved_step = deque(maxlen=10), None
 
     def restore(self, state: dict, **kwargs) -> dict:
@@ -139,9 +148,11 @@ class Run:
             self.writer.add_scalar("charts/episodic_return", episode_return, global_step)
             self.writer.add_scalar("charts/episodic_length", episode_length, global_step)
 
-    def log(self, global_step: int, scalars: dict) -> None:
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value.item() if isinstance(value, torch.Tensor) else value, global_step)
+    def log(self, global_step: int, prefix: str, **scalars) -> None:
+        """TensorBoard scalars PREFIX/NAME (charts/..., losses/...) at this step."""
+        for name, value in scalars.items():
+            value = value.item() if isinstance(value, torch.Tensor) else value
+            self.writer.add_scalar(f"{prefix}/{name}", value, global_step)
 
     def show(self, global_step: int, text: str, learning_starts: int = 0) -> None:
         """Log SPS; the progress line: step, recent return, ``text``, SPS, time left."""
@@ -262,7 +273,8 @@ class StopSignals:
 
 def check_memory(parameter_count: int, buffer_bytes: int, device: torch.device, flags: str) -> None:
     """ConfigError when the parameters (with gradients and Adam's moments: 16 bytes each) and buffers exceed the
-    memory available now; ``flags`` names what to lower."""
+    memory available now; ``flags`` names what to lower. Count the parameters with ``count_parameters`` before
+    building the networks, so that networks too large to build are refused with one line too."""
     if device.type == "cuda":
         available = torch.cuda.mem_get_info(device)[0]
     else:
