@@ -237,14 +237,7 @@ class DiffusionActor(nn.Module):
 class ValueNetwork(nn.Module):
     """V(s, x_k, k): the value of an augmented state (method.md §3)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        num_diffusion_steps: int,
-        hidden_dim: int = 64,
-        time_embedding_dim: int = 16,
-    ):
+    def __init__(self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=64, time_embedding_dim=16):
         super().__init__()
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.net = nn.Sequential(
@@ -260,16 +253,7 @@ class ValueNetwork(nn.Module):
 
 
 class Agent(nn.Module):
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        action_low: list[float],
-        action_high: list[float],
-        num_diffusion_steps: int,
-        hidden_dim: int = 64,
-        min_std: float = 0.01,
-    ):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, num_diffusion_steps, hidden_dim=64, min_std=0.01):
         super().__init__()
         self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std)
         self.critic = ValueNetwork(obs_dim, action_dim, num_diffusion_steps, hidden_dim)
@@ -300,15 +284,7 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
     return flat_obs, x_k, step_k.repeat(num_steps * num_envs), x_previous
 
 
-def augmented_gae(
-    rewards: np.ndarray,
-    values: np.ndarray,
-    dones: np.ndarray,
-    next_value: np.ndarray,
-    gamma: float,
-    gae_lambda: float,
-    chain_gae_lambda: float,
-) -> tuple[np.ndarray, np.ndarray]:
+def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_gae_lambda):
     """GAE over the augmented sequence (method.md §3, §4.1).
 
     rewards, values: [T, N, K], augmented step j of env step t (j = 0 is k = K); the env
@@ -334,14 +310,7 @@ def augmented_gae(
     return advantages, advantages + values
 
 
-def step_with_bootstrap(
-    envs,
-    agent: Agent,
-    chain: torch.Tensor,
-    obs_normalizer: ObservationNormalizer,
-    reward_normalizer: RewardNormalizer,
-    gamma: float,
-):
+def step_with_bootstrap(envs, agent, chain, obs_normalizer, reward_normalizer, gamma):
     """Execute a = c + h tanh(x_0); return (next raw obs, normalised env reward [N], bootstrap [N], done, infos).
 
     Where an episode was cut by a time limit (truncated, not terminated) the bootstrap is

@@ -269,14 +269,7 @@ class DiffusionActor(nn.Module):
 # ---- end of the diffusion actor ----
 
 
-def step_log_ratio_term(
-    actor: DiffusionActor,
-    x_k: torch.Tensor,
-    k: torch.Tensor,
-    x_previous: torch.Tensor,
-    log_q: torch.Tensor,
-    action_half_width: torch.Tensor,
-) -> torch.Tensor:
+def step_log_ratio_term(actor, x_k, k, x_previous, log_q, action_half_width):
     """lt_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}), plus log N(x_K; 0, I) at k = K and minus the
     squash log-Jacobian sum_i log h_i + log(1 - tanh(x_0i)^2) at k = 1, so that sum_k lt_k = L (method.md §2, §3)."""
     K = actor.num_diffusion_steps
@@ -289,16 +282,7 @@ def step_log_ratio_term(
 class Agent(nn.Module):
     """The diffusion actor and the squashing a = c + h tanh(x_0)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        action_low: list[float],
-        action_high: list[float],
-        num_diffusion_steps: int,
-        hidden_dim: int = 128,
-        min_std: float = 0.01,
-    ):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, num_diffusion_steps, hidden_dim=128, min_std=0.01):
         super().__init__()
         self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation="relu")
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
@@ -325,9 +309,7 @@ class Agent(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # The distributional critic (HL-Gauss), the trust region and the lambda-returns (method.md §4.5)
 # ----------------------------------------------------------------------------------------------
-def hl_gauss_histogram(
-    values: torch.Tensor, v_min: float, v_max: float, num_bins: int, sigma_ratio: float = 0.75
-) -> torch.Tensor:
+def hl_gauss_histogram(values, v_min, v_max, num_bins, sigma_ratio=0.75):
     """The HL-Gauss target: N(clip(y), (sigma_ratio * bin width)^2) integrated over each bin, renormalised
     to the mass inside [v_min, v_max]. [B] -> [B, num_bins], rows sum to one."""
     edges = torch.linspace(v_min, v_max, num_bins + 1, device=values.device, dtype=values.dtype)
@@ -381,22 +363,12 @@ class DistributionalCritic(nn.Module):
         return (logits.softmax(-1) * self.bin_centres).sum(-1)
 
 
-def gaussian_kl(
-    mean_old: torch.Tensor, std_old: torch.Tensor, mean_new: torch.Tensor, std_new: torch.Tensor
-) -> torch.Tensor:
+def gaussian_kl(mean_old, std_old, mean_new, std_new):
     """KL(N(mean_old, diag std_old^2) || N(mean_new, diag std_new^2)), summed over the last axis (closed form)."""
     return (torch.log(std_new / std_old) + (std_old**2 + (mean_old - mean_new) ** 2) / (2 * std_new**2) - 0.5).sum(-1)
 
 
-def augmented_lambda_returns(
-    rewards: torch.Tensor,
-    next_values: torch.Tensor,
-    terminations: torch.Tensor,
-    truncations: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
-    augmented_gamma: float | None = None,
-) -> torch.Tensor:
+def augmented_lambda_returns(rewards, next_values, terminations, truncations, gamma, gae_lambda, augmented_gamma=None):
     """Lambda-returns backwards over the augmented sequence (method.md §4.5).
 
     rewards, next_values: [T, N, K], augmented step j of env step t (j = 0 is k = K; the env step is j = K-1);
@@ -425,17 +397,7 @@ def augmented_lambda_returns(
     return returns
 
 
-def actor_losses(
-    agent: Agent,
-    old_actor: DiffusionActor,
-    critic: DistributionalCritic,
-    obs,
-    x_k,
-    k,
-    alpha: float,
-    beta: float,
-    kl_bound: float,
-):
+def actor_losses(agent, old_actor, critic, obs, x_k, k, alpha, beta, kl_bound):
     """(actor loss, lt_k of the new steps [B], KL [B]) for one reparameterised step per augmented state.
 
     Per sample: alpha lt_k(x_{k-1}) - Q~(s, x_k, k, x_{k-1}) where KL(old || new) < kl_bound, else beta KL

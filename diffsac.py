@@ -286,14 +286,7 @@ class Agent(nn.Module):
         return self.squash(chain[:, -1])
 
 
-def soft_bellman_target(
-    rewards: torch.Tensor,
-    terminations: torch.Tensor,
-    next_min_q: torch.Tensor,
-    next_path_log_ratio: torch.Tensor,
-    alpha: float,
-    gamma: float,
-) -> torch.Tensor:
+def soft_bellman_target(rewards, terminations, next_min_q, next_path_log_ratio, alpha, gamma):
     """y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha L(s', x'_{0:K})), L in place of log pi."""
     return rewards + gamma * (1.0 - terminations) * (next_min_q - alpha * next_path_log_ratio)
 
@@ -310,15 +303,7 @@ def actor_loss_and_entropy(agent: Agent, qf1: SoftQNetwork, qf2: SoftQNetwork, o
     return (alpha * path_log_ratio - min_q).mean(), -path_log_ratio.detach().mean()
 
 
-def log_variance_actor_loss(
-    agent: Agent,
-    qf1: SoftQNetwork,
-    qf2: SoftQNetwork,
-    obs: torch.Tensor,
-    alpha: float,
-    chains_per_state: int,
-    noise_scale: float,
-):
+def log_variance_actor_loss(agent, qf1, qf2, obs, alpha, chains_per_state, noise_scale):
     """(Var_m[alpha L - min_i Q_i(s, a)] / (2 alpha), H_est): the log-variance divergence (method.md §2).
 
     M = chains_per_state paths per state, drawn without gradient with the kernel noise times noise_scale; L of

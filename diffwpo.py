@@ -1,45 +1,22 @@
 """DiffWPO: Wasserstein policy optimisation on the diffusion-augmented MDP (DA-MDP: WPO).
 
-Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffWPO); WPO: Pfau et al., arXiv 2505.00663.
-The maths is written out in docs/method.md; "method.md §n" below names its sections.
+Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffWPO); WPO: Pfau et al., arXiv 2505.00663. The maths is in
+docs/method.md ("method.md §n" below).
 
     python diffwpo.py --env-id Hopper-v4 --num-diffusion-steps 8
 
-Off-policy, with a replay buffer that keeps each transition's whole chain x_K..x_0.
-Each environment step is K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1) (method.md §3),
-each with its own log-ratio term
-    lt_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) [+ log N(x_K; 0, I) at k = K]
-           [- sum_i (log h_i + log(1 - tanh(x_0i)^2)) at k = 1],        sum_k lt_k = L.
-Twin augmented critics Q(s, x_k, k, x_{k-1}) learn soft Bellman targets (as SAC's Q, the
-current step's own -alpha * lt_k is left out of Q and enters the soft value):
-    inside the chain (k > 1): y = V(s, x_{k-1}, k-1)                       (no reward, discount 1)
-    last step (k = 1):        y = r + gamma * (1 - terminated) * V(s', x'_K ~ N(0, I), K)
-    V(s, x_k, k) = E_{x_{k-1} ~ q}[ Q(s, x_k, k, x_{k-1}) - alpha * lt_k ]
-                 = E_{rest of the chain ~ q}[ Q_target(s, x_1, 1, x_0) - alpha * sum_{j<=k} lt_j ]
-The second form (no reward, no discount inside the chain) is what soft_value computes: it rolls
-the current policy out to the last step, so value information reaches every k in one target
-hop instead of k hops through lagging target networks.
-The actor follows the Wasserstein gradient flow at every diffusion step (method.md §4.3):
-    loss = -E[ sum_i d/dx_i log q_theta(x | x_k, s) * stopgrad(d/dx_i (Q(s, x_k, k, x) - alpha * lt_k(x))) ]
-at x = stopgrad(x_{k-1} sampled from the current policy); d/dx log q = -(x - mean) / sigma^2 in
-closed form. With --fisher-preconditioner the velocity of each dimension is multiplied by
-sigma_k^2, the inverse of the kernel's Fisher information for its mean (diagonal): the mean
-then moves by the velocity itself, whatever sigma_k is (the natural-gradient form of WPO).
-
-Choices the design leaves open, made here:
-- Each critic update samples one diffusion step k per transition (uniformly), and each actor
-  update one step per freshly sampled chain, so an update costs one batch whatever K is
-  (using all K steps of every chain was 1.4x slower per update and, in one 8k-step Pendulum run,
-  learned no faster).
-- The diffusion actor is the one of diffppo.py (copied; the maths tests run on every copy),
-  with ReLU and 128 units as in diffsac.py; critics have CleanRL's 256 units.
-- The augmented critics see x_k and x_{k-1} through tanh, as the environment sees x_0. With raw
-  inputs the critic's gradient kept growing where tanh saturates (an MLP extrapolates linearly),
-  x_0 drifted outward, the entropy estimate collapsed and alpha diverged (Hopper, ~27k steps).
-- Warm-up actions (before --learning-starts) come from the untrained actor, whose pre-tanh
-  action is exactly N(0, I), so the stored chains are consistent with the forward process.
-- Observations are not normalised (as SAC); time-limit truncations bootstrap; the replay
-  buffer (the whole chains) is saved beside each checkpoint, so --resume continues learning at once.
+Off-policy; the replay buffer keeps each transition's whole chain x_K..x_0. Each environment step is K augmented
+steps (s, x_k, k) -> (s, x_{k-1}, k-1), each with its log-ratio term lt_k (sum_k lt_k = L, method.md §3). Twin
+augmented critics Q(s, x_k, k, x_{k-1}) learn soft Bellman targets: inside the chain the soft value of the rest of
+the chain, rolled out with the current policy to the k = 1 critic (no reward, discount 1); at k = 1
+r + gamma (1 - terminated) V(s', x'_K, K). The actor follows the Wasserstein gradient flow at every diffusion
+step (method.md §4.3), with the velocity d/dx (Q - alpha lt_k) at x = x_{k-1} drawn from the current policy;
+--fisher-preconditioner multiplies it by sigma_k^2 (the natural-gradient form). Choices the paper leaves open:
+- each update trains one uniformly drawn diffusion step per transition (critic) and per fresh chain (actor);
+- the critics see x_k and x_{k-1} through tanh, as the environment sees x_0 (with raw inputs x_0 drifted
+  outward where tanh saturates and alpha diverged);
+- warm-up actions come from the untrained actor (pre-tanh N(0, I)), so stored chains match the forward process;
+- observations are not normalised (as SAC); time-limit cuts bootstrap; the buffer is saved beside checkpoints.
 """
 
 from __future__ import annotations
@@ -245,14 +222,7 @@ class DiffusionActor(nn.Module):
 class AugmentedQNetwork(nn.Module):
     """Q(s, x_k, k, x_{k-1}): the value of taking x_{k-1} in the augmented state (s, x_k, k)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        num_diffusion_steps: int,
-        hidden_dim: int = 256,
-        time_embedding_dim: int = 16,
-    ):
+    def __init__(self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=256, time_embedding_dim=16):
         super().__init__()
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
         self.fc1 = nn.Linear(obs_dim + 2 * action_dim + time_embedding_dim, hidden_dim)
@@ -396,57 +366,31 @@ def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_e
 
 def main() -> None:
     run = Run(Args, "diffwpo", CHECKS)
-    args, envs, device = run.args, run.envs, run.device
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
     K = args.num_diffusion_steps
-    agent_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        action_low=envs.single_action_space.low.tolist(),
-        action_high=envs.single_action_space.high.tolist(),
-        num_diffusion_steps=K,
-        hidden_dim=args.actor_hidden_dim,
-        min_std=args.min_std,
-    )
-    check_memory(
-        count_parameters(
-            lambda: [Agent(**agent_kwargs)] + [AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim)] * 4
-        ),
-        ReplayBuffer.bytes(args.buffer_size, obs_dim, (K + 1) * action_dim),
-        device,
-        "--hidden-dim, --actor-hidden-dim or --buffer-size",
-    )
+    agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
+
+    def networks():
+        return [Agent(**agent_kwargs)] + [AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim)] * 4
+
+    buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, (K + 1) * action_dim)
+    check_memory(count_parameters(networks), buffer_bytes, device, "--hidden-dim, --actor-hidden-dim or --buffer-size")
     agent = Agent(**agent_kwargs).to(device)
-    qf1, qf2, qf1_target, qf2_target = (
-        AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim).to(device) for _ in range(4)
-    )
+    critics = [AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim).to(device) for _ in range(4)]
+    qf1, qf2, qf1_target, qf2_target = critics
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    log_alpha = torch.tensor(
-        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
-    )
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device)
+    log_alpha.requires_grad_(args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # WPO, like SAC, does not normalise
-    checkpoint = run.restore(
-        {
-            "agent": agent,
-            "qf1": qf1,
-            "qf2": qf2,
-            "qf1_target": qf1_target,
-            "qf2_target": qf2_target,
-            "q_optimizer": q_optimizer,
-            "actor_optimizer": actor_optimizer,
-            "obs_normalizer": obs_normalizer,
-            "log_alpha": log_alpha,
-            "alpha_optimizer": alpha_optimizer,
-        },
-        agent_kwargs=agent_kwargs,
-    )
-    global_step = checkpoint.get("global_step", 0)
-    alpha = log_alpha.exp().item()
+    state = dict(agent=agent, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target, log_alpha=log_alpha)
+    state.update(q_optimizer=q_optimizer, actor_optimizer=actor_optimizer, alpha_optimizer=alpha_optimizer)
+    checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), agent_kwargs=agent_kwargs)
+    global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
 
     def min_q(obs, x_k, k, x_previous):
         return torch.min(qf1(obs, x_k, k, x_previous), qf2(obs, x_k, k, x_previous))

@@ -179,15 +179,7 @@ class GaussianActor(nn.Module):
 
 
 class Agent(nn.Module):
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        action_low: list[float],
-        action_high: list[float],
-        hidden_dim: int = 64,
-        min_std: float = 0.01,
-    ):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, hidden_dim=64, min_std=0.01):
         super().__init__()
         self.actor = GaussianActor(obs_dim, action_dim, hidden_dim, min_std)
         self.critic = mlp(obs_dim, hidden_dim, 1, last_layer_std=1.0)  # diffppo's V(s, x_k, k) without x_k, k
@@ -211,9 +203,7 @@ class Agent(nn.Module):
         return self.squash(self.actor.sample(obs, deterministic)[0])  # deterministic: c + h tanh(mu(s))
 
 
-def gae(
-    rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: np.ndarray, gamma: float, gae_lambda: float
-) -> tuple[np.ndarray, np.ndarray]:
+def gae(rewards, values, dones, next_value, gamma, gae_lambda):
     """CleanRL's GAE (diffppo's augmented_gae with K = 1). rewards, values, dones: [T, N], dones[t]: the episode
     ended at step t (same-step autoreset); next_value: [N], V after the rollout. Returns (advantages, returns)."""
     num_steps, advantages, last_advantage = rewards.shape[0], np.zeros_like(rewards), np.zeros_like(next_value)
@@ -226,15 +216,7 @@ def gae(
     return advantages, advantages + values
 
 
-def step_with_bootstrap(
-    envs,
-    agent: Agent,
-    x: torch.Tensor,
-    soft_rewards: np.ndarray,
-    obs_normalizer: ObservationNormalizer,
-    reward_normalizer: RewardNormalizer,
-    gamma: float,
-):
+def step_with_bootstrap(envs, agent, x, soft_rewards, obs_normalizer, reward_normalizer, gamma):
     """Execute a = c + h tanh(x); return (next raw obs, rewards [N], done, infos): the soft reward plus
     the normalised environment reward, plus gamma * V(final obs) where a time limit cut the episode
     (truncated, not terminated): the cut is bootstrapped from the state reached, not a termination."""

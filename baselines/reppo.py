@@ -154,9 +154,7 @@ class GaussianActor(nn.Module):
 class Agent(nn.Module):
     """The Gaussian actor and the squashing a = c + h tanh(x)."""
 
-    def __init__(
-        self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float], hidden_dim: int = 128
-    ):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, hidden_dim=128):
         super().__init__()
         self.actor = GaussianActor(obs_dim, action_dim, hidden_dim)
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
@@ -181,9 +179,7 @@ class Agent(nn.Module):
         return self.squash(self.actor(obs)[0]) if deterministic else self.squash(self.one_step(obs)[0])
 
 
-def hl_gauss_histogram(
-    values: torch.Tensor, v_min: float, v_max: float, num_bins: int, sigma_ratio: float = 0.75
-) -> torch.Tensor:
+def hl_gauss_histogram(values, v_min, v_max, num_bins, sigma_ratio=0.75):
     """The HL-Gauss target: N(clip(y), (sigma_ratio * bin width)^2) integrated over each bin, renormalised
     to the mass inside [v_min, v_max]. [B] -> [B, num_bins], rows sum to one."""
     edges = torch.linspace(v_min, v_max, num_bins + 1, device=values.device, dtype=values.dtype)
@@ -198,15 +194,7 @@ class DistributionalCritic(nn.Module):
     """Q(s, x) as a categorical over bins on [v_min, v_max], with an auxiliary head that predicts the next
     state's embedding and the reward from this one's embedding (diffreppo.py's critic with K = 1)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        hidden_dim: int = 256,
-        num_bins: int = 101,
-        v_min: float = -10.0,
-        v_max: float = 10.0,
-    ):
+    def __init__(self, obs_dim, action_dim, hidden_dim=256, num_bins=101, v_min=-10.0, v_max=10.0):
         super().__init__()
 
         def block(inputs: int) -> list[nn.Module]:
@@ -229,21 +217,12 @@ class DistributionalCritic(nn.Module):
         return (logits.softmax(-1) * self.bin_centres).sum(-1)
 
 
-def gaussian_kl(
-    mean_old: torch.Tensor, std_old: torch.Tensor, mean_new: torch.Tensor, std_new: torch.Tensor
-) -> torch.Tensor:
+def gaussian_kl(mean_old, std_old, mean_new, std_new):
     """KL(N(mean_old, diag std_old^2) || N(mean_new, diag std_new^2)), summed over the last axis (closed form)."""
     return (torch.log(std_new / std_old) + (std_old**2 + (mean_old - mean_new) ** 2) / (2 * std_new**2) - 0.5).sum(-1)
 
 
-def lambda_returns(
-    rewards: torch.Tensor,
-    next_values: torch.Tensor,
-    terminations: torch.Tensor,
-    truncations: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
-) -> torch.Tensor:
+def lambda_returns(rewards, next_values, terminations, truncations, gamma, gae_lambda):
     """G_t = r~_t + gamma (1 - term_t) [lambda G_{t+1} + (1 - lambda) V_{t+1}] backwards over [T, N], with
     G_{t+1} replaced by V_{t+1} after a truncation and after the rollout's last step."""
     returns = torch.zeros_like(rewards)
@@ -256,15 +235,7 @@ def lambda_returns(
     return returns
 
 
-def actor_losses(
-    agent: Agent,
-    old_actor: GaussianActor,
-    critic: DistributionalCritic,
-    obs,
-    alpha: float,
-    beta: float,
-    kl_bound: float,
-):
+def actor_losses(agent, old_actor, critic, obs, alpha, beta, kl_bound):
     """(actor loss, log pi of the new samples [B], KL [B]): alpha log pi - Q(s, x) where KL(old || new) < kl_bound,
     else beta KL (REPPO's clipped trust region); the critic is frozen."""
     x, log_pi, mean, std = agent.one_step(obs)

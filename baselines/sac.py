@@ -149,9 +149,7 @@ class SoftQNetwork(nn.Module):
 class Agent(nn.Module):
     """The Gaussian actor and the squashing a = c + h tanh(x)."""
 
-    def __init__(
-        self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float], hidden_dim: int = 256
-    ):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, hidden_dim=256):
         super().__init__()
         self.actor = GaussianActor(obs_dim, action_dim, hidden_dim)
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
@@ -179,14 +177,7 @@ class Agent(nn.Module):
         return self.squash(self.actor(obs)[0]) if deterministic else self.sample(obs)[0]
 
 
-def soft_bellman_target(
-    rewards: torch.Tensor,
-    terminations: torch.Tensor,
-    next_min_q: torch.Tensor,
-    next_log_pi: torch.Tensor,
-    alpha: float,
-    gamma: float,
-) -> torch.Tensor:
+def soft_bellman_target(rewards, terminations, next_min_q, next_log_pi, alpha, gamma):
     """y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha log pi(a'|s'))."""
     return rewards + gamma * (1.0 - terminations) * (next_min_q - alpha * next_log_pi)
 
@@ -211,53 +202,29 @@ def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_e
 
 def main() -> None:
     run = Run(Args, "baselines.sac", CHECKS)
-    args, envs, device = run.args, run.envs, run.device
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        action_low=envs.single_action_space.low.tolist(),
-        action_high=envs.single_action_space.high.tolist(),
-        hidden_dim=args.actor_hidden_dim,
-    )
-    check_memory(
-        count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4),
-        ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim),
-        device,
-        "--hidden-dim or --buffer-size",
-    )
+    args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
+    agent_kwargs = dict(**run.space, hidden_dim=args.actor_hidden_dim)
+
+    def networks():
+        return [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4
+
+    buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim)
+    check_memory(count_parameters(networks), buffer_bytes, device, "--hidden-dim or --buffer-size")
     agent = Agent(**agent_kwargs).to(device)
-    qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
-    qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
-    qf1_target = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
-    qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device)
+    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(4))
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    log_alpha = torch.tensor(
-        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
-    )
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device)
+    log_alpha.requires_grad_(args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # SAC does not normalise; checkpoints stay uniform
-    checkpoint = run.restore(
-        {
-            "agent": agent,
-            "qf1": qf1,
-            "qf2": qf2,
-            "qf1_target": qf1_target,
-            "qf2_target": qf2_target,
-            "q_optimizer": q_optimizer,
-            "actor_optimizer": actor_optimizer,
-            "obs_normalizer": obs_normalizer,
-            "log_alpha": log_alpha,
-            "alpha_optimizer": alpha_optimizer,
-        },
-        agent_kwargs=agent_kwargs,
-    )
-    global_step = checkpoint.get("global_step", 0)
-    alpha = log_alpha.exp().item()
+    state = dict(agent=agent, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target, log_alpha=log_alpha)
+    state.update(q_optimizer=q_optimizer, actor_optimizer=actor_optimizer, alpha_optimizer=alpha_optimizer)
+    checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), agent_kwargs=agent_kwargs)
+    global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
     replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
     learning_starts = run.resume_replay_buffer(replay_buffer, args.learning_starts)
     updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency

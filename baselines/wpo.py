@@ -135,9 +135,7 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 
 class Agent(nn.Module):
     """Tanh-Gaussian actor: x ~ N(mean(s), diag(std(s)^2)), a = c + h tanh(x) (CleanRL SAC's Actor)."""
 
-    def __init__(
-        self, obs_dim: int, action_dim: int, action_low: list[float], action_high: list[float], hidden_dim: int = 128
-    ):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, hidden_dim=128):
         super().__init__()
         self.fc1 = layer_init(nn.Linear(obs_dim, hidden_dim))
         self.fc2 = layer_init(nn.Linear(hidden_dim, hidden_dim))
@@ -219,21 +217,14 @@ def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_e
 
 def main() -> None:
     run = Run(Args, "baselines.wpo", CHECKS)
-    args, envs, device = run.args, run.envs, run.device
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        action_low=envs.single_action_space.low.tolist(),
-        action_high=envs.single_action_space.high.tolist(),
-        hidden_dim=args.actor_hidden_dim,
-    )
-    check_memory(
-        count_parameters(lambda: [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4),
-        ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim),
-        device,
-        "--hidden-dim or --buffer-size",
-    )
+    args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
+    agent_kwargs = dict(**run.space, hidden_dim=args.actor_hidden_dim)
+
+    def networks():
+        return [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4
+
+    buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim)
+    check_memory(count_parameters(networks), buffer_bytes, device, "--hidden-dim or --buffer-size")
     agent = Agent(**agent_kwargs).to(device)
     qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(4))
     qf1_target.load_state_dict(qf1.state_dict())
@@ -241,28 +232,14 @@ def main() -> None:
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(agent.parameters(), lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    log_alpha = torch.tensor(
-        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
-    )
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device)
+    log_alpha.requires_grad_(args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # WPO, like SAC, does not normalise
-    checkpoint = run.restore(
-        {
-            "agent": agent,
-            "qf1": qf1,
-            "qf2": qf2,
-            "qf1_target": qf1_target,
-            "qf2_target": qf2_target,
-            "q_optimizer": q_optimizer,
-            "actor_optimizer": actor_optimizer,
-            "obs_normalizer": obs_normalizer,
-            "log_alpha": log_alpha,
-            "alpha_optimizer": alpha_optimizer,
-        },
-        agent_kwargs=agent_kwargs,
-    )
-    global_step = checkpoint.get("global_step", 0)
-    alpha = log_alpha.exp().item()
+    state = dict(agent=agent, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target, log_alpha=log_alpha)
+    state.update(q_optimizer=q_optimizer, actor_optimizer=actor_optimizer, alpha_optimizer=alpha_optimizer)
+    checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), agent_kwargs=agent_kwargs)
+    global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
 
     def min_q(obs, actions):
         return torch.min(qf1(obs, actions), qf2(obs, actions))

@@ -194,15 +194,7 @@ class DiffusionPolicy(nn.Module):
     """The DDPM: forward marginal q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), t = 0..T-1, and its
     reverse chain with the posterior q(x_{t-1} | x_t, x0_hat) around the predicted, clipped x0_hat."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        num_diffusion_steps: int,
-        beta_schedule_scale: float,
-        hidden_dim: int,
-        num_hidden_layers: int,
-    ):
+    def __init__(self, obs_dim, action_dim, num_diffusion_steps, beta_schedule_scale, hidden_dim, num_hidden_layers):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
         self.noise_predictor = NoisePredictor(obs_dim, action_dim, hidden_dim, num_hidden_layers)
@@ -309,9 +301,7 @@ def dpmd_weights(min_q: torch.Tensor, q_mean: float, q_std: float, alpha: float,
     return torch.exp(((min_q - q_mean) / q_std).clamp(-q_clip, q_clip) / alpha)
 
 
-def weighted_denoising_loss(
-    policy: DiffusionPolicy, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
+def weighted_denoising_loss(policy, obs, actions, weights):
     """E[w ||eps_theta(s, x_t, t) - eps||^2] (mean over batch and action), x_t = q_sample(t, a, eps), t ~ U{0..T-1}."""
     t = torch.randint(0, policy.num_diffusion_steps, (obs.shape[0],), device=obs.device)
     noise = torch.randn_like(actions)

@@ -195,15 +195,7 @@ class DiffusionPolicy(nn.Module):
     """The DDPM: forward marginal q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), t = 0..T-1, and its
     reverse chain with the posterior q(x_{t-1} | x_t, x0_hat) around the predicted, clipped x0_hat."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        num_diffusion_steps: int,
-        beta_schedule_scale: float,
-        hidden_dim: int,
-        num_hidden_layers: int,
-    ):
+    def __init__(self, obs_dim, action_dim, num_diffusion_steps, beta_schedule_scale, hidden_dim, num_hidden_layers):
         super().__init__()
         self.num_diffusion_steps, self.action_dim = num_diffusion_steps, action_dim
         self.noise_predictor = NoisePredictor(obs_dim, action_dim, hidden_dim, num_hidden_layers)
@@ -305,9 +297,7 @@ class Agent(nn.Module):
         return self.scale(self.best_of_n(obs) if deterministic else self.explore(obs))
 
 
-def sdac_policy_loss(
-    agent: Agent, obs: torch.Tensor, actions: torch.Tensor, alpha: float, alpha_initial: float, num_reconstructions: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def sdac_policy_loss(agent, obs, actions, alpha, alpha_initial, num_reconstructions):
     """(E[sum_m w_m ||eps_theta(s, x_t, t) - eps_m||^2] / M, weights [B, M]) for policy actions a at states s."""
     policy, batch, action_dim = agent.policy, obs.shape[0], actions.shape[1]
     t = torch.randint(0, policy.num_diffusion_steps, (batch,), device=obs.device)
