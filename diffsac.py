@@ -4,18 +4,13 @@ Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffSAC). The maths is in docs/metho
 
     python diffsac.py --env-id Hopper-v4 --num-diffusion-steps 8
 
-CleanRL's SAC (twin critics with target networks, delayed actor updates, temperature tuning) except the actor:
-the action is sampled through the K reverse kernels (method.md §1), reparameterised through every step, and
-log pi(a|s) is replaced by the path log-ratio L(s, x_{0:K}) (method.md §2) in the critic target
-    y = r + gamma (1 - terminated) (min_i Q_target_i(s', a') - alpha L(s', x'_{0:K}))
-and in the actor loss E[alpha L - min_i Q_i(s, a)]. alpha is tuned so that H_est = -E[L], a lower bound on the
-policy entropy, tracks -target_entropy_scale * action_dim. Choices the paper leaves open:
-- the actor's mean network has ReLU and 128 units (it runs K times per action); the critics keep CleanRL's 256;
-- observations are not normalised (as CleanRL's SAC); episodes cut by a time limit are bootstrapped from their
-  true final observation;
-- --actor-loss log-variance (not the paper's) covers every mode of a multimodal pi* (method.md §2);
-- the replay buffer is saved beside each checkpoint (Hopper 108 MB, Humanoid 3.1 GB at 1M), so --resume
-  continues learning where the run stopped.
+CleanRL's SAC except the actor: the action is reparameterised through the K reverse kernels (method.md §1), and
+the path log-ratio L(s, x_{0:K}) replaces log pi(a|s) (method.md §2) in the critic target and the actor loss
+E[alpha L - min_i Q_i(s, a)]; alpha is tuned so that H_est = -E[L], a lower bound on the entropy, tracks
+-target_entropy_scale * action_dim. Choices the paper leaves open: the actor's mean network has ReLU and 128 units
+(it runs K times per action); time-limit cuts bootstrap from the true final observation; --actor-loss
+log-variance (not the paper's) covers every mode of a multimodal pi*; the replay buffer is saved beside each
+checkpoint, so --resume continues learning where the run stopped.
 """
 
 from __future__ import annotations
@@ -251,21 +246,9 @@ class SoftQNetwork(nn.Module):
 class Agent(nn.Module):
     """The diffusion actor (ReLU, as CleanRL's SAC networks) and the squashing a = c + h tanh(x_0)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        action_low: list[float],
-        action_high: list[float],
-        num_diffusion_steps: int,
-        hidden_dim: int = 256,
-        min_std: float = 0.01,
-        activation: str = "relu",
-    ):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, num_diffusion_steps, hidden_dim=256, min_std=0.01):
         super().__init__()
-        self.actor = DiffusionActor(
-            obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation=activation
-        )
+        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation="relu")
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_center", (high + low) / 2)
         self.register_buffer("action_half_width", (high - low) / 2)
@@ -434,11 +417,8 @@ def main() -> None:
             last_print = global_step
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
             entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"
-            run.show(
-                global_step,
-                f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}",
-                learning_starts,
-            )
+            text = f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}"
+            run.show(global_step, text, learning_starts)
             if updates >= args.policy_frequency:
                 run.log(global_step, "charts", updates_per_second=updates_per_second, alpha=alpha)
                 run.log(global_step, "charts", entropy_estimate=entropy_estimate)

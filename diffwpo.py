@@ -11,12 +11,10 @@ augmented critics Q(s, x_k, k, x_{k-1}) learn soft Bellman targets: inside the c
 the chain, rolled out with the current policy to the k = 1 critic (no reward, discount 1); at k = 1
 r + gamma (1 - terminated) V(s', x'_K, K). The actor follows the Wasserstein gradient flow at every diffusion
 step (method.md §4.3), with the velocity d/dx (Q - alpha lt_k) at x = x_{k-1} drawn from the current policy;
---fisher-preconditioner multiplies it by sigma_k^2 (the natural-gradient form). Choices the paper leaves open:
-- each update trains one uniformly drawn diffusion step per transition (critic) and per fresh chain (actor);
-- the critics see x_k and x_{k-1} through tanh, as the environment sees x_0 (with raw inputs x_0 drifted
-  outward where tanh saturates and alpha diverged);
-- warm-up actions come from the untrained actor (pre-tanh N(0, I)), so stored chains match the forward process;
-- observations are not normalised (as SAC); time-limit cuts bootstrap; the buffer is saved beside checkpoints.
+--fisher-preconditioner multiplies it by sigma_k^2 (the natural-gradient form). Choices the paper leaves open: each
+update trains one uniformly drawn diffusion step per transition (critic) and per fresh chain (actor); the critics
+see the chain through tanh, as the environment sees x_0; warm-up actions come from the untrained actor, so stored
+chains match the forward process; observations are not normalised (as SAC).
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ class Args(RunArgs):
     """the name of this experiment"""
     checkpoint_frequency: int = 50000
     """environment steps between checkpoints when --save-model is set"""
-    # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
@@ -240,21 +237,9 @@ class AugmentedQNetwork(nn.Module):
 class Agent(nn.Module):
     """The diffusion actor (ReLU) and the squashing a = c + h tanh(x_0)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        action_low: list[float],
-        action_high: list[float],
-        num_diffusion_steps: int,
-        hidden_dim: int = 128,
-        min_std: float = 0.01,
-        activation: str = "relu",
-    ):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, num_diffusion_steps, hidden_dim=128, min_std=0.01):
         super().__init__()
-        self.actor = DiffusionActor(
-            obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation=activation
-        )
+        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std, activation="relu")
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_center", (high + low) / 2)
         self.register_buffer("action_half_width", (high - low) / 2)
@@ -270,8 +255,7 @@ class Agent(nn.Module):
 
 
 def step_log_ratio(agent: Agent, obs, x_k, k, x_previous) -> torch.Tensor:
-    """lt_k per augmented sample (any mix of k): l_k plus the prior term at k = K and the squash term
-    at k = 1, so that the K terms of a chain add up to L (method.md §2)."""
+    """lt_k per augmented sample: l_k, plus the prior term at k = K and the squash term at k = 1 (method.md §2)."""
     actor = agent.actor
     log_ratio = actor.log_prob(obs, x_k, k, x_previous) - actor.forward_log_prob(x_k, x_previous, k)
     log_prior = gaussian_log_prob(x_k, torch.zeros_like(x_k), torch.ones_like(x_k))
@@ -283,19 +267,13 @@ def step_log_ratio(agent: Agent, obs, x_k, k, x_previous) -> torch.Tensor:
 
 
 def augmented_bellman_target(rewards, terminations, is_last_step, next_soft_value, gamma: float) -> torch.Tensor:
-    """Inside the chain y = V(s, x_{k-1}, k-1): no reward, no discount; at k = 1
-    y = r + gamma (1 - terminated) V(s', x'_K, K)."""
+    """y = V(s, x_{k-1}, k-1) inside the chain (no reward, no discount); r + gamma (1 - terminated) V(s', x'_K, K)."""
     return torch.where(is_last_step, rewards + gamma * (1.0 - terminations) * next_soft_value, next_soft_value)
 
 
 def soft_value(agent: Agent, qf1_target, qf2_target, obs, x_k, k, alpha: float) -> torch.Tensor:
-    """V(s, x_k, k) = E[min_i Q_target_i(s, x_1, 1, x_0) - alpha * sum_{j<=k} lt_j], one sample per row.
-
-    Inside the chain no environment time passes and no reward is paid, so the soft value of
-    (s, x_k, k) is the soft value at its last step with the rest of the chain sampled from the
-    current policy; the (per-row) remaining steps k..2 are rolled out here, the last step is
-    valued by the k = 1 critic. Every target thus needs one critic hop, not k of them.
-    """
+    """V(s, x_k, k) = E[min_i Q_target_i(s, x_1, 1, x_0) - alpha sum_{j<=k} lt_j], one sample per row: no reward and
+    no time inside the chain, so the rest of the chain is rolled out with the current policy (method.md §4.3)."""
     actor, log_ratio_sum = agent.actor, torch.zeros(len(obs), device=obs.device)
     for _ in range(actor.num_diffusion_steps - 1):
         inside = k > 1
@@ -312,8 +290,7 @@ def soft_value(agent: Agent, qf1_target, qf2_target, obs, x_k, k, alpha: float) 
 
 
 def critic_targets(agent: Agent, qf1_target, qf2_target, obs, chains, rewards, next_obs, terminations, alpha, gamma):
-    """Pick one diffusion step per transition, uniformly, and its soft Bellman target.
-    Returns (obs, x_k, k, x_{k-1}, y) for the critic regression."""
+    """(obs, x_k, k, x_{k-1}, y): one uniformly drawn diffusion step per transition and its soft Bellman target."""
     batch, num_diffusion_steps = obs.shape[0], agent.actor.num_diffusion_steps
     rows = torch.arange(batch, device=obs.device)
     j = torch.randint(0, num_diffusion_steps, (batch,), device=obs.device)  # time-order index, k = K - j
@@ -335,12 +312,8 @@ def kernel_score(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
 
 
 def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
-    """(WPO loss at one uniformly drawn step of each fresh chain, H_est = -E[L]) (method.md §4.3).
-
-    q_value(obs, x_k, k, x_{k-1}) -> [B]; the velocity is d/dx (q_value - alpha lt_k) at the sampled x_{k-1},
-    with the parameters held fixed (stop-gradient). One step per chain, k uniform: an unbiased estimate of the
-    mean over the K steps at 1/K of the cost.
-    """
+    """(WPO loss at one uniformly drawn step of each fresh chain, H_est = -E[L]) (method.md §4.3): the velocity
+    d/dx (q_value - alpha lt_k) at the sampled x_{k-1}, parameters held fixed, against the kernel's score."""
     actor, num_diffusion_steps = agent.actor, agent.actor.num_diffusion_steps
     with torch.no_grad():
         chain, step_log_q = actor.sample_chain(obs)
@@ -360,7 +333,7 @@ def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fishe
 
 
 def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_entropy: float) -> torch.Tensor:
-    """alpha (H_est - target): descending it lowers alpha when the entropy estimate is above target, raises it below."""
+    """alpha (H_est - target): descending it lowers alpha when the entropy estimate is above target."""
     return log_alpha.exp() * (entropy_estimate - target_entropy)
 
 
@@ -403,8 +376,7 @@ def main() -> None:
 
     while global_step < args.total_timesteps and not run.stop.requested:
         global_step += args.num_envs
-        # Before learning starts the actor is untrained: its chain is the exact reverse process of x_0 ~ N(0, I),
-        # a random policy whose chains are consistent with the forward process.
+        # Before learning starts the untrained actor is the exact reverse process of x_0 ~ N(0, I): a random policy.
         with torch.no_grad():
             chains, _ = agent.actor.sample_chain(torch.as_tensor(obs, dtype=torch.float32, device=device))
         next_obs, infos = step_and_store(envs, obs, agent.squash(chains[:, -1]).cpu().numpy(), replay_buffer, chains)
@@ -454,11 +426,8 @@ def main() -> None:
             last_print = global_step
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
             entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"
-            run.show(
-                global_step,
-                f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}",
-                learning_starts,
-            )
+            text = f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}"
+            run.show(global_step, text, learning_starts)
             if updates >= args.policy_frequency:
                 run.log(global_step, "charts", updates_per_second=updates_per_second, alpha=alpha)
                 run.log(global_step, "charts", entropy_estimate=entropy_estimate)

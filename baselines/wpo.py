@@ -301,11 +301,8 @@ def main() -> None:
             last_print = global_step
             updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
             entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"
-            run.show(
-                global_step,
-                f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}",
-                learning_starts,
-            )
+            text = f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}"
+            run.show(global_step, text, learning_starts)
             if updates >= args.policy_frequency:
                 run.log(global_step, "charts", updates_per_second=updates_per_second, alpha=alpha)
                 run.log(global_step, "charts", entropy_estimate=entropy_estimate)
