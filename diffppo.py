@@ -10,11 +10,9 @@ a = c + h tanh(x_0) (method.md §1). Each environment step becomes K augmented s
 with soft reward -alpha l_k, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) (method.md §2, §3); PPO runs
 unchanged on the augmented MDP: one clipped ratio per diffusion step, a value V(s, x_k, k), GAE over the
 augmented sequence. With --alpha 0 this is DPPO (Ren et al., arXiv 2409.00588) trained from scratch.
-Choices the paper leaves open:
-- at initialisation the chain is the exact reverse process of x_0 ~ N(0, I), so L = log pi(a|s) exactly;
-- GAE inside the chain has discount 1 and trace decay --chain-gae-lambda; gamma and --gae-lambda at env steps;
-- environment rewards are normalised as in CleanRL's PPO, and --alpha acts in that scale;
-- episodes cut by a time limit are bootstrapped with gamma V(final obs, x_K, K) (CleanRL's PPO ends them).
+Choices the paper leaves open: inside the chain GAE has discount 1 and trace decay --chain-gae-lambda;
+environment rewards are normalised as in CleanRL's PPO, and --alpha acts in that scale; episodes cut by a time
+limit are bootstrapped with gamma V(final obs, x_K, K) (CleanRL's PPO ends them).
 """
 
 from __future__ import annotations
@@ -272,11 +270,8 @@ class Agent(nn.Module):
 
 
 def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tensor):
-    """Flatten a rollout into augmented samples (s, x_k, k) -> x_{k-1}, in the order of the [T, N, K] buffers.
-
-    obs: [T, N, obs_dim]; chain: [T, N, K+1, d] in time order; step_k: [K], k of each step.
-    Returns obs [T*N*K, obs_dim], x_k [T*N*K, d], k [T*N*K], x_{k-1} [T*N*K, d].
-    """
+    """A rollout (obs [T, N, obs_dim], chain [T, N, K+1, d] in time order, step_k [K]) as augmented samples
+    (s, x_k, k) -> x_{k-1}, flat [T*N*K, ...] in the order of the [T, N, K] buffers."""
     num_steps, num_envs, num_diffusion_steps = chain.shape[0], chain.shape[1], chain.shape[2] - 1
     flat_obs = obs[:, :, None].expand(-1, -1, num_diffusion_steps, -1).reshape(-1, obs.shape[-1])
     x_k = chain[:, :, :-1].reshape(-1, chain.shape[-1])
@@ -285,15 +280,9 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
 
 
 def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_gae_lambda):
-    """GAE over the augmented sequence (method.md §3, §4.1).
-
-    rewards, values: [T, N, K], augmented step j of env step t (j = 0 is k = K); the env
-    reward is in the last step j = K-1. dones: [T, N], the episode ended at env step t.
-    next_value: [N], V of the augmented state after the rollout.
-    Inside the chain the discount is 1 and the trace decay chain_gae_lambda; the step
-    j = K-1 -> (t+1, 0) is an environment step, with gamma, gae_lambda and the done mask.
-    Returns (advantages, returns), both [T, N, K].
-    """
+    """(advantages, returns) [T, N, K]: GAE over the augmented sequence (method.md §3, §4.1). rewards and values
+    are [T, N, K] (j = 0 is k = K; the env reward is at j = K-1), dones [T, N], next_value [N]. Inside the chain the
+    discount is 1 and the trace decay chain_gae_lambda; j = K-1 -> (t+1, 0) is an environment step."""
     num_steps, _, num_diffusion_steps = rewards.shape
     advantages = np.zeros_like(rewards)
     last_advantage = np.zeros_like(next_value)
@@ -311,12 +300,8 @@ def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_g
 
 
 def step_with_bootstrap(envs, agent, chain, obs_normalizer, reward_normalizer, gamma):
-    """Execute a = c + h tanh(x_0); return (next raw obs, normalised env reward [N], bootstrap [N], done, infos).
-
-    Where an episode was cut by a time limit (truncated, not terminated) the bootstrap is
-    gamma * V(final obs, x_K, K), so that the cut is valued from the state actually reached rather
-    than treated as a termination; elsewhere it is 0. Both go to the last augmented step.
-    """
+    """Execute a = c + h tanh(x_0): (next raw obs, normalised env reward [N], bootstrap [N], done, infos). The
+    bootstrap is gamma V(final obs, x_K, K) where a time limit cut the episode, else 0 (to the last augmented step)."""
     action = agent.squash(chain[:, -1]).cpu().numpy()
     next_obs_raw, reward, terminated, truncated, infos = envs.step(action)
     done = np.logical_or(terminated, truncated)
@@ -327,18 +312,14 @@ def step_with_bootstrap(envs, agent, chain, obs_normalizer, reward_normalizer, g
         final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=chain.device)
         num_envs, num_diffusion_steps = chain.shape[0], chain.shape[1] - 1
         with torch.no_grad():
-            final_values = agent.critic(
-                final_obs,
-                torch.randn_like(chain[:, 0]),
-                torch.full((num_envs,), num_diffusion_steps, device=chain.device),
-            )
+            first_k = torch.full((num_envs,), num_diffusion_steps, device=chain.device)
+            final_values = agent.critic(final_obs, torch.randn_like(chain[:, 0]), first_k)
         bootstrap[truncated_only] = gamma * final_values.cpu().numpy()[truncated_only]
     return next_obs_raw, env_reward, bootstrap, done, infos
 
 
 def augmented_rewards(soft_rewards: np.ndarray, env_rewards: np.ndarray, bootstraps: np.ndarray) -> np.ndarray:
-    """Rewards of the augmented steps [T, N, K]: the soft rewards, plus at the last step (the environment
-    step) the environment's reward and then the time-limit bootstrap."""
+    """Rewards of the augmented steps [T, N, K]: the soft rewards, plus the env reward and bootstrap at the last."""
     rewards = soft_rewards.copy()
     rewards[:, :, -1] += env_rewards
     rewards[:, :, -1] += bootstraps
@@ -347,47 +328,29 @@ def augmented_rewards(soft_rewards: np.ndarray, env_rewards: np.ndarray, bootstr
 
 def main() -> None:
     run = Run(Args, "diffppo", CHECKS)
-    args, envs, device = run.args, run.envs, run.device
-    batch_size = args.num_envs * args.num_steps
-    augmented_batch_size = batch_size * args.num_diffusion_steps
+    args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
+    K, batch_size = args.num_diffusion_steps, args.num_envs * args.num_steps
+    augmented_batch_size = batch_size * K
     minibatch_size = augmented_batch_size // args.num_minibatches
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        action_low=envs.single_action_space.low.tolist(),
-        action_high=envs.single_action_space.high.tolist(),
-        num_diffusion_steps=args.num_diffusion_steps,
-        hidden_dim=args.hidden_dim,
-        min_std=args.min_std,
-    )
+    agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.hidden_dim, min_std=args.min_std)
     check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    log_alpha = torch.tensor(
-        math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device, requires_grad=args.autotune
-    )
+    log_alpha = torch.tensor(math.log(args.alpha) if args.alpha > 0 else -math.inf, device=device)
+    log_alpha.requires_grad_(args.autotune)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
     target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)
+    state = dict(agent=agent, optimizer=optimizer, obs_normalizer=obs_normalizer, reward_normalizer=reward_normalizer)
     checkpoint = run.restore(
-        {
-            "agent": agent,
-            "optimizer": optimizer,
-            "obs_normalizer": obs_normalizer,
-            "reward_normalizer": reward_normalizer,
-            "log_alpha": log_alpha,
-            "alpha_optimizer": alpha_optimizer,
-        },
-        agent_kwargs=agent_kwargs,
+        dict(**state, log_alpha=log_alpha, alpha_optimizer=alpha_optimizer), agent_kwargs=agent_kwargs
     )
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha = log_alpha.exp().item()
 
     # Rollout storage. Augmented steps are in time order: index j is diffusion step k = K - j.
-    K = args.num_diffusion_steps
     obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
     chain_buffer = torch.zeros((args.num_steps, args.num_envs, K + 1, action_dim), device=device)
     log_q_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
@@ -445,14 +408,9 @@ def main() -> None:
         # GAE over the augmented sequence, bootstrapped with V(s_T, fresh x_K, K).
         with torch.no_grad():
             next_value = agent.critic(next_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)
+        values, next_value = value_buffer.cpu().numpy(), next_value.cpu().numpy()
         advantages, returns = augmented_gae(
-            reward_buffer,
-            value_buffer.cpu().numpy(),
-            done_buffer,
-            next_value.cpu().numpy(),
-            args.gamma,
-            args.gae_lambda,
-            args.chain_gae_lambda,
+            reward_buffer, values, done_buffer, next_value, args.gamma, args.gae_lambda, args.chain_gae_lambda
         )
 
         b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
@@ -490,13 +448,7 @@ def main() -> None:
                     v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
 
                 loss = pg_loss + args.vf_coef * v_loss
-                run.check_finite(
-                    "loss",
-                    loss,
-                    global_step,
-                    f" (iteration {iteration}, epoch {epoch}): policy loss "
-                    f"{pg_loss.item()}, value loss {v_loss.item()}",
-                )
+                run.check_finite("loss", loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -519,8 +471,8 @@ def main() -> None:
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        run.log(global_step, "charts", learning_rate=optimizer.param_groups[0]["lr"], entropy_estimate=entropy_estimate)
-        run.log(global_step, "charts", alpha=alpha)
+        learning_rate = optimizer.param_groups[0]["lr"]
+        run.log(global_step, "charts", learning_rate=learning_rate, entropy_estimate=entropy_estimate, alpha=alpha)
         run.log(global_step, "losses", value_loss=v_loss, policy_loss=pg_loss, old_approx_kl=old_approx_kl)
         run.log(global_step, "losses", approx_kl=approx_kl, clipfrac=np.mean(clipfracs))
         run.log(global_step, "losses", explained_variance=explained_var)

@@ -343,13 +343,7 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
                 loss = pg_loss + args.vf_coef * v_loss
-                run.check_finite(
-                    "loss",
-                    loss,
-                    global_step,
-                    f" (iteration {iteration}, epoch {epoch}): policy loss "
-                    f"{pg_loss.item()}, value loss {v_loss.item()}",
-                )
+                run.check_finite("loss", loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
