@@ -1,45 +1,16 @@
-"""DiffREPPO: REPPO on the diffusion-augmented MDP (DA-MDP: REPPO), pathwise through one step.
+"""DiffREPPO: REPPO on the diffusion-augmented MDP (DA-MDP: REPPO), pathwise through one diffusion step.
 
-Sanokowski, Patil, Knoll, "Diffusion-Augmented MDPs" (arXiv 2512.02019, later version);
-REPPO: Voelcker et al., arXiv 2507.11019. The maths is written out in docs/method.md;
-"method.md §n" below names its sections; results and their commands in docs/benchmarks.md.
+Sanokowski, Patil, Knoll, "Diffusion-Augmented MDPs" (arXiv 2512.02019, later version); REPPO: Voelcker et al.,
+arXiv 2507.11019. The maths is in docs/method.md ("method.md §n" below; §4.5 lists the differences from the
+authors' code).
 
     python diffreppo.py --env-id Hopper-v4 --num-diffusion-steps 8
 
-On-policy, like DiffPPO: --num-envs environments run --num-steps environment steps, each
-stored with its whole chain x_K..x_0, i.e. K augmented transitions (s, x_k, k) -> x_{k-1}
-(method.md §3), used for --update-epochs epochs and discarded. Unlike PPO, the actor follows
-the pathwise gradient of a learned soft Q, one reparameterised diffusion step at a time (§4.5):
-- Critic Q~(s, x_k, k, x_{k-1}), the soft value of choosing x_{k-1} in (s, x_k, k) without the
-  step's own entropy term: a categorical over --num-bins bins on [--v-min, --v-max], trained by
-  cross-entropy against an HL-Gauss histogram of the target, plus an auxiliary head predicting
-  the next augmented state's embedding and the augmented reward.
-- Targets: lambda-returns backwards over the augmented sequence,
-    G_t = r~_t + g_t [ (1 - term_t) (lambda G_{t+1} + (1 - lambda) V_{t+1}) ],
-  with G_{t+1} replaced by V_{t+1} at a time-limit truncation and at the rollout's end;
-  V_{t+1} = Q~ at the next augmented state with a fresh policy step, r~_t = r_t [at k = 1]
-  - g_t (1 - term_t) alpha lt'_{t+1}, lt' that fresh step's log-ratio term (lt_k = l_k plus the
-  prior at k = K and the squash term at k = 1); g_t = 1 inside the chain, --gamma at the env
-  step (--augmented-gamma: one discount for every augmented step, the official choice).
-- Actor: x_{k-1} = mu_theta(s, x_k, k) + sigma_k eps at the batch's augmented states; loss
-  alpha lt_k(x_{k-1}) - Q~(s, x_k, k, x_{k-1}) (critic frozen), replaced by beta KL on samples
-  whose closed-form KL(old kernel || new kernel) exceeds --kl-bound; beta rises while the mean
-  KL is above the bound; alpha is tuned so that H_est = -K E[lt_k] tracks the target entropy.
-  No target networks; AdamW and gradient clipping.
-
-Choices the official code leaves to us, made here (measurements in docs/benchmarks.md):
-- CPU-sized defaults: 8 envs x 128 steps, minibatches of 1024 augmented samples, 4 epochs,
-  critic 256 units with LayerNorm, actor as diffsac.py's; the official 1024 envs and 151 bins
-  are flags. Rewards are normalised by a running std of the discounted return (as DiffPPO), so
-  [-10, 10] covers the returns; with --no-norm-reward set the range to the raw return's.
-- The KL in closed form instead of from 16 samples; the terminal soft bonus is dropped at
-  terminations (the official code keeps -alpha log pi of the reset state's action).
-- The critic sees each latent through tanh and scaled (x / 3). With tanh alone it cannot see
-  how far out a latent has drifted: the per-step entropy term pulls each x_{k-1} outward
-  (toward x_k / sqrt(alpha_k)), only the critic carries the squash penalty back up the chain,
-  and on InvertedPendulum-v4 the latents drifted to |x| ~ 30 and the return collapsed.
-- alpha and beta learn at the official 3e-4. At 3e-3, one Hopper run collapsed after 260k steps:
-  alpha rose 100-fold in 20k steps, the soft returns left [v_min, v_max] and the actions saturated.
+On-policy, like DiffPPO: each environment step is stored with its whole chain, K augmented transitions
+(s, x_k, k) -> x_{k-1} (method.md §3), used for --update-epochs epochs and discarded. The actor follows the
+pathwise gradient of a learned soft Q~(s, x_k, k, x_{k-1}) through one reparameterised diffusion step at a time,
+with a KL trust region whose multiplier beta is learned. The critic is a categorical over --num-bins bins trained
+by cross-entropy against HL-Gauss histograms of lambda-returns over the augmented sequence, plus an auxiliary head.
 """
 
 from __future__ import annotations
@@ -429,36 +400,18 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
 
 def main() -> None:
     run = Run(Args, "diffreppo", CHECKS)
-    args, envs, device = run.args, run.envs, run.device
-    K = args.num_diffusion_steps
-    batch_size = args.num_envs * args.num_steps
+    args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
+    K, batch_size = args.num_diffusion_steps, args.num_envs * args.num_steps
     augmented_batch_size = batch_size * K
     num_iterations = whole_rollouts(args.total_timesteps, batch_size)
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        action_low=envs.single_action_space.low.tolist(),
-        action_high=envs.single_action_space.high.tolist(),
-        num_diffusion_steps=K,
-        hidden_dim=args.actor_hidden_dim,
-        min_std=args.min_std,
-    )
-    critic_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        num_diffusion_steps=K,
-        hidden_dim=args.hidden_dim,
-        num_bins=args.num_bins,
-        v_min=args.v_min,
-        v_max=args.v_max,
-    )
-    check_memory(
-        count_parameters(lambda: [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]),
-        0,
-        device,
-        "--hidden-dim or --actor-hidden-dim",
-    )
+    agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
+    critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, num_diffusion_steps=K, hidden_dim=args.hidden_dim)
+    critic_kwargs.update(num_bins=args.num_bins, v_min=args.v_min, v_max=args.v_max)
+
+    def networks():
+        return [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]
+
+    check_memory(count_parameters(networks), 0, device, "--hidden-dim or --actor-hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
     critic = DistributionalCritic(**critic_kwargs).to(device)
     old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
@@ -466,27 +419,15 @@ def main() -> None:
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
     log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)
-    multiplier_optimizer = torch.optim.Adam(
-        [log_alpha, log_beta] if args.autotune else [log_beta], lr=args.multiplier_lr
-    )
+    multipliers = [log_alpha, log_beta] if args.autotune else [log_beta]
+    multiplier_optimizer = torch.optim.Adam(multipliers, lr=args.multiplier_lr)
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    checkpoint = run.restore(
-        {
-            "agent": agent,
-            "critic": critic,
-            "actor_optimizer": actor_optimizer,
-            "critic_optimizer": critic_optimizer,
-            "multiplier_optimizer": multiplier_optimizer,
-            "obs_normalizer": obs_normalizer,
-            "reward_normalizer": reward_normalizer,
-            "log_alpha": log_alpha,
-            "log_beta": log_beta,
-        },
-        agent_kwargs=agent_kwargs,
-        critic_kwargs=critic_kwargs,
-    )
+    state = dict(agent=agent, critic=critic, actor_optimizer=actor_optimizer, critic_optimizer=critic_optimizer)
+    state.update(multiplier_optimizer=multiplier_optimizer, log_alpha=log_alpha, log_beta=log_beta)
+    state.update(obs_normalizer=obs_normalizer, reward_normalizer=reward_normalizer)
+    checkpoint = run.restore(state, agent_kwargs=agent_kwargs, critic_kwargs=critic_kwargs)
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
 
@@ -519,21 +460,18 @@ def main() -> None:
             obs_buffer[step] = next_obs
             with torch.no_grad():
                 chain, step_log_q = agent.actor.sample_chain(next_obs)
-                step_log_ratio, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(
+                log_ratio, log_prior, log_det = agent.actor.path_log_ratio_terms(
                     chain, step_log_q, agent.action_half_width
                 )
             next_obs_raw, reward, terminated, truncated, infos = envs.step(agent.squash(chain[:, -1]).cpu().numpy())
-            normalised_reward = torch.as_tensor(
-                reward_normalizer(reward, np.logical_or(terminated, truncated)), dtype=torch.float32, device=device
-            )
+            done, truncated_only = np.logical_or(terminated, truncated), np.logical_and(truncated, ~terminated)
+            normalised_reward = torch.as_tensor(reward_normalizer(reward, done), dtype=torch.float32, device=device)
             final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=device)
             with torch.no_grad():
-                # The augmented state after each step j: (s_t, x_{k-1}, k-1) inside the chain,
-                # (s_{t+1}, x_K ~ N(0, I), K)
-                # after the env step; V there = Q~ with a fresh step of the policy, whose lt' enters the soft reward.
-                state_obs = torch.cat([next_obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1).reshape(
-                    -1, obs_dim
-                )
+                # The augmented state after each step j: (s_t, x_{k-1}, k-1) inside the chain, (s_{t+1}, x_K ~ N(0, I),
+                # K) after the env step; V there = Q~ with a fresh policy step, whose lt' enters the soft reward.
+                state_obs = torch.cat([next_obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1)
+                state_obs = state_obs.reshape(-1, obs_dim)
                 state_x = torch.cat([chain[:, 1:K], torch.randn_like(chain[:, :1])], 1).reshape(-1, action_dim)
                 state_k = next_k.repeat(args.num_envs)
                 fresh_x, fresh_log_ratio_term, _, _ = agent.one_step(state_obs, state_x, state_k)
@@ -546,10 +484,8 @@ def main() -> None:
             next_value_buffer[step] = critic.value(logits).view(args.num_envs, K)
             next_embedding_buffer[step] = embedding.view(args.num_envs, K, -1)
             termination_buffer[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
-            truncation_buffer[step] = torch.as_tensor(
-                np.logical_and(truncated, np.logical_not(terminated)), dtype=torch.float32, device=device
-            )
-            path_log_ratio_buffer[step] = log_prior + step_log_ratio.sum(1) - squash_log_det
+            truncation_buffer[step] = torch.as_tensor(truncated_only, dtype=torch.float32, device=device)
+            path_log_ratio_buffer[step] = log_prior + log_ratio.sum(1) - log_det
             saturated_buffer[step] = (chain[:, -1].abs() > 3.0).float().mean(-1)  # |tanh(x_0)| > 0.995
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
@@ -578,9 +514,8 @@ def main() -> None:
                 target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)
                 cross_entropy = -(target * logits.log_softmax(-1)).sum(-1).mean()
                 prediction = critic.prediction_head(embedding)
-                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(
-                    prediction[:, -1], b_rewards[mb]
-                )
+                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb])
+                aux_loss = aux_loss + F.mse_loss(prediction[:, -1], b_rewards[mb])
                 critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
                 run.check_finite("critic loss", critic_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 critic_optimizer.zero_grad()
@@ -616,11 +551,8 @@ def main() -> None:
         run.log(global_step, "losses", critic_loss=critic_loss, critic_cross_entropy=cross_entropy, aux_loss=aux_loss)
         run.log(global_step, "losses", actor_loss=actor_loss, kl=kl.mean(), kl_over_bound=np.mean(kl_over_bound))
         run.log(global_step, "losses", returns_mean=b_returns.mean())
-        run.show(
-            global_step,
-            f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "
-            f"| updates/s {num_updates / update_seconds:.1f}",
-        )
+        text = f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | updates/s "
+        run.show(global_step, text + f"{num_updates / update_seconds:.1f}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)
 

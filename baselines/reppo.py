@@ -366,9 +366,8 @@ def main() -> None:
                 target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)
                 cross_entropy = -(target * logits.log_softmax(-1)).sum(-1).mean()
                 prediction = critic.prediction_head(embedding)
-                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb]) + F.mse_loss(
-                    prediction[:, -1], b_rewards[mb]
-                )
+                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb])
+                aux_loss = aux_loss + F.mse_loss(prediction[:, -1], b_rewards[mb])
                 critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
                 run.check_finite("critic loss", critic_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 critic_optimizer.zero_grad()
@@ -398,11 +397,8 @@ def main() -> None:
         run.log(global_step, "losses", critic_loss=critic_loss, critic_cross_entropy=cross_entropy, aux_loss=aux_loss)
         run.log(global_step, "losses", actor_loss=actor_loss, kl=kl.mean(), kl_over_bound=np.mean(kl_over_bound))
         run.log(global_step, "losses", returns_mean=b_returns.mean())
-        run.show(
-            global_step,
-            f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} "
-            f"| updates/s {num_updates / update_seconds:.1f}",
-        )
+        text = f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | updates/s "
+        run.show(global_step, text + f"{num_updates / update_seconds:.1f}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)
 
