@@ -15,18 +15,8 @@ from typing import Any, Callable
 import tyro
 
 # Flags that do not change what the run computes, or only where it stops: they may differ on --resume.
-CHANGEABLE_ON_RESUME = (
-    "resume",
-    "total_timesteps",
-    "cuda",
-    "torch_threads",
-    "eval_episodes",
-    "checkpoint_frequency",
-    "capture_video",
-    "track",
-    "wandb_project_name",
-    "wandb_entity",
-)
+CHANGEABLE_ON_RESUME = "resume total_timesteps cuda torch_threads eval_episodes checkpoint_frequency".split()
+CHANGEABLE_ON_RESUME += "capture_video track wandb_project_name wandb_entity".split()
 
 
 class ConfigError(ValueError):
@@ -111,10 +101,8 @@ def parse_args(args_class: type, script: str, checks: list[tuple], argv: list[st
         checkpoint = load_checkpoint(path)
         if checkpoint.get("script") != script:
             other = checkpoint["script"].replace(".", "/") + ".py" if checkpoint.get("script") else "an unknown script"
-            raise ConfigError(
-                f"--resume {path} is a checkpoint of {other}, not of {script.replace('.', '/')}.py; "
-                "resume it with that script."
-            )
+            this = script.replace(".", "/") + ".py"
+            raise ConfigError(f"--resume {path} is a checkpoint of {other}, not of {this}; resume it with that script.")
         saved = args_class(**{key: value for key, value in checkpoint["args"].items() if key in names})
     args = tyro.cli(args_class, args=argv, default=saved)
     if getattr(args, "track", False):
@@ -141,10 +129,10 @@ def check_resume(args: Any, saved: Any, checkpoint: dict, names: set[str]) -> No
                 f"the saved run with its own flags (allowed to change: {allowed})."
             )
     if args.total_timesteps <= checkpoint["global_step"]:
+        step = checkpoint["global_step"]
         raise ConfigError(
-            f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step "
-            f"{checkpoint['global_step']}; allowed: a larger target, e.g. --total-timesteps "
-            f"{2 * checkpoint['global_step']}."
+            f"--total-timesteps {args.total_timesteps} is not beyond the checkpoint's step {step}; "
+            f"allowed: a larger target, e.g. --total-timesteps {2 * step}."
         )
 
 

@@ -26,14 +26,8 @@ class ReplayBuffer:
 
     def add(self, obs, next_obs, actions, rewards, terminations) -> None:
         rows = (self.position + torch.arange(len(obs), device=self.device)) % self.buffer_size
-        for storage, values in (
-            (self.obs, obs),
-            (self.next_obs, next_obs),
-            (self.actions, actions),
-            (self.rewards, rewards),
-            (self.terminations, terminations),
-        ):
-            storage[rows] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+        for name, values in zip(fields(self), (obs, next_obs, actions, rewards, terminations)):
+            getattr(self, name)[rows] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
         self.position = (self.position + len(obs)) % self.buffer_size
         self.size = min(self.size + len(obs), self.buffer_size)
 
@@ -53,9 +47,8 @@ def step_and_store(envs, obs, actions, buffer: ReplayBuffer, stored=None):
     s' is the state actually reached (``final_obs`` where an episode ended, not the next episode's first), and a
     time-limit cut is not stored as a termination, so its target still bootstraps. Returns (next obs, infos)."""
     next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-    buffer.add(
-        obs, true_next_observations(next_obs, infos), actions if stored is None else stored, rewards, terminations
-    )
+    stored = actions if stored is None else stored
+    buffer.add(obs, true_next_observations(next_obs, infos), stored, rewards, terminations)
     return next_obs, infos
 
 
@@ -69,19 +62,12 @@ def replay_buffer_path(model_path: str) -> str:
 
 
 def save_with_replay_buffer(model_path: str, state: dict, buffer: ReplayBuffer, global_step: int) -> None:
-    """Write the checkpoint and the buffer's filled rows as one pair that a kill -9 cannot split.
-
-    The buffer (tagged with its step) is written in full under a pending name, then the checkpoint replaces
-    the old one atomically, then the buffer takes its place. Killed before the checkpoint is replaced, the old
-    pair is untouched; killed after it, the checkpoint's buffer is the pending file, which ``load_replay_buffer``
-    reads."""
-    rows = {
-        "global_step": global_step,
-        "position": buffer.position,
-        "size": buffer.size,
-        "buffer_size": buffer.buffer_size,
-        **{name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in fields(buffer)},
-    }
+    """Write the checkpoint and the buffer's filled rows as one pair that a kill -9 cannot split: the buffer (tagged
+    with its step) goes in full to a pending file, then the checkpoint replaces the old one atomically, then the
+    buffer takes its place. Killed before the checkpoint moves, the old pair is untouched; killed after it, the
+    pending file is the checkpoint's buffer, which ``load_replay_buffer`` reads."""
+    rows = dict(global_step=global_step, position=buffer.position, size=buffer.size, buffer_size=buffer.buffer_size)
+    rows.update({name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in fields(buffer)})
     os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
     pending = f"{replay_buffer_path(model_path)}.pending"
     torch.save(rows, pending)
@@ -111,10 +97,7 @@ def load_replay_buffer(model_path: str, buffer: ReplayBuffer, global_step: int) 
     """Fill ``buffer`` from the file beside the checkpoint; False (with a line) if missing or of another step."""
     state = replay_buffer_state(model_path, global_step)
     if state is None or state["buffer_size"] != buffer.buffer_size:
-        print(
-            f"no replay buffer of step {global_step} beside {model_path}: "
-            "it refills with the loaded policy before updates resume"
-        )
+        print(f"no replay buffer of step {global_step} beside {model_path}: it refills before updates resume")
         return False
     for name in fields(buffer):
         getattr(buffer, name)[: state["size"]] = state[name].to(getattr(buffer, name).device)

@@ -69,12 +69,8 @@ class Run:
     def __init__(self, args_class: type, script: str, checks: list[tuple], argv: list[str] | None = None):
         self.args, self.checkpoint = parse_args(args_class, script, checks, argv)
         self.script, args = script, self.args
-        env_name = args.env_id.rpartition(":")[2]  # module:EnvId names the run by EnvId
-        self.name = (
-            self.checkpoint["run_name"]
-            if self.checkpoint
-            else f"{env_name}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        )
+        name = f"{args.env_id.rpartition(':')[2]}__{args.exp_name}__{args.seed}__{int(time.time())}"  # module:EnvId
+        self.name = self.checkpoint["run_name"] if self.checkpoint else name
         random.seed(args.seed)
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
@@ -82,15 +78,10 @@ class Run:
         torch.set_num_threads(args.torch_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
         self.envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, self.name)
-        space = self.envs.single_action_space
-        self.obs_dim, self.action_dim = self.envs.single_observation_space.shape[0], space.shape[0]
-        # The networks' environment arguments, saved in checkpoints so that common.evaluation can rebuild the agent.
-        self.space = dict(
-            obs_dim=self.obs_dim,
-            action_dim=self.action_dim,
-            action_low=space.low.tolist(),
-            action_high=space.high.tolist(),
-        )
+        low, high = self.envs.single_action_space.low.tolist(), self.envs.single_action_space.high.tolist()
+        self.obs_dim, self.action_dim = self.envs.single_observation_space.shape[0], len(low)
+        # The agents' environment arguments, saved in checkpoints so that common.evaluation can rebuild them.
+        self.space = dict(obs_dim=self.obs_dim, action_dim=self.action_dim, action_low=low, action_high=high)
         self.recent_returns, self.saved_step = deque(maxlen=10), None
 
     def restore(self, state: dict, **kwargs) -> dict:
@@ -101,8 +92,8 @@ class Run:
         for name, value in kwargs.items() if checkpoint else ():
             if checkpoint[name] != value:
                 raise ConfigError(
-                    f"--resume {args.resume}: the checkpoint's env or network ({checkpoint[name]}) "
-                    f"differs from the flags given ({value}); allowed: the same --env-id and network flags."
+                    f"--resume {args.resume}: the checkpoint's env or network ({checkpoint[name]}) differs "
+                    f"from the flags given ({value}); allowed: the same --env-id and network flags."
                 )
         for name, item in state.items() if checkpoint else ():
             if item is None:
@@ -114,19 +105,14 @@ class Run:
                 item.load_state_dict(checkpoint[name])
         if checkpoint and "iteration" in checkpoint:  # off-policy runs say it with their replay buffer
             print(f"resumed {self.name} at step {checkpoint['global_step']} (iteration {checkpoint['iteration']})")
-        self.run_dir, self.model_path = (
-            (os.path.dirname(os.path.abspath(args.resume)), args.resume)
-            if args.resume
-            else (f"runs/{self.name}", f"runs/{self.name}/{args.exp_name}.cleanrl_model")
-        )
+        self.run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else f"runs/{self.name}"
+        self.model_path = args.resume or f"runs/{self.name}/{args.exp_name}.cleanrl_model"
         if args.track:
             start_tracking(args, self.name, resumed=checkpoint is not None)
         self.writer = SummaryWriter(self.run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
         if not checkpoint:
-            self.writer.add_text(
-                "hyperparameters",
-                "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
-            )
+            table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
         print(f"run folder: {self.run_dir}  (tensorboard --logdir {os.path.dirname(self.run_dir) or '.'})", flush=True)
         self.stop = StopSignals()
         self.start_step = checkpoint["global_step"] if checkpoint else 0
@@ -160,34 +146,24 @@ class Run:
         self.writer.add_scalar("charts/SPS", sps, global_step)
         recent = f"{np.mean(self.recent_returns):9.1f}" if self.recent_returns else "      n/a"
         self.progress.learning_starts = learning_starts
+        episodes = f"return (last {len(self.recent_returns)} episodes) {recent}"
         self.progress.show(
-            global_step,
-            f"step {global_step:>9d}/{self.args.total_timesteps} | return (last "
-            f"{len(self.recent_returns)} episodes) {recent} | {text} | SPS {sps}",
+            global_step, f"step {global_step:>9d}/{self.args.total_timesteps} | {episodes} | {text} | SPS {sps}"
         )
 
     def check_finite(self, what: str, loss: torch.Tensor, global_step: int, detail: str = "") -> None:
         if not torch.isfinite(loss):
             saved = (
-                f"Last checkpoint: {self.model_path}"
-                if self.saved_step is not None
-                else "No checkpoint was written" + ("." if self.args.save_model else "; use --save-model to keep them.")
+                f"Last checkpoint: {self.model_path}" if self.saved_step is not None else "No checkpoint was written"
             )
-            raise TrainingDiverged(f"{what} is {loss.item()} at step {global_step}{detail}. {saved}")
+            saved += "" if self.saved_step is not None or self.args.save_model else "; use --save-model to keep them"
+            raise TrainingDiverged(f"{what} is {loss.item()} at step {global_step}{detail}. {saved}.")
 
     def save(self, global_step: int, replay_buffer=None, **extra) -> None:
-        state = {
-            "script": self.script,
-            "args": dataclasses.asdict(self.args),
-            "run_name": self.name,
-            **self.kwargs,
-            **{
-                name: item.detach().clone() if isinstance(item, torch.Tensor) else item and item.state_dict()
-                for name, item in self.state.items()
-            },
-            "global_step": global_step,
-            **extra,
-        }
+        state = dict(script=self.script, args=dataclasses.asdict(self.args), run_name=self.name, **self.kwargs)
+        for name, item in self.state.items():
+            state[name] = item.detach().clone() if isinstance(item, torch.Tensor) else item and item.state_dict()
+        state.update(global_step=global_step, **extra)
         if replay_buffer is None:
             save_checkpoint(self.model_path, state)
         else:
@@ -202,16 +178,13 @@ class Run:
             self.save(global_step, replay_buffer, **extra)
         if self.stop.requested:
             self.writer.close()
-            self.stop.exit(
-                self.script.replace(".", "/") + ".py", global_step, self.model_path if self.args.save_model else None
-            )
+            self.stop.exit(self.script.replace(".", "/") + ".py", global_step, self.args.save_model and self.model_path)
         if self.args.save_model:
             from common.evaluation import evaluate
 
             print(f"model saved to {self.model_path}")
-            returns = evaluate(
-                agent, obs_normalizer, self.args.env_id, self.args.eval_episodes, self.args.seed, device=self.device
-            )
+            args = self.args
+            returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, args.seed, device=self.device)
             for index, episodic_return in enumerate(returns):
                 self.writer.add_scalar("eval/episodic_return", episodic_return, index)
             print(f"evaluation ({self.args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
@@ -223,15 +196,14 @@ def start_tracking(args, run_name: str, resumed: bool) -> None:
     the wandb run of the same name."""
     import wandb
 
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_name)[-64:]
+    options = dict(name=run_name, id=run_id, resume="allow" if resumed else None, save_code=True)
     wandb.init(
         project=args.wandb_project_name,
         entity=args.wandb_entity,
         sync_tensorboard=True,
+        **options,
         config=dataclasses.asdict(args),
-        name=run_name,
-        id=re.sub(r"[^A-Za-z0-9_-]", "-", run_name)[-64:],
-        resume="allow" if resumed else None,
-        save_code=True,
     )
 
     def upload_videos_and_finish() -> None:
@@ -262,11 +234,8 @@ class StopSignals:
 
     def exit(self, script_name: str, global_step: int, model_path: str | None) -> None:
         name = signal.Signals(self.signal_number).name
-        saved = (
-            f"checkpoint at step {global_step} saved to {model_path}; continue with --resume {model_path}"
-            if model_path
-            else "no checkpoint (run with --save-model to keep one)"
-        )
+        saved = f"checkpoint at step {global_step} saved to {model_path}; continue with --resume {model_path}"
+        saved = saved if model_path else "no checkpoint (run with --save-model to keep one)"
         print(f"{script_name}: stopped by {name} at step {global_step}: {saved}", file=sys.stderr, flush=True)
         sys.exit(128 + self.signal_number)
 
@@ -283,9 +252,9 @@ def check_memory(parameter_count: int, buffer_bytes: int, device: torch.device, 
         available = int(found.group(1)) * 1024 if found else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     needed = 16 * parameter_count + buffer_bytes
     if needed > available:
+        sizes = f"{parameter_count / 1e6:.0f}M network parameters and {buffer_bytes / 2**30:.1f} GiB of buffers"
         raise ConfigError(
-            f"{parameter_count / 1e6:.0f}M network parameters and {buffer_bytes / 2**30:.1f} GiB of "
-            f"buffers need about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
+            f"{sizes} need about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
             f"available on {device.type}; lower {flags}."
         )
 
@@ -318,10 +287,9 @@ class Progress:
         rate = (global_step - self.last_step) / max(now - self.last_time, 1e-9)  # steps/s since the last line
         self.last_time, self.last_step = now, global_step
         left = (self.total_timesteps - global_step) / rate if rate > 0 else math.inf
+        time_left = f"{format_duration(left)} left"
         time_left = (
-            f"time left known after step {self.learning_starts}"
-            if global_step <= self.learning_starts
-            else f"{format_duration(left)} left"
+            f"time left known after step {self.learning_starts}" if global_step <= self.learning_starts else time_left
         )
         if self.live:  # what matters first, the rest as the width allows
             rest = line.split(" | ", 1)[1] if line.startswith("step ") and " | " in line else line
@@ -334,11 +302,8 @@ class Progress:
     def close(self, run_dir: str) -> None:
         if self.live:
             self.stream.write("\n")
-        print(
-            f"run folder: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})",
-            file=self.stream,
-            flush=True,
-        )
+        logdir = os.path.dirname(run_dir) or "."
+        print(f"run folder: {run_dir}  (tensorboard --logdir {logdir})", file=self.stream, flush=True)
 
 
 def whole_rollouts(total_timesteps: int, rollout_steps: int) -> int:
