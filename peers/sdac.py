@@ -26,7 +26,7 @@ per vector step; alpha_0 = 5, its Adam step every 250 updates; Q and policy lear
 policy's decaying linearly to 3e-5 between its 25,000th and 75,000th step; reward scale 0.2; tau 0.005
 every 2 updates.
 The defaults keep its networks, schedules and learning rates and differ where its settings are made for
-1M steps on a GPU and neither learn nor run at the budgets of a CPU (docs/benchmarks.md, "Peers"):
+1M steps on a GPU and neither learn nor run at the budgets of a CPU:
 one environment, so one update per environment step (the reference: 5 envs, one update per 5 steps);
 log alpha stepped every update (the reference: every 250 updates; in 10k steps it took alpha from 5
 only to 4.8); T = 10 and N = 4 (the reference: 20 and 32, 16 times the computation per action and per
@@ -41,7 +41,7 @@ Beyond these defaults, the script differs from the reference in:
 - --learning-starts 5000 random steps (the reference: 30,000), as this project's SAC family.
 - Actions are clipped to [-1, 1] after the exploration noise (the reference leaves that to the simulator),
   and the replay buffer stores the clipped action that was executed.
-- No EMA copy of the policy (the reference keeps one but acts with the online policy).
+- No EMA copy of the policy: the reference acts and saves with one (get_action uses get_policy_params_to_save).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ CHECKS = [  # (condition, message) over the flags, refused before anything is bu
 class Mish(nn.Module):
     """Mish(x) = x tanh(softplus(x)) = x n / (n + 2) with n = e^x (e^x + 2), the same function as nn.Mish
     (to 1e-6) in a few vectorised operations: torch's CPU mish kernel took over half of a critic target's
-    time, this form a third of that (docs/benchmarks.md, "Peers"). e^x is capped at e^20, where n / (n + 2)
+    time, this form a third of that. e^x is capped at e^20, where n / (n + 2)
     is 1 in float32. Without autograd (the chains that act and draw critic targets) it works in place."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,36 +324,21 @@ def policy_learning_rate(args: Args, policy_updates: int) -> float:
 
 def main() -> None:
     run = Run(Args, "peers.sdac", CHECKS)
-    args, envs, device = run.args, run.envs, run.device
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
     action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
     action_center, action_half_width = (action_high + action_low) / 2, (action_high - action_low) / 2
-    agent_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        action_low=action_low.tolist(),
-        action_high=action_high.tolist(),
-        num_diffusion_steps=args.num_diffusion_steps,
-        beta_schedule_scale=args.beta_schedule_scale,
-        num_particles=args.num_particles,
-        hidden_dim=args.hidden_dim,
-        num_hidden_layers=args.num_hidden_layers,
-    )
-    check_memory(
-        count_parameters(
-            lambda: (
-                [Agent(**agent_kwargs)] + [QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers)] * 2
-            )
-        ),
-        ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim),
-        device,
-        "--hidden-dim, --num-hidden-layers or --buffer-size",
-    )
+    agent_kwargs = dict(**run.space, num_diffusion_steps=args.num_diffusion_steps, num_particles=args.num_particles)
+    agent_kwargs.update(beta_schedule_scale=args.beta_schedule_scale, hidden_dim=args.hidden_dim)
+    agent_kwargs.update(num_hidden_layers=args.num_hidden_layers)
+
+    def networks():
+        return [Agent(**agent_kwargs)] + [QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers)] * 2
+
+    buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim)
+    check_memory(count_parameters(networks), buffer_bytes, device, "--hidden-dim, --num-hidden-layers or --buffer-size")
     agent = Agent(**agent_kwargs).to(device)
-    qf1_target, qf2_target = (
-        QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device),
-        QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device),
-    )
+    targets = [QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device) for _ in range(2)]
+    qf1_target, qf2_target = targets
     qf1_target.load_state_dict(agent.qf1.state_dict())
     qf2_target.load_state_dict(agent.qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(agent.qf1.parameters()) + list(agent.qf2.parameters()), lr=args.q_lr)
@@ -361,22 +346,12 @@ def main() -> None:
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=True)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     target_entropy = -args.target_entropy_scale * action_dim
-    obs_normalizer = ObservationNormalizer.identity(
-        (obs_dim,)
-    )  # no normalisation (the reference's); for common.evaluation
-    checkpoint = run.restore(
-        {
-            "agent": agent,
-            "qf1_target": qf1_target,
-            "qf2_target": qf2_target,
-            "q_optimizer": q_optimizer,
-            "policy_optimizer": policy_optimizer,
-            "alpha_optimizer": alpha_optimizer,
-            "obs_normalizer": obs_normalizer,
-            "log_alpha": log_alpha,
-        },
-        agent_kwargs=agent_kwargs,
+    obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # no normalisation, as the reference
+    state = dict(
+        agent=agent, qf1_target=qf1_target, qf2_target=qf2_target, q_optimizer=q_optimizer, log_alpha=log_alpha
     )
+    state.update(policy_optimizer=policy_optimizer, alpha_optimizer=alpha_optimizer, obs_normalizer=obs_normalizer)
+    checkpoint = run.restore(state, agent_kwargs=agent_kwargs)
     global_step, updates, policy_updates = (
         checkpoint.get(key, 0) for key in ("global_step", "updates", "policy_updates")
     )
@@ -386,9 +361,8 @@ def main() -> None:
     replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
     learning_starts = run.resume_replay_buffer(replay_buffer, args.learning_starts)
 
-    session_updates, last_print = 0, global_step
+    session_updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
     obs, _ = envs.reset(seed=args.seed)
-    next_checkpoint = global_step + args.checkpoint_frequency
 
     while global_step < args.total_timesteps and not run.stop.requested:
         global_step += args.num_envs
@@ -448,24 +422,14 @@ def main() -> None:
             last_print = global_step
             updates_per_second = session_updates / (time.time() - update_start_time) if session_updates else 0.0
             entropy = exploration_entropy(alpha, args.exploration_noise, action_dim)
-            run.show(
-                global_step,
-                f"exploration entropy {entropy:7.2f} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}",
-                learning_starts,
-            )
+            text = f"exploration entropy {entropy:7.2f} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}"
+            run.show(global_step, text, learning_starts)
             if session_updates:
-                for tag, value in [
-                    ("charts/updates_per_second", updates_per_second),
-                    ("charts/alpha", alpha),
-                    ("charts/exploration_entropy", entropy),
-                    ("charts/weights_max_per_state", weights.max(dim=-1).values.mean().item()),
-                    ("losses/qf1_values", qf1_values.mean().item()),
-                    ("losses/qf1_loss", qf1_loss.item()),
-                    ("losses/qf2_loss", qf2_loss.item()),
-                    ("losses/qf_loss", (qf1_loss + qf2_loss).item() / 2),
-                    ("losses/actor_loss", actor_loss.item()),
-                ]:
-                    run.writer.add_scalar(tag, value, global_step)
+                run.log(global_step, "charts", updates_per_second=updates_per_second, alpha=alpha)
+                run.log(global_step, "charts", exploration_entropy=entropy)
+                run.log(global_step, "charts", weights_max_per_state=weights.max(dim=-1).values.mean())
+                run.log(global_step, "losses", qf1_values=qf1_values.mean(), qf1_loss=qf1_loss, qf2_loss=qf2_loss)
+                run.log(global_step, "losses", qf_loss=(qf1_loss + qf2_loss).item() / 2, actor_loss=actor_loss)
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
             run.save(global_step, replay_buffer, updates=updates, policy_updates=policy_updates)
