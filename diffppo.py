@@ -1,18 +1,14 @@
-"""DiffPPO: PPO on the diffusion-augmented MDP (DA-MDP) with a K-step diffusion policy.
+"""DiffPPO: PPO on the diffusion-augmented MDP (DA-MDP: PPO) with a K-step diffusion policy.
 
-Sanokowski, Patil, Knoll, arXiv 2512.02019 (DiffPPO; "DA-MDP: PPO" in v3). The maths is in docs/method.md
-("method.md §n" below).
+Sanokowski, Patil, Knoll, arXiv 2512.02019. The maths is in docs/method.md ("method.md §n" below).
 
     python diffppo.py --env-id Humanoid-v4 --num-diffusion-steps 8
 
-The policy samples x_K ~ N(0, I), runs K Gaussian reverse kernels x_{k-1} ~ q(. | x_k, s, k) and executes
-a = c + h tanh(x_0) (method.md §1). Each environment step becomes K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1)
-with soft reward -alpha l_k, l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) (method.md §2, §3); PPO runs
-unchanged on the augmented MDP: one clipped ratio per diffusion step, a value V(s, x_k, k), GAE over the
-augmented sequence. With --alpha 0 this is DPPO (Ren et al., arXiv 2409.00588) trained from scratch.
-Choices the paper leaves open: inside the chain GAE has discount 1 and trace decay --chain-gae-lambda;
-environment rewards are normalised as in CleanRL's PPO, and --alpha acts in that scale; episodes cut by a time
-limit are bootstrapped with gamma V(final obs, x_K, K) (CleanRL's PPO ends them).
+Each environment step becomes K augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1) with soft reward -alpha l_k
+(method.md §2-3), and PPO runs on the augmented MDP: one clipped ratio per diffusion step, a value V(s, x_k, k),
+GAE over the augmented sequence (trace decay --chain-gae-lambda inside the chain). --alpha 0 gives DPPO. Choices
+the paper leaves open: rewards are normalised as in CleanRL's PPO (--alpha acts in that scale), and time-limit
+cuts are bootstrapped with gamma V(final obs, x_K, K) (CleanRL's PPO ends the episode there).
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ class Args(RunArgs):
     """the name of this experiment"""
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
-    # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
@@ -74,8 +69,6 @@ class Args(RunArgs):
     """the target KL divergence threshold (early stop of the update epochs)"""
     norm_reward: bool = True
     """scale env rewards by a running std of the discounted return (--no-norm-reward: alpha acts on raw rewards)"""
-
-    # Diffusion policy and maximum entropy
     num_diffusion_steps: int = 8
     """K, the number of diffusion (denoising) steps per action"""
     alpha: float = 0.001
@@ -98,8 +91,8 @@ CHECKS = [  # (condition, message) over the flags, refused before anything is bu
     *at_least_one("num_diffusion_steps", "num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
     (
         "num_envs * num_steps * num_diffusion_steps % num_minibatches == 0",
-        "--num-minibatches {num_minibatches} does not divide the augmented batch "
-        "--num-envs * --num-steps * --num-diffusion-steps = {num_envs * num_steps * num_diffusion_steps}.",
+        "--num-minibatches {num_minibatches} "
+        "does not divide the augmented batch {num_envs * num_steps * num_diffusion_steps} (envs x steps x K).",
     ),
     ("total_timesteps >= num_envs * num_steps", "--total-timesteps {total_timesteps} is less than one rollout."),
     ("alpha >= 0", "--alpha must be >= 0 (got {alpha})."),
@@ -169,10 +162,9 @@ class DiffusionActor(nn.Module):
         self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
         self.log_std_min = math.log(min_std)
 
-    def clamp_log_std_(self):
-        """Keep sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)."""
-        with torch.no_grad():
-            self.log_std.clamp_(self.log_std_min, 0.0)
+    @torch.no_grad()
+    def clamp_log_std_(self):  # sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)
+        self.log_std.clamp_(self.log_std_min, 0.0)
 
     def kernel(self, obs, x_k, k):
         """Mean and std of q(x_{k-1} | x_k, s, k); k is a LongTensor of diffusion indices in 1..K."""
@@ -189,10 +181,8 @@ class DiffusionActor(nn.Module):
         return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
 
     def sample_chain(self, obs, deterministic=False, noise_scale=1.0):
-        """(chain [B, K+1, d], log q of each step [B, K]), both in time order: ``kernel`` run K times, fused (the
-        same numbers, tests/test_diffusion_log_probability.py): the first layer's observation and k parts are
-        computed once per chain, and log q is read off the noise. deterministic: x_K = 0 and no noise.
-        noise_scale: x_{k-1} = mean + noise_scale sigma_k eps (widened paths; log q stays the kernels')."""
+        """(chain [B, K+1, d], log q per step [B, K]) in time order: ``kernel`` run K times, fused (the same numbers,
+        a test checks). deterministic: x_K = 0, no noise; noise_scale widens the paths, log q stays the kernels'."""
         batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
@@ -212,8 +202,8 @@ class DiffusionActor(nn.Module):
             x = sqrt_alphas[k - 1] * x + nn.functional.linear(hidden, last.weight, last.bias) + step_noise[j - 1]
             chain.append(x)
         # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise is quadratic.
-        step_log_std = log_std.flip(0).sum(-1)  # [K], time order
-        step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
+        step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - log_std.flip(0).sum(-1)  # [B, K], time order
+        step_log_q = step_log_q - 0.5 * LOG_2PI * self.action_dim
         return torch.stack(chain, dim=1), step_log_q
 
     def chain_log_ratio_terms(self, chain, step_log_q):
@@ -259,8 +249,7 @@ class Agent(nn.Module):
         self.register_buffer("action_center", (high + low) / 2)
         self.register_buffer("action_half_width", (high - low) / 2)
 
-    def squash(self, x_0: torch.Tensor) -> torch.Tensor:
-        """a = c + h * tanh(x_0)."""
+    def squash(self, x_0: torch.Tensor) -> torch.Tensor:  # a = c + h tanh(x_0)
         return self.action_center + self.action_half_width * torch.tanh(x_0)
 
     @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
@@ -272,11 +261,9 @@ class Agent(nn.Module):
 def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tensor):
     """A rollout (obs [T, N, obs_dim], chain [T, N, K+1, d] in time order, step_k [K]) as augmented samples
     (s, x_k, k) -> x_{k-1}, flat [T*N*K, ...] in the order of the [T, N, K] buffers."""
-    num_steps, num_envs, num_diffusion_steps = chain.shape[0], chain.shape[1], chain.shape[2] - 1
-    flat_obs = obs[:, :, None].expand(-1, -1, num_diffusion_steps, -1).reshape(-1, obs.shape[-1])
-    x_k = chain[:, :, :-1].reshape(-1, chain.shape[-1])
-    x_previous = chain[:, :, 1:].reshape(-1, chain.shape[-1])
-    return flat_obs, x_k, step_k.repeat(num_steps * num_envs), x_previous
+    flat_obs = obs[:, :, None].expand(-1, -1, len(step_k), -1).reshape(-1, obs.shape[-1])
+    x_k, x_previous = chain[:, :, :-1].reshape(-1, chain.shape[-1]), chain[:, :, 1:].reshape(-1, chain.shape[-1])
+    return flat_obs, x_k, step_k.repeat(chain.shape[0] * chain.shape[1]), x_previous
 
 
 def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_gae_lambda):
@@ -302,17 +289,14 @@ def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_g
 def step_with_bootstrap(envs, agent, chain, obs_normalizer, reward_normalizer, gamma):
     """Execute a = c + h tanh(x_0): (next raw obs, normalised env reward [N], bootstrap [N], done, infos). The
     bootstrap is gamma V(final obs, x_K, K) where a time limit cut the episode, else 0 (to the last augmented step)."""
-    action = agent.squash(chain[:, -1]).cpu().numpy()
-    next_obs_raw, reward, terminated, truncated, infos = envs.step(action)
-    done = np.logical_or(terminated, truncated)
+    next_obs_raw, reward, terminated, truncated, infos = envs.step(agent.squash(chain[:, -1]).cpu().numpy())
+    done, truncated_only = np.logical_or(terminated, truncated), np.logical_and(truncated, np.logical_not(terminated))
     env_reward = reward_normalizer(reward, done)
     bootstrap = np.zeros_like(env_reward)
-    truncated_only = np.logical_and(truncated, np.logical_not(terminated))
     if truncated_only.any():
         final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=chain.device)
-        num_envs, num_diffusion_steps = chain.shape[0], chain.shape[1] - 1
+        first_k = torch.full((chain.shape[0],), chain.shape[1] - 1, device=chain.device)  # k = K
         with torch.no_grad():
-            first_k = torch.full((num_envs,), num_diffusion_steps, device=chain.device)
             final_values = agent.critic(final_obs, torch.randn_like(chain[:, 0]), first_k)
         bootstrap[truncated_only] = gamma * final_values.cpu().numpy()[truncated_only]
     return next_obs_raw, env_reward, bootstrap, done, infos
@@ -322,17 +306,16 @@ def augmented_rewards(soft_rewards: np.ndarray, env_rewards: np.ndarray, bootstr
     """Rewards of the augmented steps [T, N, K]: the soft rewards, plus the env reward and bootstrap at the last."""
     rewards = soft_rewards.copy()
     rewards[:, :, -1] += env_rewards
-    rewards[:, :, -1] += bootstraps
+    rewards[:, :, -1] += bootstraps  # after the reward, as a step-by-step sum would add them
     return rewards
 
 
 def main() -> None:
     run = Run(Args, "diffppo", CHECKS)
     args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
-    K, batch_size = args.num_diffusion_steps, args.num_envs * args.num_steps
-    augmented_batch_size = batch_size * K
+    K, T, N = args.num_diffusion_steps, args.num_steps, args.num_envs  # augmented step j of a chain has k = K - j
+    augmented_batch_size, num_iterations = T * N * K, whole_rollouts(args.total_timesteps, T * N)
     minibatch_size = augmented_batch_size // args.num_minibatches
-    num_iterations = whole_rollouts(args.total_timesteps, batch_size)
     agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.hidden_dim, min_std=args.min_std)
     check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
@@ -344,22 +327,15 @@ def main() -> None:
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
     target_entropy = args.target_entropy if args.target_entropy is not None else -float(action_dim)
     state = dict(agent=agent, optimizer=optimizer, obs_normalizer=obs_normalizer, reward_normalizer=reward_normalizer)
-    checkpoint = run.restore(
-        dict(**state, log_alpha=log_alpha, alpha_optimizer=alpha_optimizer), agent_kwargs=agent_kwargs
-    )
+    state.update(log_alpha=log_alpha, alpha_optimizer=alpha_optimizer)
+    checkpoint = run.restore(state, agent_kwargs=agent_kwargs)
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha = log_alpha.exp().item()
-
-    # Rollout storage. Augmented steps are in time order: index j is diffusion step k = K - j.
-    obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
-    chain_buffer = torch.zeros((args.num_steps, args.num_envs, K + 1, action_dim), device=device)
-    log_q_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
-    env_reward_buffer = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    bootstrap_buffer = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    done_buffer = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    squash_log_det_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    step_k = agent.actor.step_k  # [K], diffusion index of each augmented step
-    first_k = torch.full((args.num_envs,), K, dtype=torch.long, device=device)
+    obs_buffer, log_q_buffer = torch.zeros((T, N, obs_dim), device=device), torch.zeros((T, N, K), device=device)
+    chain_buffer = torch.zeros((T, N, K + 1, action_dim), device=device)
+    squash_log_det_buffer = torch.zeros((T, N), device=device)
+    env_reward_buffer, bootstrap_buffer, done_buffer = (np.zeros((T, N), dtype=np.float32) for _ in range(3))
+    step_k, first_k = agent.actor.step_k, torch.full((N,), K, dtype=torch.long, device=device)  # k of step j, K
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
@@ -377,43 +353,31 @@ def main() -> None:
                 # The squash term at the rollout's batch size keeps the numbers of a step-by-step rollout.
                 squash_log_det_buffer[step] = squash_log_det(chain[:, -1], agent.action_half_width)
             chain_buffer[step], log_q_buffer[step] = chain, step_log_q
-            next_obs_raw, env_reward_buffer[step], bootstrap_buffer[step], done, infos = step_with_bootstrap(
-                envs, agent, chain, obs_normalizer, reward_normalizer, args.gamma
-            )
-            done_buffer[step] = done
+            bootstrapped = step_with_bootstrap(envs, agent, chain, obs_normalizer, reward_normalizer, args.gamma)
+            next_obs_raw, env_reward_buffer[step], bootstrap_buffer[step], done_buffer[step], infos = bootstrapped
             obs_normalizer.update(next_obs_raw)
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
             run.episodes(infos, global_step)
 
         # What the actions did not depend on, for the whole rollout in one pass (the same numbers as step by step):
+        b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
         with torch.no_grad():
-            step_log_ratio, log_prior = agent.actor.chain_log_ratio_terms(
-                chain_buffer.view(-1, K + 1, action_dim), log_q_buffer.view(-1, K)
-            )
-            squash_terms = squash_log_det_buffer.view(-1)
-            value_buffer = agent.critic(
-                obs_buffer.view(-1, obs_dim).repeat_interleave(K, 0),  # V(s, x_k, k)
-                chain_buffer[:, :, :-1].reshape(-1, action_dim),
-                step_k.repeat(batch_size),
-            ).view(args.num_steps, args.num_envs, K)
+            chains, squash_terms = chain_buffer.view(-1, K + 1, action_dim), squash_log_det_buffer.view(-1)
+            step_log_ratio, log_prior = agent.actor.chain_log_ratio_terms(chains, log_q_buffer.view(-1, K))
+            value_buffer = agent.critic(b_obs, b_x_k, b_k).view(T, N, K)  # V(s, x_k, k)
             # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (method.md §3).
             soft_rewards = -alpha * step_log_ratio
             soft_rewards[:, 0] -= alpha * log_prior
             soft_rewards[:, -1] += alpha * squash_terms
-        path_log_ratio_buffer = (log_prior + step_log_ratio.sum(1) - squash_terms).view(args.num_steps, args.num_envs)
-        reward_buffer = augmented_rewards(
-            soft_rewards.view(args.num_steps, args.num_envs, K).cpu().numpy(), env_reward_buffer, bootstrap_buffer
-        )
+        path_log_ratio_buffer = (log_prior + step_log_ratio.sum(1) - squash_terms).view(T, N)
+        reward_buffer = augmented_rewards(soft_rewards.view(T, N, K).cpu().numpy(), env_reward_buffer, bootstrap_buffer)
 
-        # GAE over the augmented sequence, bootstrapped with V(s_T, fresh x_K, K).
-        with torch.no_grad():
+        with torch.no_grad():  # GAE over the augmented sequence, bootstrapped with V(s_T, fresh x_K, K)
             next_value = agent.critic(next_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)
         values, next_value = value_buffer.cpu().numpy(), next_value.cpu().numpy()
         advantages, returns = augmented_gae(
             reward_buffer, values, done_buffer, next_value, args.gamma, args.gae_lambda, args.chain_gae_lambda
         )
-
-        b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
         b_log_q = log_q_buffer.reshape(-1)
         b_values = value_buffer.reshape(-1)
         b_advantages = torch.as_tensor(advantages, device=device).reshape(-1)
@@ -435,9 +399,8 @@ def main() -> None:
                 mb_advantages = b_advantages[mb]
                 if args.norm_adv:
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                pg_loss = torch.max(
-                    -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                ).mean()
+                clipped_ratio = torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
 
                 new_value = agent.critic(b_obs[mb], b_x_k[mb], b_k[mb])
                 if args.clip_vloss:
@@ -454,12 +417,10 @@ def main() -> None:
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 optimizer.step()
                 agent.actor.clamp_log_std_()
-
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
 
-        # Entropy estimate H_est = -E[L], a lower bound on the policy entropy (method.md §2).
-        entropy_estimate = -path_log_ratio_buffer.mean()
+        entropy_estimate = -path_log_ratio_buffer.mean()  # H_est = -E[L], a lower bound on the entropy (method.md §2)
         if args.autotune:  # d alpha_loss / d log(alpha) = H_est - target: alpha falls when the entropy is above it
             alpha_loss = log_alpha * (entropy_estimate - target_entropy)
             alpha_optimizer.zero_grad()
@@ -471,11 +432,12 @@ def main() -> None:
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        learning_rate = optimizer.param_groups[0]["lr"]
-        run.log(global_step, "charts", learning_rate=learning_rate, entropy_estimate=entropy_estimate, alpha=alpha)
+        run.log(global_step, "charts", learning_rate=optimizer.param_groups[0]["lr"], entropy_estimate=entropy_estimate)
+        run.log(global_step, "charts", alpha=alpha)
         run.log(global_step, "losses", value_loss=v_loss, policy_loss=pg_loss, old_approx_kl=old_approx_kl)
-        run.log(global_step, "losses", approx_kl=approx_kl, clipfrac=np.mean(clipfracs))
-        run.log(global_step, "losses", explained_variance=explained_var)
+        run.log(
+            global_step, "losses", approx_kl=approx_kl, clipfrac=np.mean(clipfracs), explained_variance=explained_var
+        )
         run.show(global_step, f"entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e}")
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)

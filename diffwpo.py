@@ -153,10 +153,9 @@ class DiffusionActor(nn.Module):
         self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
         self.log_std_min = math.log(min_std)
 
-    def clamp_log_std_(self):
-        """Keep sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)."""
-        with torch.no_grad():
-            self.log_std.clamp_(self.log_std_min, 0.0)
+    @torch.no_grad()
+    def clamp_log_std_(self):  # sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)
+        self.log_std.clamp_(self.log_std_min, 0.0)
 
     def kernel(self, obs, x_k, k):
         """Mean and std of q(x_{k-1} | x_k, s, k); k is a LongTensor of diffusion indices in 1..K."""
@@ -173,10 +172,8 @@ class DiffusionActor(nn.Module):
         return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
 
     def sample_chain(self, obs, deterministic=False, noise_scale=1.0):
-        """(chain [B, K+1, d], log q of each step [B, K]), both in time order: ``kernel`` run K times, fused (the
-        same numbers, tests/test_diffusion_log_probability.py): the first layer's observation and k parts are
-        computed once per chain, and log q is read off the noise. deterministic: x_K = 0 and no noise.
-        noise_scale: x_{k-1} = mean + noise_scale sigma_k eps (widened paths; log q stays the kernels')."""
+        """(chain [B, K+1, d], log q per step [B, K]) in time order: ``kernel`` run K times, fused (the same numbers,
+        a test checks). deterministic: x_K = 0, no noise; noise_scale widens the paths, log q stays the kernels'."""
         batch, K, obs_dim = obs.shape[0], self.num_diffusion_steps, obs.shape[1]
         first, second, last = self.mean_net[0], self.mean_net[2], self.mean_net[4]
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
@@ -196,8 +193,8 @@ class DiffusionActor(nn.Module):
             x = sqrt_alphas[k - 1] * x + nn.functional.linear(hidden, last.weight, last.bias) + step_noise[j - 1]
             chain.append(x)
         # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise is quadratic.
-        step_log_std = log_std.flip(0).sum(-1)  # [K], time order
-        step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - step_log_std - 0.5 * LOG_2PI * self.action_dim
+        step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - log_std.flip(0).sum(-1)  # [B, K], time order
+        step_log_q = step_log_q - 0.5 * LOG_2PI * self.action_dim
         return torch.stack(chain, dim=1), step_log_q
 
     def chain_log_ratio_terms(self, chain, step_log_q):

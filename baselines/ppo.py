@@ -52,7 +52,6 @@ class Args(RunArgs):
     """the name of this experiment"""
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
-    # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
@@ -87,8 +86,6 @@ class Args(RunArgs):
     """the target KL divergence threshold (early stop of the update epochs)"""
     norm_reward: bool = True
     """scale env rewards by a running std of the discounted return (--no-norm-reward: alpha acts on raw rewards)"""
-
-    # Gaussian policy and maximum entropy
     alpha: float = 0.001
     """entropy temperature (initial value if --autotune); 0 gives PPO with a tanh-squashed Gaussian"""
     autotune: bool = False

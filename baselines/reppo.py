@@ -49,7 +49,6 @@ class Args(RunArgs):
     """the name of this experiment"""
     checkpoint_frequency: int = 50
     """iterations between checkpoints when --save-model is set"""
-    # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
@@ -72,8 +71,6 @@ class Args(RunArgs):
     """lambda of the lambda-returns over the augmented sequence"""
     norm_reward: bool = True
     """scale env rewards by a running std of the discounted return (--no-norm-reward: raw rewards)"""
-
-    # Critic
     num_bins: int = 101
     """bins of the categorical critic (the official code uses 151)"""
     v_min: float = -10.0
@@ -84,8 +81,6 @@ class Args(RunArgs):
     """width of the critic's layers"""
     aux_loss_coef: float = 1.0
     """weight of the auxiliary loss (next embedding and reward prediction)"""
-
-    # Actor, temperature and trust region
     actor_hidden_dim: int = 128
     """width of the actor's two hidden layers (as diffreppo.py's mean network)"""
     alpha: float = 0.01

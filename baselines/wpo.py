@@ -56,7 +56,6 @@ class Args(RunArgs):
     """the name of this experiment"""
     checkpoint_frequency: int = 50000
     """environment steps between checkpoints when --save-model is set"""
-    # Algorithm specific arguments
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
