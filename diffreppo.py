@@ -93,8 +93,9 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
-    *at_least_one("num_diffusion_steps", "num_steps", "minibatch_size", "update_epochs", "hidden_dim"),
-    *at_least_one("actor_hidden_dim"),
+    *at_least_one(
+        "num_diffusion_steps", "num_steps", "minibatch_size", "update_epochs", "hidden_dim", "actor_hidden_dim"
+    ),
     ("num_bins >= 2", "--num-bins must be at least 2 (got {num_bins})."),
     (
         "minibatch_size <= num_envs * num_steps * num_diffusion_steps",
@@ -106,10 +107,7 @@ CHECKS = [  # (condition, message) over the flags, refused before anything is bu
     ("min_std < 1", "--min-std must be below 1, the largest sigma_k (got {min_std})."),
     ("v_min < v_max", "--v-min {v_min} must be below --v-max {v_max}."),
     *in_unit_interval("gamma"),
-    (
-        "augmented_gamma is None or 0 < augmented_gamma <= 1",
-        "--augmented-gamma must be in (0, 1] (got {augmented_gamma}).",
-    ),
+    ("augmented_gamma is None or 0 < augmented_gamma <= 1", "--augmented-gamma must be in (0, 1]."),
     *in_unit_interval("gae_lambda", closed=True),
     ("aux_loss_coef >= 0", "--aux-loss-coef must be >= 0 (got {aux_loss_coef})."),
 ]
@@ -233,13 +231,12 @@ class DiffusionActor(nn.Module):
 
 
 def step_log_ratio_term(actor, x_k, k, x_previous, log_q, action_half_width):
-    """lt_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}), plus log N(x_K; 0, I) at k = K and minus the
-    squash log-Jacobian sum_i log h_i + log(1 - tanh(x_0i)^2) at k = 1, so that sum_k lt_k = L (method.md §2, §3)."""
-    K = actor.num_diffusion_steps
+    """lt_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}), plus log N(x_K; 0, I) at k = K and minus the squash
+    log-Jacobian at k = 1, so that sum_k lt_k = L (method.md §2, §3)."""
     term = log_q - actor.forward_log_prob(x_k, x_previous, k)
     prior = gaussian_log_prob(x_k, torch.zeros_like(x_k), torch.ones_like(x_k))
     squash = squash_log_det(x_previous, action_half_width)
-    return term + torch.where(k == K, prior, 0.0) - torch.where(k == 1, squash, 0.0)
+    return term + torch.where(k == actor.num_diffusion_steps, prior, 0.0) - torch.where(k == 1, squash, 0.0)
 
 
 class Agent(nn.Module):
@@ -252,8 +249,7 @@ class Agent(nn.Module):
         self.register_buffer("action_center", (high + low) / 2)
         self.register_buffer("action_half_width", (high - low) / 2)
 
-    def squash(self, x_0: torch.Tensor) -> torch.Tensor:
-        """a = c + h * tanh(x_0)."""
+    def squash(self, x_0: torch.Tensor) -> torch.Tensor:  # a = c + h tanh(x_0)
         return self.action_center + self.action_half_width * torch.tanh(x_0)
 
     def one_step(self, obs: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor):
@@ -261,7 +257,8 @@ class Agent(nn.Module):
         mean, std = self.actor.kernel(obs, x_k, k)
         x_previous = mean + std * torch.randn_like(mean)
         log_q = gaussian_log_prob(x_previous, mean, std)
-        return x_previous, step_log_ratio_term(self.actor, x_k, k, x_previous, log_q, self.action_half_width), mean, std
+        log_ratio_term = step_log_ratio_term(self.actor, x_k, k, x_previous, log_q, self.action_half_width)
+        return x_previous, log_ratio_term, mean, std
 
     @torch.inference_mode()  # no autograd bookkeeping: the action only goes to the environment
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -269,9 +266,6 @@ class Agent(nn.Module):
         return self.squash(chain[:, -1])
 
 
-# ----------------------------------------------------------------------------------------------
-# The distributional critic (HL-Gauss), the trust region and the lambda-returns (method.md §4.5)
-# ----------------------------------------------------------------------------------------------
 def hl_gauss_histogram(values, v_min, v_max, num_bins, sigma_ratio=0.75):
     """The HL-Gauss target: N(clip(y), (sigma_ratio * bin width)^2) integrated over each bin, renormalised
     to the mass inside [v_min, v_max]. [B] -> [B, num_bins], rows sum to one."""
@@ -287,38 +281,26 @@ class DistributionalCritic(nn.Module):
     """Q~(s, x_k, k, x_{k-1}) as a categorical over bins on [v_min, v_max], with an auxiliary head that
     predicts the next augmented state's embedding and the augmented reward from this one's embedding."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        num_diffusion_steps: int,
-        hidden_dim: int = 256,
-        num_bins: int = 101,
-        v_min: float = -10.0,
-        v_max: float = 10.0,
-        time_embedding_dim: int = 16,
-    ):
+    def __init__(self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=256, num_bins=101, v_min=-10.0, v_max=10.0):
         super().__init__()
+        time_embedding_dim = 16
         self.time_embedding = nn.Embedding(num_diffusion_steps + 1, time_embedding_dim)
 
-        def block(inputs: int) -> list[nn.Module]:
+        def block(inputs):
             return [nn.Linear(inputs, hidden_dim), nn.LayerNorm(hidden_dim), nn.SiLU()]
 
         self.encoder = nn.Sequential(*block(obs_dim + 4 * action_dim + time_embedding_dim), *block(hidden_dim))
         self.value_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, num_bins))
         self.prediction_head = nn.Sequential(*block(hidden_dim), nn.Linear(hidden_dim, hidden_dim + 1))
-        self.register_buffer(
-            "bin_centres", torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2
-        )
+        bin_centres = torch.linspace(v_min, v_max, num_bins + 1)[:-1] + (v_max - v_min) / num_bins / 2
+        self.register_buffer("bin_centres", bin_centres)
 
     def forward(self, obs, x_k, k, x_previous) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, bins], embedding [B, hidden])."""
         # Each latent enters twice: through tanh, as the environment sees x_0, and scaled (x / 3), so that the
         # critic still tells a latent at 5 from one at 30 (tanh alone hides how far out a latent has drifted).
-        features = torch.cat(
-            [obs, torch.tanh(x_k), x_k / 3, self.time_embedding(k), torch.tanh(x_previous), x_previous / 3], dim=-1
-        )
-        embedding = self.encoder(features)
+        latents = [torch.tanh(x_k), x_k / 3, self.time_embedding(k), torch.tanh(x_previous), x_previous / 3]
+        embedding = self.encoder(torch.cat([obs, *latents], dim=-1))
         return self.value_head(embedding), embedding
 
     def value(self, logits: torch.Tensor) -> torch.Tensor:
@@ -332,19 +314,11 @@ def gaussian_kl(mean_old, std_old, mean_new, std_new):
 
 
 def augmented_lambda_returns(rewards, next_values, terminations, truncations, gamma, gae_lambda, augmented_gamma=None):
-    """Lambda-returns backwards over the augmented sequence (method.md §4.5).
-
-    rewards, next_values: [T, N, K], augmented step j of env step t (j = 0 is k = K; the env step is j = K-1);
-    next_values[t, :, j] is V of the augmented state after step j. terminations, truncations: [T, N], at the
-    env step t. G = r~ + g [(1 - term) (lambda G_next + (1 - lambda) V_next)], with G_next replaced by V_next
-    after a truncation and after the rollout's last step; g = 1 inside the chain and gamma at the env step
-    (augmented_gamma at every step if given).
-    """
+    """Lambda-returns [T, N, K] backwards over the augmented sequence (method.md §4.5): rewards and next_values
+    (V after step j) [T, N, K], j = 0 is k = K and j = K-1 the env step; terminations, truncations [T, N]."""
     num_steps, _, K = rewards.shape
     returns = torch.zeros_like(rewards)
-    next_return = next_values[
-        -1, :, -1
-    ]  # so the rollout's last step bootstraps with V alone: lambda V + (1 - lambda) V
+    next_return = next_values[-1, :, -1]  # the rollout's last step bootstraps with V alone
     for t in reversed(range(num_steps)):
         for j in reversed(range(K)):
             v = next_values[t, :, j]
@@ -361,11 +335,8 @@ def augmented_lambda_returns(rewards, next_values, terminations, truncations, ga
 
 
 def actor_losses(agent, old_actor, critic, obs, x_k, k, alpha, beta, kl_bound):
-    """(actor loss, lt_k of the new steps [B], KL [B]) for one reparameterised step per augmented state.
-
-    Per sample: alpha lt_k(x_{k-1}) - Q~(s, x_k, k, x_{k-1}) where KL(old || new) < kl_bound, else beta KL
-    (REPPO's clipped trust region); the critic is frozen, so gradients reach only the actor.
-    """
+    """(loss, lt_k [B], KL [B]) for one reparameterised step per augmented state: alpha lt_k - Q~ where
+    KL(old || new) < kl_bound, else beta KL (REPPO's trust region); the critic is frozen."""
     x_previous, log_ratio_term, mean, std = agent.one_step(obs, x_k, k)
     critic.requires_grad_(False)
     logits, _ = critic(obs, x_k, k, x_previous)
@@ -380,22 +351,16 @@ def actor_losses(agent, old_actor, critic, obs, x_k, k, alpha, beta, kl_bound):
 
 def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tensor):
     """Flatten a rollout into augmented samples (s, x_k, k) -> x_{k-1}, in the order of the [T, N, K] buffers."""
-    num_steps, num_envs, K = chain.shape[0], chain.shape[1], chain.shape[2] - 1
-    flat_obs = obs[:, :, None].expand(-1, -1, K, -1).reshape(-1, obs.shape[-1])
-    return (
-        flat_obs,
-        chain[:, :, :-1].reshape(-1, chain.shape[-1]),
-        step_k.repeat(num_steps * num_envs),
-        chain[:, :, 1:].reshape(-1, chain.shape[-1]),
-    )
+    flat_obs = obs[:, :, None].expand(-1, -1, len(step_k), -1).reshape(-1, obs.shape[-1])
+    x_k, x_previous = chain[:, :, :-1].reshape(-1, chain.shape[-1]), chain[:, :, 1:].reshape(-1, chain.shape[-1])
+    return flat_obs, x_k, step_k.repeat(chain.shape[0] * chain.shape[1]), x_previous
 
 
 def main() -> None:
     run = Run(Args, "diffreppo", CHECKS)
     args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
-    K, batch_size = args.num_diffusion_steps, args.num_envs * args.num_steps
-    augmented_batch_size = batch_size * K
-    num_iterations = whole_rollouts(args.total_timesteps, batch_size)
+    K, T, N = args.num_diffusion_steps, args.num_steps, args.num_envs  # augmented step j of a chain has k = K - j
+    augmented_batch_size, num_iterations = T * N * K, whole_rollouts(args.total_timesteps, T * N)
     agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
     critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, num_diffusion_steps=K, hidden_dim=args.hidden_dim)
     critic_kwargs.update(num_bins=args.num_bins, v_min=args.v_min, v_max=args.v_max)
@@ -423,24 +388,20 @@ def main() -> None:
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
 
-    # Rollout storage; augmented step j of env step t is diffusion step k = K - j.
-    obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
-    chain_buffer = torch.zeros((args.num_steps, args.num_envs, K + 1, action_dim), device=device)
-    reward_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
-    next_value_buffer = torch.zeros((args.num_steps, args.num_envs, K), device=device)
-    next_embedding_buffer = torch.zeros((args.num_steps, args.num_envs, K, args.hidden_dim), device=device)
-    termination_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    truncation_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    path_log_ratio_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    saturated_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
+    obs_buffer = torch.zeros((T, N, obs_dim), device=device)  # augmented step j of env step t has k = K - j
+    chain_buffer = torch.zeros((T, N, K + 1, action_dim), device=device)
+    reward_buffer, next_value_buffer = (torch.zeros((T, N, K), device=device) for _ in range(2))
+    next_embedding_buffer = torch.zeros((T, N, K, args.hidden_dim), device=device)
+    termination_buffer, truncation_buffer, path_log_ratio_buffer, saturated_buffer = torch.zeros(
+        (4, T, N), device=device
+    )
     step_k = agent.actor.step_k  # [K]: k of augmented step j
     next_k = torch.cat([step_k[1:], step_k.new_full((1,), K)])  # k of the augmented state after step j
-    discounts = torch.ones(K, device=device)  # g of augmented step j
+    discounts = torch.ones(K, device=device)  # g of augmented step j: 1 inside the chain, gamma at the env step
     discounts[-1] = args.gamma
     if args.augmented_gamma is not None:
         discounts.fill_(args.augmented_gamma)
-
-    update_seconds, num_updates = 0.0, 0  # the update phase alone: its cost per minibatch
+    update_seconds, num_updates, half_width = 0.0, 0, agent.action_half_width  # the update phase's cost per minibatch
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
@@ -452,9 +413,7 @@ def main() -> None:
             obs_buffer[step] = next_obs
             with torch.no_grad():
                 chain, step_log_q = agent.actor.sample_chain(next_obs)
-                log_ratio, log_prior, log_det = agent.actor.path_log_ratio_terms(
-                    chain, step_log_q, agent.action_half_width
-                )
+                log_ratio, log_prior, log_det = agent.actor.path_log_ratio_terms(chain, step_log_q, half_width)
             next_obs_raw, reward, terminated, truncated, infos = envs.step(agent.squash(chain[:, -1]).cpu().numpy())
             done, truncated_only = np.logical_or(terminated, truncated), np.logical_and(truncated, ~terminated)
             normalised_reward = torch.as_tensor(reward_normalizer(reward, done), dtype=torch.float32, device=device)
@@ -462,8 +421,7 @@ def main() -> None:
             with torch.no_grad():
                 # The augmented state after each step j: (s_t, x_{k-1}, k-1) inside the chain, (s_{t+1}, x_K ~ N(0, I),
                 # K) after the env step; V there = Q~ with a fresh policy step, whose lt' enters the soft reward.
-                state_obs = torch.cat([next_obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1)
-                state_obs = state_obs.reshape(-1, obs_dim)
+                state_obs = torch.cat([next_obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1).flatten(0, 1)
                 state_x = torch.cat([chain[:, 1:K], torch.randn_like(chain[:, :1])], 1).reshape(-1, action_dim)
                 state_k = next_k.repeat(args.num_envs)
                 fresh_x, fresh_log_ratio_term, _, _ = agent.one_step(state_obs, state_x, state_k)
@@ -483,15 +441,8 @@ def main() -> None:
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
             run.episodes(infos, global_step)
 
-        returns = augmented_lambda_returns(
-            reward_buffer,
-            next_value_buffer,
-            termination_buffer,
-            truncation_buffer,
-            args.gamma,
-            args.gae_lambda,
-            args.augmented_gamma,
-        )
+        buffers = (reward_buffer, next_value_buffer, termination_buffer, truncation_buffer)
+        returns = augmented_lambda_returns(*buffers, args.gamma, args.gae_lambda, args.augmented_gamma)
         b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
         b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
         b_next_embeddings = next_embedding_buffer.reshape(augmented_batch_size, -1)
