@@ -246,31 +246,17 @@ def actor_losses(agent, old_actor, critic, obs, alpha, beta, kl_bound):
 
 def main() -> None:
     run = Run(Args, "baselines.reppo", CHECKS)
-    args, envs, device = run.args, run.envs, run.device
-    batch_size = args.num_envs * args.num_steps
-    num_iterations = whole_rollouts(args.total_timesteps, batch_size)
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        action_low=envs.single_action_space.low.tolist(),
-        action_high=envs.single_action_space.high.tolist(),
-        hidden_dim=args.actor_hidden_dim,
-    )
-    critic_kwargs = dict(
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        hidden_dim=args.hidden_dim,
-        num_bins=args.num_bins,
-        v_min=args.v_min,
-        v_max=args.v_max,
-    )
-    check_memory(
-        count_parameters(lambda: [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]),
-        0,
-        device,
-        "--hidden-dim or --actor-hidden-dim",
-    )
+    args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
+    T, N = args.num_steps, args.num_envs
+    batch_size, num_iterations = T * N, whole_rollouts(args.total_timesteps, T * N)
+    agent_kwargs = dict(**run.space, hidden_dim=args.actor_hidden_dim)
+    critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=args.hidden_dim, num_bins=args.num_bins)
+    critic_kwargs.update(v_min=args.v_min, v_max=args.v_max)
+
+    def networks():
+        return [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]
+
+    check_memory(count_parameters(networks), 0, device, "--hidden-dim or --actor-hidden-dim")
     agent = Agent(**agent_kwargs).to(device)
     critic = DistributionalCritic(**critic_kwargs).to(device)
     old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
@@ -278,40 +264,23 @@ def main() -> None:
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
     log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)
-    multiplier_optimizer = torch.optim.Adam(
-        [log_alpha, log_beta] if args.autotune else [log_beta], lr=args.multiplier_lr
-    )
+    multipliers = [log_alpha, log_beta] if args.autotune else [log_beta]
+    multiplier_optimizer = torch.optim.Adam(multipliers, lr=args.multiplier_lr)
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-    checkpoint = run.restore(
-        {
-            "agent": agent,
-            "critic": critic,
-            "actor_optimizer": actor_optimizer,
-            "critic_optimizer": critic_optimizer,
-            "multiplier_optimizer": multiplier_optimizer,
-            "obs_normalizer": obs_normalizer,
-            "reward_normalizer": reward_normalizer,
-            "log_alpha": log_alpha,
-            "log_beta": log_beta,
-        },
-        agent_kwargs=agent_kwargs,
-        critic_kwargs=critic_kwargs,
-    )
+    state = dict(agent=agent, critic=critic, actor_optimizer=actor_optimizer, critic_optimizer=critic_optimizer)
+    state.update(multiplier_optimizer=multiplier_optimizer, log_alpha=log_alpha, log_beta=log_beta)
+    state.update(obs_normalizer=obs_normalizer, reward_normalizer=reward_normalizer)
+    checkpoint = run.restore(state, agent_kwargs=agent_kwargs, critic_kwargs=critic_kwargs)
     global_step, iteration = checkpoint.get("global_step", 0), checkpoint.get("iteration", 0)
     alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
 
-    obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
-    x_buffer = torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
-    reward_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    next_value_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    next_embedding_buffer = torch.zeros((args.num_steps, args.num_envs, args.hidden_dim), device=device)
-    termination_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    truncation_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    log_pi_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-    saturated_buffer = torch.zeros((args.num_steps, args.num_envs), device=device)
-
+    obs_buffer, x_buffer = torch.zeros((T, N, obs_dim), device=device), torch.zeros((T, N, action_dim), device=device)
+    next_embedding_buffer = torch.zeros((T, N, args.hidden_dim), device=device)
+    reward_buffer, next_value_buffer, termination_buffer, truncation_buffer, log_pi_buffer, saturated_buffer = (
+        torch.zeros((6, T, N), device=device)
+    )
     update_seconds, num_updates = 0.0, 0  # the update phase alone: its cost per minibatch
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
