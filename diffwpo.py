@@ -359,14 +359,14 @@ def main() -> None:
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # WPO, like SAC, does not normalise
     state = dict(agent=agent, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target, log_alpha=log_alpha)
     state.update(q_optimizer=q_optimizer, actor_optimizer=actor_optimizer, alpha_optimizer=alpha_optimizer)
-    checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), agent_kwargs=agent_kwargs)
+    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (K + 1, action_dim), device)  # whole chains x_K..x_0
+    checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), replay_buffer, agent_kwargs=agent_kwargs)
     global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
 
     def min_q(obs, x_k, k, x_previous):
         return torch.min(qf1(obs, x_k, k, x_previous), qf2(obs, x_k, k, x_previous))
 
-    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (K + 1, action_dim), device)  # whole chains x_K..x_0
-    learning_starts = run.resume_replay_buffer(replay_buffer, args.learning_starts)
+    learning_starts = run.learning_starts(args.learning_starts)
     updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
     obs, _ = envs.reset(seed=args.seed)
     entropy_estimate = torch.tensor(float("nan"))

@@ -222,10 +222,10 @@ def main() -> None:
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # SAC does not normalise; checkpoints stay uniform
     state = dict(agent=agent, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target, log_alpha=log_alpha)
     state.update(q_optimizer=q_optimizer, actor_optimizer=actor_optimizer, alpha_optimizer=alpha_optimizer)
-    checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), agent_kwargs=agent_kwargs)
-    global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
     replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
-    learning_starts = run.resume_replay_buffer(replay_buffer, args.learning_starts)
+    checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), replay_buffer, agent_kwargs=agent_kwargs)
+    global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
+    learning_starts = run.learning_starts(args.learning_starts)
     updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
     obs, _ = envs.reset(seed=args.seed)
     entropy_estimate = torch.tensor(float("nan"))

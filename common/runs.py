@@ -84,10 +84,10 @@ class Run:
         self.space = dict(obs_dim=self.obs_dim, action_dim=self.action_dim, action_low=low, action_high=high)
         self.recent_returns, self.saved_step = deque(maxlen=10), None
 
-    def restore(self, state: dict, **kwargs) -> dict:
+    def restore(self, state: dict, replay_buffer=None, **kwargs) -> dict:
         """Name what a checkpoint holds (modules, optimisers, normalisers: state_dict; tensors: values; None: an
-        unused part) and the constructor arguments it must match; on --resume load it. Opens the run folder.
-        Returns the checkpoint or {}."""
+        unused part), the replay buffer saved beside it and the constructor arguments it must match; on --resume
+        load them. Opens the run folder. Returns the checkpoint or {}."""
         self.state, self.kwargs, checkpoint, args = state, kwargs, self.checkpoint, self.args
         for name, value in kwargs.items() if checkpoint else ():
             if checkpoint[name] != value:
@@ -103,8 +103,13 @@ class Run:
                     item.copy_(torch.as_tensor(checkpoint[name]))
             else:
                 item.load_state_dict(checkpoint[name])
-        if checkpoint and "iteration" in checkpoint:  # off-policy runs say it with their replay buffer
-            print(f"resumed {self.name} at step {checkpoint['global_step']} (iteration {checkpoint['iteration']})")
+        self.refill_buffer = False  # a resumed run whose buffer did not load refills it before updating again
+        if checkpoint:
+            note = f" (iteration {checkpoint['iteration']})" if "iteration" in checkpoint else ""
+            if replay_buffer is not None:
+                loaded = load_replay_buffer(args.resume, replay_buffer, checkpoint["global_step"])
+                note, self.refill_buffer = f" with {replay_buffer.size} transitions in the replay buffer", not loaded
+            print(f"resumed {self.name} at step {checkpoint['global_step']}{note}")
         self.run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else f"runs/{self.name}"
         self.model_path = args.resume or f"runs/{self.name}/{args.exp_name}.cleanrl_model"
         if args.track:
@@ -119,14 +124,10 @@ class Run:
         self.start_time, self.progress = time.time(), Progress(args.total_timesteps, self.start_step)
         return checkpoint or {}
 
-    def resume_replay_buffer(self, buffer, learning_starts: int) -> int:
-        """The step after which updates start: at once when the buffer saved beside the checkpoint loaded, else
-        after --learning-starts more steps of the loaded policy refill it."""
-        if not self.checkpoint:
-            return learning_starts
-        loaded = load_replay_buffer(self.args.resume, buffer, self.start_step)
-        print(f"resumed {self.name} at step {self.start_step} with {buffer.size} transitions in the replay buffer")
-        return learning_starts if loaded else self.start_step + self.args.learning_starts
+    def learning_starts(self, learning_starts: int) -> int:
+        """The step after which updates start: --learning-starts, or on resume at once if the replay buffer loaded,
+        else after --learning-starts more steps of the loaded policy refill it."""
+        return self.start_step + learning_starts if self.refill_buffer else learning_starts
 
     def episodes(self, infos: dict, global_step: int) -> None:
         for episode_return, episode_length in finished_episodes(infos):

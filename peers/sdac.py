@@ -351,15 +351,15 @@ def main() -> None:
         agent=agent, qf1_target=qf1_target, qf2_target=qf2_target, q_optimizer=q_optimizer, log_alpha=log_alpha
     )
     state.update(policy_optimizer=policy_optimizer, alpha_optimizer=alpha_optimizer, obs_normalizer=obs_normalizer)
-    checkpoint = run.restore(state, agent_kwargs=agent_kwargs)
+    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
+    checkpoint = run.restore(state, replay_buffer, agent_kwargs=agent_kwargs)
     global_step, updates, policy_updates = (
         checkpoint.get(key, 0) for key in ("global_step", "updates", "policy_updates")
     )
     alpha = log_alpha.exp().item()
     agent.exploration_std.fill_(args.exploration_noise * alpha)
 
-    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
-    learning_starts = run.resume_replay_buffer(replay_buffer, args.learning_starts)
+    learning_starts = run.learning_starts(args.learning_starts)
 
     session_updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
     obs, _ = envs.reset(seed=args.seed)
