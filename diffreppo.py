@@ -1,16 +1,13 @@
 """DiffREPPO: REPPO on the diffusion-augmented MDP (DA-MDP: REPPO), pathwise through one diffusion step.
 
-Sanokowski, Patil, Knoll, "Diffusion-Augmented MDPs" (arXiv 2512.02019, later version); REPPO: Voelcker et al.,
-arXiv 2507.11019. The maths is in docs/method.md ("method.md §n" below; §4.5 lists the differences from the
-authors' code).
+Sanokowski, Patil, Knoll, arXiv 2512.02019 (later version); REPPO: Voelcker et al., arXiv 2507.11019. The maths is
+in docs/method.md ("method.md §n" below); §4.5 describes this script and its differences from the authors' code.
 
     python diffreppo.py --env-id Hopper-v4 --num-diffusion-steps 8
 
-On-policy, like DiffPPO: each environment step is stored with its whole chain, K augmented transitions
-(s, x_k, k) -> x_{k-1} (method.md §3), used for --update-epochs epochs and discarded. The actor follows the
-pathwise gradient of a learned soft Q~(s, x_k, k, x_{k-1}) through one reparameterised diffusion step at a time,
-with a KL trust region whose multiplier beta is learned. The critic is a categorical over --num-bins bins trained
-by cross-entropy against HL-Gauss histograms of lambda-returns over the augmented sequence, plus an auxiliary head.
+On-policy: each environment step is stored with its chain, K augmented transitions (s, x_k, k) -> x_{k-1}. A
+distributional soft critic Q~(s, x_k, k, x_{k-1}) learns lambda-returns over the augmented sequence, and the actor
+follows its pathwise gradient through one reparameterised diffusion step at a time, inside a KL trust region.
 """
 
 from __future__ import annotations
@@ -489,8 +486,8 @@ def main() -> None:
 
         rollout_entropy = -path_log_ratio_buffer.mean().item()
         run.log(global_step, "charts", entropy_estimate=rollout_entropy, alpha=alpha, beta=beta)
-        run.log(global_step, "charts", saturated_action_fraction=saturated_buffer.mean())
-        run.log(global_step, "charts", latent_abs_max=chain_buffer.abs().amax())
+        saturated, latent_max = saturated_buffer.mean(), chain_buffer.abs().amax()
+        run.log(global_step, "charts", saturated_action_fraction=saturated, latent_abs_max=latent_max)
         run.log(global_step, "losses", critic_loss=critic_loss, critic_cross_entropy=cross_entropy, aux_loss=aux_loss)
         run.log(global_step, "losses", actor_loss=actor_loss, kl=kl.mean(), kl_over_bound=np.mean(kl_over_bound))
         run.log(global_step, "losses", returns_mean=b_returns.mean())
