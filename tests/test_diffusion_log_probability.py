@@ -95,7 +95,7 @@ def test_sampled_step_log_q_equals_kernel_log_prob(script):
         torch.testing.assert_close(deterministic_chain[:, j + 1], mean)
 
 
-@pytest.mark.parametrize("script_name", ["diffppo", "diffsac"])
+@pytest.mark.parametrize("script_name", SCRIPTS)
 def test_widened_chain_reports_the_kernels_own_log_density(script_name):
     """sample_chain(noise_scale=c) draws x_{k-1} = mean + c sigma_k eps (the widened paths of DiffSAC's
     log-variance loss and DiffPPO's widened rollouts), and its log q of each step is the density of the
