@@ -24,7 +24,7 @@ import torch.nn as nn
 from common.cli import at_least_one, in_unit_interval, positive, run_cli
 from common.envs import true_next_observations
 from common.normalization import ObservationNormalizer, RewardNormalizer
-from common.runs import Run, RunArgs, check_memory, count_parameters, whole_rollouts
+from common.runs import Run, RunArgs
 
 
 @dataclass
@@ -314,11 +314,10 @@ def main() -> None:
     run = Run(Args, "diffppo", CHECKS)
     args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
     K, T, N = args.num_diffusion_steps, args.num_steps, args.num_envs  # augmented step j of a chain has k = K - j
-    augmented_batch_size, num_iterations = T * N * K, whole_rollouts(args.total_timesteps, T * N)
+    augmented_batch_size, num_iterations = T * N * K, run.iterations(T * N)
     minibatch_size = augmented_batch_size // args.num_minibatches
     agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.hidden_dim, min_std=args.min_std)
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
-    agent = Agent(**agent_kwargs).to(device)
+    (agent,) = run.build(lambda: [Agent(**agent_kwargs)], "--hidden-dim")
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
@@ -340,7 +339,7 @@ def main() -> None:
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    while iteration < num_iterations and not run.stop.requested:  # a signal stops between iterations
+    while iteration < num_iterations and run.stop is None:  # a signal stops between iterations
         iteration += 1
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate

@@ -1,14 +1,11 @@
-"""DiffREPPO: REPPO on the diffusion-augmented MDP (DA-MDP: REPPO), pathwise through one diffusion step.
-
-Sanokowski, Patil, Knoll, arXiv 2512.02019 (later version); REPPO: Voelcker et al., arXiv 2507.11019. The maths is
-in docs/method.md ("method.md §n" below); §4.5 describes this script and its differences from the authors' code.
+"""DiffREPPO: REPPO on the diffusion-augmented MDP (DA-MDP: REPPO; Sanokowski et al., arXiv 2512.02019, later version;
+REPPO: Voelcker et al., arXiv 2507.11019). Maths: docs/method.md (§4.5: this script, its differences from the authors').
 
     python diffreppo.py --env-id Hopper-v4 --num-diffusion-steps 8
 
-On-policy: each environment step is stored with its chain, K augmented transitions (s, x_k, k) -> x_{k-1}. A
-distributional soft critic Q~(s, x_k, k, x_{k-1}) learns lambda-returns over the augmented sequence, and the actor
-follows its pathwise gradient through one reparameterised diffusion step at a time, inside a KL trust region.
-"""
+Each environment step is stored with its chain, K augmented transitions (s, x_k, k) -> x_{k-1}; a distributional soft
+critic Q~(s, x_k, k, x_{k-1}) learns lambda-returns over the augmented sequence, and the actor follows its pathwise
+gradient through one reparameterised diffusion step at a time, inside a KL trust region."""
 
 from __future__ import annotations
 
@@ -26,7 +23,7 @@ import torch.nn.functional as F
 from common.cli import at_least_one, in_unit_interval, positive, run_cli
 from common.envs import true_next_observations
 from common.normalization import ObservationNormalizer, RewardNormalizer
-from common.runs import Run, RunArgs, check_memory, count_parameters, whole_rollouts
+from common.runs import Run, RunArgs
 
 
 @dataclass
@@ -90,9 +87,8 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
-    *at_least_one(
-        "num_diffusion_steps", "num_steps", "minibatch_size", "update_epochs", "hidden_dim", "actor_hidden_dim"
-    ),
+    *at_least_one("num_diffusion_steps", "num_steps", "minibatch_size", "update_epochs"),
+    *at_least_one("hidden_dim", "actor_hidden_dim"),
     ("num_bins >= 2", "--num-bins must be at least 2 (got {num_bins})."),
     (
         "minibatch_size <= num_envs * num_steps * num_diffusion_steps",
@@ -310,24 +306,18 @@ def gaussian_kl(mean_old, std_old, mean_new, std_new):
     return (torch.log(std_new / std_old) + (std_old**2 + (mean_old - mean_new) ** 2) / (2 * std_new**2) - 0.5).sum(-1)
 
 
-def augmented_lambda_returns(rewards, next_values, terminations, truncations, gamma, gae_lambda, augmented_gamma=None):
+def augmented_lambda_returns(rewards, next_values, terminations, truncations, discounts, gae_lambda):
     """Lambda-returns [T, N, K] backwards over the augmented sequence (method.md §4.5): rewards and next_values
-    (V after step j) [T, N, K], j = 0 is k = K and j = K-1 the env step; terminations, truncations [T, N]."""
-    num_steps, _, K = rewards.shape
-    returns = torch.zeros_like(rewards)
-    next_return = next_values[-1, :, -1]  # the rollout's last step bootstraps with V alone
-    for t in reversed(range(num_steps)):
-        for j in reversed(range(K)):
+    (V after step j) [T, N, K], j = 0 is k = K and j = K-1 the env step; terminations, truncations [T, N]; discounts
+    [K], g of step j. The rollout's last step bootstraps with V alone, as does a truncated env step."""
+    returns, next_return = torch.zeros_like(rewards), next_values[-1, :, -1]
+    for t in reversed(range(rewards.shape[0])):
+        for j in reversed(range(rewards.shape[2])):
             v = next_values[t, :, j]
-            if j == K - 1:
-                g = gamma if augmented_gamma is None else augmented_gamma
-                bootstrap = torch.where(truncations[t].bool(), v, gae_lambda * next_return + (1 - gae_lambda) * v)
-                bootstrap = (1.0 - terminations[t]) * bootstrap
-            else:
-                g = 1.0 if augmented_gamma is None else augmented_gamma
-                bootstrap = gae_lambda * next_return + (1 - gae_lambda) * v
-            next_return = rewards[t, :, j] + g * bootstrap
-            returns[t, :, j] = next_return
+            bootstrap = gae_lambda * next_return + (1 - gae_lambda) * v
+            if j == rewards.shape[2] - 1:
+                bootstrap = (1.0 - terminations[t]) * torch.where(truncations[t].bool(), v, bootstrap)
+            next_return = returns[t, :, j] = rewards[t, :, j] + discounts[j] * bootstrap
     return returns
 
 
@@ -357,7 +347,7 @@ def main() -> None:
     run = Run(Args, "diffreppo", CHECKS)
     args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
     K, T, N = args.num_diffusion_steps, args.num_steps, args.num_envs  # augmented step j of a chain has k = K - j
-    augmented_batch_size, num_iterations = T * N * K, whole_rollouts(args.total_timesteps, T * N)
+    augmented_batch_size, num_iterations = T * N * K, run.iterations(T * N)
     agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
     critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, num_diffusion_steps=K, hidden_dim=args.hidden_dim)
     critic_kwargs.update(num_bins=args.num_bins, v_min=args.v_min, v_max=args.v_max)
@@ -365,9 +355,7 @@ def main() -> None:
     def networks():
         return [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]
 
-    check_memory(count_parameters(networks), 0, device, "--hidden-dim or --actor-hidden-dim")
-    agent = Agent(**agent_kwargs).to(device)
-    critic = DistributionalCritic(**critic_kwargs).to(device)
+    agent, critic = run.build(networks, "--hidden-dim or --actor-hidden-dim")
     old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
     actor_optimizer = torch.optim.AdamW(agent.parameters(), lr=args.learning_rate)
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)
@@ -389,21 +377,17 @@ def main() -> None:
     chain_buffer = torch.zeros((T, N, K + 1, action_dim), device=device)
     reward_buffer, next_value_buffer = (torch.zeros((T, N, K), device=device) for _ in range(2))
     next_embedding_buffer = torch.zeros((T, N, K, args.hidden_dim), device=device)
-    termination_buffer, truncation_buffer, path_log_ratio_buffer, saturated_buffer = torch.zeros(
-        (4, T, N), device=device
-    )
+    termination_buffer, truncation_buffer, path_log_ratio_buffer, saturated_buffer = torch.zeros((4, T, N)).to(device)
     step_k = agent.actor.step_k  # [K]: k of augmented step j
     next_k = torch.cat([step_k[1:], step_k.new_full((1,), K)])  # k of the augmented state after step j
-    discounts = torch.ones(K, device=device)  # g of augmented step j: 1 inside the chain, gamma at the env step
-    discounts[-1] = args.gamma
-    if args.augmented_gamma is not None:
-        discounts.fill_(args.augmented_gamma)
+    inside, last = (1.0, args.gamma) if args.augmented_gamma is None else (args.augmented_gamma,) * 2
+    discounts = torch.tensor([inside] * (K - 1) + [last], device=device)  # g of augmented step j: 1 inside the chain
     update_seconds, num_updates, half_width = 0.0, 0, agent.action_half_width  # the update phase's cost per minibatch
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    while iteration < num_iterations and not run.stop.requested:  # a signal stops between iterations
+    while iteration < num_iterations and run.stop is None:  # a signal stops between iterations
         iteration += 1
         for step in range(args.num_steps):
             global_step += args.num_envs
@@ -439,7 +423,7 @@ def main() -> None:
             run.episodes(infos, global_step)
 
         buffers = (reward_buffer, next_value_buffer, termination_buffer, truncation_buffer)
-        returns = augmented_lambda_returns(*buffers, args.gamma, args.gae_lambda, args.augmented_gamma)
+        returns = augmented_lambda_returns(*buffers, discounts, args.gae_lambda)
         b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
         b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
         b_next_embeddings = next_embedding_buffer.reshape(augmented_batch_size, -1)
@@ -488,8 +472,8 @@ def main() -> None:
         run.log(global_step, "charts", entropy_estimate=rollout_entropy, alpha=alpha, beta=beta)
         saturated, latent_max = saturated_buffer.mean(), chain_buffer.abs().amax()
         run.log(global_step, "charts", saturated_action_fraction=saturated, latent_abs_max=latent_max)
-        run.log(global_step, "losses", critic_loss=critic_loss, critic_cross_entropy=cross_entropy, aux_loss=aux_loss)
-        run.log(global_step, "losses", actor_loss=actor_loss, kl=kl.mean(), kl_over_bound=np.mean(kl_over_bound))
+        losses = dict(critic_loss=critic_loss, critic_cross_entropy=cross_entropy, aux_loss=aux_loss, kl=kl.mean())
+        run.log(global_step, "losses", **losses, actor_loss=actor_loss, kl_over_bound=np.mean(kl_over_bound))
         run.log(global_step, "losses", returns_mean=b_returns.mean())
         text = f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | updates/s "
         run.show(global_step, text + f"{num_updates / update_seconds:.1f}")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from common.cli import at_least_one, in_unit_interval, positive, run_cli
 from common.normalization import ObservationNormalizer
 from common.replay_buffer import ReplayBuffer, step_and_store
-from common.runs import Run, RunArgs, check_memory, count_parameters
+from common.runs import Run, RunArgs
 
 
 @dataclass
@@ -341,13 +341,11 @@ def main() -> None:
     agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.actor_hidden_dim, min_std=args.min_std)
 
     def networks():
-        return [Agent(**agent_kwargs)] + [AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim)] * 4
+        return [Agent(**agent_kwargs)] + [AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim) for _ in range(4)]
 
     buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, (K + 1) * action_dim)
-    check_memory(count_parameters(networks), buffer_bytes, device, "--hidden-dim, --actor-hidden-dim or --buffer-size")
-    agent = Agent(**agent_kwargs).to(device)
-    critics = [AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim).to(device) for _ in range(4)]
-    qf1, qf2, qf1_target, qf2_target = critics
+    flags = "--hidden-dim, --actor-hidden-dim or --buffer-size"
+    agent, qf1, qf2, qf1_target, qf2_target = run.build(networks, flags, buffer_bytes)
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
@@ -371,7 +369,7 @@ def main() -> None:
     obs, _ = envs.reset(seed=args.seed)
     entropy_estimate = torch.tensor(float("nan"))
 
-    while global_step < args.total_timesteps and not run.stop.requested:
+    while global_step < args.total_timesteps and run.stop is None:
         global_step += args.num_envs
         # Before learning starts the untrained actor is the exact reverse process of x_0 ~ N(0, I): a random policy.
         with torch.no_grad():

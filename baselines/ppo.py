@@ -43,7 +43,7 @@ import torch.nn as nn  # noqa: E402
 from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
 from common.envs import true_next_observations  # noqa: E402
 from common.normalization import ObservationNormalizer, RewardNormalizer  # noqa: E402
-from common.runs import Run, RunArgs, check_memory, count_parameters, whole_rollouts  # noqa: E402
+from common.runs import Run, RunArgs  # noqa: E402
 
 
 @dataclass
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     args, envs, device = run.args, run.envs, run.device
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
-    num_iterations = whole_rollouts(args.total_timesteps, batch_size)
+    num_iterations = run.iterations(batch_size)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent_kwargs = {
         "obs_dim": obs_dim,
@@ -243,8 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         "hidden_dim": args.hidden_dim,
         "min_std": args.min_std,
     }
-    check_memory(count_parameters(lambda: [Agent(**agent_kwargs)]), 0, device, "--hidden-dim")
-    agent = Agent(**agent_kwargs).to(device)
+    (agent,) = run.build(lambda: [Agent(**agent_kwargs)], "--hidden-dim")
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
@@ -279,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    while iteration < num_iterations and not run.stop.requested:  # a signal stops between iterations
+    while iteration < num_iterations and run.stop is None:  # a signal stops between iterations
         iteration += 1
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate

@@ -1,23 +1,10 @@
-"""REPPO with a tanh-Gaussian policy: the Gaussian twin of diffreppo.py.
+"""REPPO with a tanh-Gaussian policy: the Gaussian twin of diffreppo.py (Voelcker et al., arXiv 2507.11019).
 
     python baselines/reppo.py --env-id Hopper-v4
 
-REPPO (Voelcker et al., arXiv 2507.11019) as diffreppo.py runs it, with the K-step diffusion actor
-replaced by CleanRL's tanh-Gaussian actor (state-dependent log-std in [-5, 2]) and nothing else
-changed (flags, defaults but the minibatch size, critic, targets, trust region, temperature, logging,
-checkpoints): a comparison differs only in the policy class (method.md §4.4, §4.5). With K = 1 the augmented
-sequence is the environment's own:
-- Critic Q(s, x) of the pre-tanh action x (seen through tanh and scaled, as diffreppo.py's),
-  categorical with the HL-Gauss cross-entropy, plus the auxiliary next-embedding and reward head.
-- Targets G_t = r~_t + gamma (1 - term_t) [lambda G_{t+1} + (1 - lambda) V_{t+1}], with V alone
-  after a truncation and at the rollout's end; V_{t+1} = Q(s_{t+1}, x') for a fresh x' ~ pi, and
-  r~_t = r_t - gamma (1 - term_t) alpha log pi(x'|s_{t+1}).
-- Defaults are diffreppo.py's except --minibatch-size 128: a rollout has K = 8 times fewer
-  transitions than diffreppo.py's, and with the same minibatch size the twin would get 8 times fewer
-  gradient updates per environment step (with 1024 it learned InvertedPendulum-v4 to only 46-504
-  by 102k steps; with 128, 1000 on 3 of 3 seeds).
-- Actor: x = mean + std eps, loss alpha log pi(x|s) - Q(s, x) where KL(old || new) < --kl-bound,
-  beta KL otherwise (closed form); alpha tuned so that -E[log pi] tracks -target_entropy_scale * dim(A).
+diffreppo.py with CleanRL's tanh-Gaussian actor (state-dependent log-std in [-5, 2]) in place of the K-step chain,
+so that the augmented sequence is the environment's own (K = 1); critic, targets, trust region, temperature, logging
+and checkpoints are the same. Only --minibatch-size differs (128): see docs/method.md §4.4.
 """
 
 from __future__ import annotations
@@ -40,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
 from common.envs import true_next_observations  # noqa: E402
 from common.normalization import ObservationNormalizer, RewardNormalizer  # noqa: E402
-from common.runs import Run, RunArgs, check_memory, count_parameters, whole_rollouts  # noqa: E402
+from common.runs import Run, RunArgs  # noqa: E402
 
 
 @dataclass
@@ -248,7 +235,7 @@ def main() -> None:
     run = Run(Args, "baselines.reppo", CHECKS)
     args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
     T, N = args.num_steps, args.num_envs
-    batch_size, num_iterations = T * N, whole_rollouts(args.total_timesteps, T * N)
+    batch_size, num_iterations = T * N, run.iterations(T * N)
     agent_kwargs = dict(**run.space, hidden_dim=args.actor_hidden_dim)
     critic_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=args.hidden_dim, num_bins=args.num_bins)
     critic_kwargs.update(v_min=args.v_min, v_max=args.v_max)
@@ -256,9 +243,7 @@ def main() -> None:
     def networks():
         return [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]
 
-    check_memory(count_parameters(networks), 0, device, "--hidden-dim or --actor-hidden-dim")
-    agent = Agent(**agent_kwargs).to(device)
-    critic = DistributionalCritic(**critic_kwargs).to(device)
+    agent, critic = run.build(networks, "--hidden-dim or --actor-hidden-dim")
     old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
     actor_optimizer = torch.optim.AdamW(agent.parameters(), lr=args.learning_rate)
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)
@@ -286,7 +271,7 @@ def main() -> None:
     obs_normalizer.update(next_obs_raw)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    while iteration < num_iterations and not run.stop.requested:  # a signal stops between iterations
+    while iteration < num_iterations and run.stop is None:  # a signal stops between iterations
         iteration += 1
         for step in range(args.num_steps):
             global_step += args.num_envs

@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
 from common.normalization import ObservationNormalizer  # noqa: E402
 from common.replay_buffer import ReplayBuffer, step_and_store  # noqa: E402
-from common.runs import Run, RunArgs, check_memory, count_parameters  # noqa: E402
+from common.runs import Run, RunArgs  # noqa: E402
 
 
 @dataclass
@@ -205,12 +205,10 @@ def main() -> None:
     agent_kwargs = dict(**run.space, hidden_dim=args.actor_hidden_dim)
 
     def networks():
-        return [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim)] * 4
+        return [Agent(**agent_kwargs)] + [SoftQNetwork(obs_dim, action_dim, args.hidden_dim) for _ in range(4)]
 
     buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim)
-    check_memory(count_parameters(networks), buffer_bytes, device, "--hidden-dim or --buffer-size")
-    agent = Agent(**agent_kwargs).to(device)
-    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(4))
+    agent, qf1, qf2, qf1_target, qf2_target = run.build(networks, "--hidden-dim or --buffer-size", buffer_bytes)
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
@@ -230,7 +228,7 @@ def main() -> None:
     obs, _ = envs.reset(seed=args.seed)
     entropy_estimate = torch.tensor(float("nan"))
 
-    while global_step < args.total_timesteps and not run.stop.requested:
+    while global_step < args.total_timesteps and run.stop is None:
         global_step += args.num_envs
         if global_step <= learning_starts and not checkpoint:
             actions = envs.action_space.sample()

@@ -1,11 +1,6 @@
-"""Checkpoint files: one dict (``torch.save``) with everything needed to evaluate or resume a run.
-
-Every checkpoint holds ``script`` (the module that defines ``Agent``), ``agent_kwargs``, ``agent``,
-``obs_normalizer`` (frozen at evaluation), ``args`` and ``global_step``, plus what the script needs to
-resume. The off-policy scripts write their replay buffer beside it (common/replay_buffer.py).
-"""
-
-from __future__ import annotations
+"""Checkpoint files: one dict (``torch.save``) with everything needed to evaluate or resume a run: ``script`` (the
+module that defines ``Agent``), ``agent_kwargs``, ``agent``, ``obs_normalizer`` (frozen at evaluation), ``args``,
+``global_step`` and what the script needs to resume. An off-policy run's replay buffer goes beside it."""
 
 import os
 
@@ -14,11 +9,21 @@ import torch
 from common.cli import ConfigError
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write atomically: a crash while saving never leaves a truncated checkpoint behind."""
+def save_checkpoint(path: str, state: dict, buffer=None) -> None:
+    """Write atomically: a crash while saving never leaves a truncated checkpoint. With a replay buffer, the pair is
+    one that a kill -9 cannot split: the buffer's filled rows (tagged with the step) go in full to a pending file,
+    then the checkpoint replaces the old one, then the buffer takes its place. Killed before the checkpoint moves,
+    the old pair is untouched; killed after it, the pending file is the checkpoint's buffer (``load_replay_buffer``
+    reads it)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if buffer is not None:
+        rows = {name: getattr(buffer, name) for name in ["position", "size", "buffer_size"]}
+        rows |= {name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in fields(buffer)}
+        torch.save({**rows, "global_step": state["global_step"]}, f"{path}.replay_buffer.pending")
     torch.save(state, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
+    if buffer is not None:
+        os.replace(f"{path}.replay_buffer.pending", f"{path}.replay_buffer")
 
 
 def load_checkpoint(path: str, flag: str = "--resume") -> dict:
@@ -29,3 +34,24 @@ def load_checkpoint(path: str, flag: str = "--resume") -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise ConfigError(f"{flag} {path!r} is not a readable checkpoint ({type(error).__name__}: {error}).") from None
+
+
+def fields(buffer) -> list[str]:  # A replay buffer's storage tensors.
+    return [name for name, value in vars(buffer).items() if isinstance(value, torch.Tensor)]
+
+
+def load_replay_buffer(path: str, buffer, global_step: int) -> bool:
+    """Fill ``buffer`` from the file beside the checkpoint of ``global_step``, or from its pending file where a kill
+    fell between the two moves of a save; False, with a line, where neither belongs to that step."""
+    for buffer_path in (f"{path}.replay_buffer", f"{path}.replay_buffer.pending"):
+        try:
+            state = torch.load(buffer_path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - missing, or a pending file cut short by a kill: no checkpoint's buffer
+            continue
+        if state["global_step"] == global_step and state["buffer_size"] == buffer.buffer_size:
+            for name in fields(buffer):
+                getattr(buffer, name)[: state["size"]] = state[name].to(getattr(buffer, name).device)
+            buffer.position, buffer.size = state["position"], state["size"]
+            return True
+    print(f"no replay buffer of step {global_step} beside {path}: it refills before the updates resume")
+    return False

@@ -4,8 +4,6 @@ When an episode ends, ``step`` returns the next episode's first observation and 
 ``infos["final_obs"]`` (gymnasium's ``AutoresetMode.SAME_STEP``), so that time-limit cuts can be bootstrapped.
 """
 
-from __future__ import annotations
-
 import difflib
 import importlib
 import os
@@ -19,73 +17,61 @@ from common.cli import ConfigError
 def check_env_id(env_id: str) -> None:
     """ConfigError for an id gymnasium does not know, with close matches. ``module:EnvId`` imports module first
     (a user's package that registers its ids), as gym.make does."""
-    if ":" in env_id:
-        module, _, env_id = env_id.partition(":")
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ConfigError(f"--env-id {module}:{env_id}: cannot import module {module!r} ({error}).") from None
+    module, _, env_id = env_id.rpartition(":")
+    try:
+        importlib.import_module(module) if module else None
+    except ImportError as error:
+        raise ConfigError(f"--env-id {module}:{env_id}: cannot import module {module!r} ({error}).") from None
     if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        close = ", ".join(difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6))
         raise ConfigError(
-            f"--env-id {env_id!r} is not a registered gymnasium environment.{hint} Allowed: any gymnasium id with "
-            "a bounded Box action space, e.g. Hopper-v4, Humanoid-v5, InvertedPendulum-v4, Pendulum-v1."
+            f"--env-id {env_id!r} is not a registered gymnasium environment.{f' Did you mean: {close}?' * bool(close)}"
+            " Allowed: any gymnasium id with a bounded Box action space, e.g. Hopper-v4, Humanoid-v5, Pendulum-v1."
         )
 
 
-def check_continuous_action_space(env_id: str, space: gym.Space) -> None:
-    """ConfigError unless the action space is a 1-D Box with finite bounds (the policy squashes into them)."""
-    if not isinstance(space, gym.spaces.Box):
-        raise ConfigError(f"--env-id {env_id} has a {type(space).__name__} action space; allowed: a continuous Box.")
-    if len(space.shape) != 1:
-        raise ConfigError(f"--env-id {env_id} has a Box action space of shape {space.shape}; allowed: 1-D Box.")
-    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
+    """ConfigError unless observations are a flat Box and actions a 1-D Box with finite bounds (the policy squashes
+    into them)."""
+    if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
+        raise ConfigError(f"--env-id {env_id} has observations {observation_space}; allowed: a flat (1-D) Box.")
+    if not isinstance(action_space, gym.spaces.Box):
+        raise ConfigError(
+            f"--env-id {env_id} has a {type(action_space).__name__} action space; allowed: a continuous Box."
+        )
+    if len(action_space.shape) != 1:
+        raise ConfigError(f"--env-id {env_id} has a Box action space of shape {action_space.shape}; allowed: 1-D Box.")
+    if not np.isfinite(np.concatenate([action_space.low, action_space.high])).all():
         raise ConfigError(f"--env-id {env_id} has unbounded actions; allowed: a Box with finite low and high.")
 
 
-def check_rendering(env_id: str) -> None:
-    """ConfigError, before any video folder exists, when --capture-video cannot render this environment."""
-    try:
-        env = gym.make(env_id, render_mode="rgb_array")
-        env.reset(seed=0)
-        frame = env.render()
-        env.close()
-    except gym.error.DependencyNotInstalled as error:
-        raise ConfigError(
-            f"--capture-video: rendering {env_id} needs a package that is not installed ({error}); install it "
-            "(pip install -r requirements.txt installs pygame for classic control) or drop --capture-video."
-        ) from None
-    except Exception as error:  # noqa: BLE001 - e.g. no EGL for MuJoCo: one line instead of a traceback later
-        raise ConfigError(
-            f"--capture-video: {env_id} cannot render here ({type(error).__name__}: {error}); "
-            "for MuJoCo without a GPU try MUJOCO_GL=osmesa, or drop --capture-video."
-        ) from None
-    if frame is None:
-        raise ConfigError(f"--capture-video: {env_id} renders no rgb_array frames; drop --capture-video.")
-
-
 def make_vector_env(env_id: str, num_envs: int, seed: int, capture_video=False, run_name="") -> gym.vector.VectorEnv:
-    """Checked, seeded vector env with same-step autoreset and episode statistics; env 0 records video if asked."""
-    if num_envs < 1:
-        raise ConfigError(f"--num-envs must be at least 1 (got {num_envs}).")
+    """Checked, seeded vector env with same-step autoreset and episode statistics; env 0 records video if asked.
+    One env made first checks the spaces and, for --capture-video, renders a frame, before any folder exists."""
     check_env_id(env_id)
     if capture_video:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless pygame (classic control)
-        check_rendering(env_id)
+    what = f"--capture-video: rendering {env_id}" if capture_video else f"--env-id {env_id}"
+    try:
+        env = gym.make(env_id, **({"render_mode": "rgb_array"} if capture_video else {}))
+        frame = env.reset(seed=0) and env.render() if capture_video else "no frame needed"
+        env.close()
+    except gym.error.DependencyNotInstalled as error:
+        raise ConfigError(f"{what} needs a package that is not installed ({error}): pip install -r requirements.txt")
+    except Exception as error:  # noqa: BLE001 - e.g. no EGL for MuJoCo: one line instead of a traceback later
+        hint = "; MuJoCo without a GPU may need MUJOCO_GL=osmesa" if capture_video else ""
+        raise ConfigError(f"{what} fails here ({type(error).__name__}: {error}){hint}.") from None
+    if frame is None:
+        raise ConfigError(f"--capture-video: {env_id} renders no rgb_array frames; drop --capture-video.")
+    check_spaces(env_id, env.observation_space, env.action_space)
 
     def make_env(index: int):
         if capture_video and index == 0:
             return lambda: gym.wrappers.RecordVideo(gym.make(env_id, render_mode="rgb_array"), f"videos/{run_name}")
         return lambda: gym.make(env_id)
 
-    try:
-        make_envs = [make_env(index) for index in range(num_envs)]
-        envs = gym.vector.SyncVectorEnv(make_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    except gym.error.DependencyNotInstalled as error:
-        raise ConfigError(f"--env-id {env_id} needs a package that is not installed: {error}") from None
-    check_continuous_action_space(env_id, envs.single_action_space)
+    envs = gym.vector.SyncVectorEnv([make_env(i) for i in range(num_envs)], autoreset_mode="SameStep")
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     envs.action_space.seed(seed)
     return envs
@@ -104,6 +90,5 @@ def true_next_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
     if "final_obs" not in infos:
         return next_obs
     real = next_obs.copy()
-    for i in np.flatnonzero(infos["_final_obs"]):
-        real[i] = infos["final_obs"][i]
+    real[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
     return real

@@ -1,13 +1,10 @@
-"""Evaluate a saved policy with its observation-normalisation statistics frozen.
+"""Evaluate a saved policy with its observation-normalisation statistics frozen:
 
     python -m common.evaluation runs/Hopper-v4__diffppo__1__1700000000/diffppo.cleanrl_model --episodes 10
 
-The checkpoint names the script that defines its ``Agent``, whose ``act(normalized_obs, deterministic)`` returns
-actions in the env's bounds. A diffusion policy's deterministic action starts the chain at x_K = 0 and follows
-the reverse-kernel means without noise.
+The checkpoint names the script whose ``Agent.act(normalized_obs, deterministic)`` gives actions in the env's bounds
+(a diffusion policy's deterministic action starts the chain at x_K = 0 and follows the kernel means without noise).
 """
-
-from __future__ import annotations
 
 import importlib
 import os
@@ -21,7 +18,7 @@ import tyro
 
 from common.checkpoint import load_checkpoint
 from common.cli import run_cli
-from common.envs import check_continuous_action_space, check_env_id
+from common.envs import check_env_id, check_spaces
 from common.normalization import ObservationNormalizer
 
 
@@ -33,35 +30,24 @@ def load_agent(checkpoint_path: str, device: torch.device | str = "cpu", flag: s
         sys.path.insert(0, root)
     agent = importlib.import_module(checkpoint["script"]).Agent(**checkpoint["agent_kwargs"]).to(device)
     agent.load_state_dict(checkpoint["agent"])
-    agent.eval()
     obs_normalizer = ObservationNormalizer(shape=checkpoint["obs_normalizer"]["mean"].shape)
     obs_normalizer.load_state_dict(checkpoint["obs_normalizer"])
-    return agent, obs_normalizer, checkpoint
+    return agent.eval(), obs_normalizer, checkpoint
 
 
 @torch.no_grad()
-def evaluate(
-    agent,
-    obs_normalizer: ObservationNormalizer,
-    env_id: str,
-    episodes: int = 10,
-    seed: int = 0,
-    deterministic: bool = True,
-    device: torch.device | str = "cpu",
-) -> list[float]:
+def evaluate(agent, obs_normalizer, env_id: str, episodes=10, seed=0, deterministic=True, device="cpu") -> list[float]:
     """Undiscounted returns of ``episodes`` episodes (seeds seed, seed + 1, ...); the normaliser is only read."""
     check_env_id(env_id)
     env = gym.make(env_id)
-    check_continuous_action_space(env_id, env.action_space)
+    check_spaces(env_id, env.observation_space, env.action_space)
     returns = []
     for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, episode_return = False, 0.0
+        (obs, _), done, episode_return = env.reset(seed=seed + episode), False, 0.0
         while not done:
             action = agent.act(torch.as_tensor(obs_normalizer(obs[None]), device=device), deterministic=deterministic)
             obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
-            episode_return += float(reward)
-            done = terminated or truncated
+            episode_return, done = episode_return + float(reward), terminated or truncated
         returns.append(episode_return)
     env.close()
     return returns

@@ -1,24 +1,15 @@
-"""A training run's plumbing behind one object, so that a script shows only its algorithm.
-
-    run = Run(Args, "diffsac", CHECKS)      # flags checked, seeded, device, vector envs
-    checkpoint = run.restore({"agent": agent, ...}, agent_kwargs=...)   # --resume loads; run folder, writer
-    run.episodes(infos, global_step); run.check_finite("critic loss", loss, global_step); run.show(global_step, "...")
-    run.save(global_step); run.finish(global_step, agent, obs_normalizer)  # checkpoint, signal exit, evaluation
-
-SIGINT (Ctrl-C) and SIGTERM (Slurm's preemption) set ``run.stop``; the loop ends between steps and ``finish``
-writes a checkpoint (with --save-model) and exits with 128 + the signal's number.
-"""
-
-from __future__ import annotations
+"""A training run's plumbing behind one object, so that a script shows only its algorithm: flags, seeding, device and
+envs (``Run``), networks that fit in memory (``build``), resume and the run folder (``restore``), the progress line
+(``show``), the NaN stop, checkpoints, signals and the final evaluation (``finish``). SIGINT and SIGTERM set
+``run.stop``: the loop ends between steps, and ``finish`` checkpoints (--save-model) and exits 128 + the signal."""
 
 import atexit
 import dataclasses
+import datetime
 import glob
-import math
 import os
 import random
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -29,10 +20,9 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from common.checkpoint import save_checkpoint
+from common.checkpoint import load_replay_buffer, save_checkpoint
 from common.cli import ConfigError, TrainingDiverged, parse_args
 from common.envs import finished_episodes, make_vector_env
-from common.replay_buffer import load_replay_buffer, save_with_replay_buffer
 
 
 @dataclasses.dataclass
@@ -67,10 +57,10 @@ class RunArgs:
 
 class Run:
     def __init__(self, args_class: type, script: str, checks: list[tuple], argv: list[str] | None = None):
-        self.args, self.checkpoint = parse_args(args_class, script, checks, argv)
-        self.script, args = script, self.args
+        self.args, self.checkpoint = args, checkpoint = parse_args(args_class, script, checks, argv)
+        self.script, self.stop, self.saved_step, self.recent_returns = script, None, None, deque(maxlen=10)
         name = f"{args.env_id.rpartition(':')[2]}__{args.exp_name}__{args.seed}__{int(time.time())}"  # module:EnvId
-        self.name = self.checkpoint["run_name"] if self.checkpoint else name
+        self.name = checkpoint["run_name"] if checkpoint else name
         random.seed(args.seed)
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
@@ -82,13 +72,40 @@ class Run:
         self.obs_dim, self.action_dim = self.envs.single_observation_space.shape[0], len(low)
         # The agents' environment arguments, saved in checkpoints so that common.evaluation can rebuild them.
         self.space = dict(obs_dim=self.obs_dim, action_dim=self.action_dim, action_low=low, action_high=high)
-        self.recent_returns, self.saved_step = deque(maxlen=10), None
+
+    def build(self, networks, flags: str, buffer_bytes: int = 0) -> list[torch.nn.Module]:
+        """The modules ``networks()`` returns, on the device; first counted on the meta device and refused with one
+        line naming ``flags`` when they (16 bytes a parameter with gradients and Adam's moments) and buffer_bytes
+        exceed the memory available."""
+        with torch.device("meta"):
+            count = sum(parameter.numel() for module in networks() for parameter in module.parameters())
+        if self.device.type == "cuda":
+            available = torch.cuda.mem_get_info(self.device)[0]
+        elif os.path.exists("/proc/meminfo"):  # Linux: MemAvailable, in kB
+            available = 1024 * int(re.search(r"MemAvailable:\s+(\d+)", open("/proc/meminfo").read()).group(1))
+        else:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        if 16 * count + buffer_bytes > available:
+            raise ConfigError(
+                f"{count / 1e6:.0f}M network parameters and {buffer_bytes / 2**30:.1f} GiB of buffers need about "
+                f"{(16 * count + buffer_bytes) / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available "
+                f"on {self.device.type}; lower {flags}."
+            )
+        return [module.to(self.device) for module in networks()]
+
+    def iterations(self, rollout_steps: int) -> int:
+        """Iterations that cover --total-timesteps, rounded up to whole rollouts (with a line when rounded)."""
+        iterations = -(-self.args.total_timesteps // rollout_steps)
+        if iterations * rollout_steps != self.args.total_timesteps:
+            rollouts = f"whole rollouts of {rollout_steps} steps (--num-envs x --num-steps)"
+            print(f"--total-timesteps {self.args.total_timesteps}: running {iterations * rollout_steps}, {rollouts}.")
+        return iterations
 
     def restore(self, state: dict, replay_buffer=None, **kwargs) -> dict:
         """Name what a checkpoint holds (modules, optimisers, normalisers: state_dict; tensors: values; None: an
         unused part), the replay buffer saved beside it and the constructor arguments it must match; on --resume
         load them. Opens the run folder. Returns the checkpoint or {}."""
-        self.state, self.kwargs, checkpoint, args = state, kwargs, self.checkpoint, self.args
+        self.state, self.kwargs, checkpoint, args = state, kwargs, self.checkpoint or {}, self.args
         for name, value in kwargs.items() if checkpoint else ():
             if checkpoint[name] != value:
                 raise ConfigError(
@@ -96,33 +113,37 @@ class Run:
                     f"from the flags given ({value}); allowed: the same --env-id and network flags."
                 )
         for name, item in state.items() if checkpoint else ():
-            if item is None:
-                continue
             if isinstance(item, torch.Tensor):
                 with torch.no_grad():
                     item.copy_(torch.as_tensor(checkpoint[name]))
-            else:
+            elif item is not None:
                 item.load_state_dict(checkpoint[name])
-        self.refill_buffer = False  # a resumed run whose buffer did not load refills it before updating again
+        self.start_step, self.refill_buffer = checkpoint.get("global_step", 0), False
         if checkpoint:
             note = f" (iteration {checkpoint['iteration']})" if "iteration" in checkpoint else ""
-            if replay_buffer is not None:
-                loaded = load_replay_buffer(args.resume, replay_buffer, checkpoint["global_step"])
-                note, self.refill_buffer = f" with {replay_buffer.size} transitions in the replay buffer", not loaded
-            print(f"resumed {self.name} at step {checkpoint['global_step']}{note}")
+            if replay_buffer is not None:  # a buffer that does not load refills before the updates resume
+                self.refill_buffer = not load_replay_buffer(args.resume, replay_buffer, self.start_step)
+                note = f" with {replay_buffer.size} transitions in the replay buffer"
+            print(f"resumed {self.name} at step {self.start_step}{note}")
         self.run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else f"runs/{self.name}"
         self.model_path = args.resume or f"runs/{self.name}/{args.exp_name}.cleanrl_model"
         if args.track:
-            start_tracking(args, self.name, resumed=checkpoint is not None)
-        self.writer = SummaryWriter(self.run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+            start_tracking(args, self.name, resumed=bool(checkpoint))
+        self.writer = SummaryWriter(self.run_dir, purge_step=self.start_step + 1 if checkpoint else None)
         if not checkpoint:
             table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
             self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-        print(f"run folder: {self.run_dir}  (tensorboard --logdir {os.path.dirname(self.run_dir) or '.'})", flush=True)
-        self.stop = StopSignals()
-        self.start_step = checkpoint["global_step"] if checkpoint else 0
-        self.start_time, self.progress = time.time(), Progress(args.total_timesteps, self.start_step)
-        return checkpoint or {}
+        self.folder_line = f"run folder: {self.run_dir}  (tensorboard --logdir {os.path.dirname(self.run_dir) or '.'})"
+        print(self.folder_line, flush=True)
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, self.request_stop)
+        self.start_time = time.time()
+        self.rate_origin = (self.start_step, self.start_time)
+        return checkpoint
+
+    def request_stop(self, number: int, frame=None) -> None:
+        self.stop = number  # the loop ends at the end of its step; a second signal changes nothing
 
     def learning_starts(self, learning_starts: int) -> int:
         """The step after which updates start: --learning-starts, or on resume at once if the replay buffer loaded,
@@ -142,44 +163,46 @@ class Run:
             self.writer.add_scalar(f"{prefix}/{name}", value, global_step)
 
     def show(self, global_step: int, text: str, learning_starts: int = 0) -> None:
-        """Log SPS; the progress line: step, recent return, ``text``, SPS, time left."""
-        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        """Log SPS and print the progress line: step, recent return, ``text``, SPS, and the time left at the mean rate
+        since learning began (the random steps before ``learning_starts`` run far faster than learning ones)."""
+        now, total = time.time(), self.args.total_timesteps
+        sps = int((global_step - self.start_step) / (now - self.start_time))
         self.writer.add_scalar("charts/SPS", sps, global_step)
+        if global_step <= learning_starts:
+            self.rate_origin = (global_step, now)
+        rate = (global_step - self.rate_origin[0]) / max(now - self.rate_origin[1], 1e-9)
+        left = f"{datetime.timedelta(seconds=int(max(total - global_step, 0) / rate))} left" if rate > 0 else ""
+        left = left if global_step > learning_starts else f"time left known after step {learning_starts}"
         recent = f"{np.mean(self.recent_returns):9.1f}" if self.recent_returns else "      n/a"
-        self.progress.learning_starts = learning_starts
         episodes = f"return (last {len(self.recent_returns)} episodes) {recent}"
-        self.progress.show(
-            global_step, f"step {global_step:>9d}/{self.args.total_timesteps} | {episodes} | {text} | SPS {sps}"
-        )
+        print(f"step {global_step:>9d}/{total} | {episodes} | {text} | SPS {sps} | {left}", flush=True)
 
     def check_finite(self, what: str, loss: torch.Tensor, global_step: int, detail: str = "") -> None:
         if not torch.isfinite(loss):
-            saved = (
-                f"Last checkpoint: {self.model_path}" if self.saved_step is not None else "No checkpoint was written"
-            )
-            saved += "" if self.saved_step is not None or self.args.save_model else "; use --save-model to keep them"
+            saved = "No checkpoint was written" + ("" if self.args.save_model else "; use --save-model to keep them")
+            saved = f"Last checkpoint: {self.model_path}" if self.saved_step is not None else saved
             raise TrainingDiverged(f"{what} is {loss.item()} at step {global_step}{detail}. {saved}.")
 
     def save(self, global_step: int, replay_buffer=None, **extra) -> None:
         state = dict(script=self.script, args=dataclasses.asdict(self.args), run_name=self.name, **self.kwargs)
         for name, item in self.state.items():
             state[name] = item.detach().clone() if isinstance(item, torch.Tensor) else item and item.state_dict()
-        state.update(global_step=global_step, **extra)
-        if replay_buffer is None:
-            save_checkpoint(self.model_path, state)
-        else:
-            save_with_replay_buffer(self.model_path, state, replay_buffer, global_step)
+        save_checkpoint(self.model_path, dict(state, global_step=global_step, **extra), replay_buffer)
         self.saved_step = global_step
 
     def finish(self, global_step: int, agent, obs_normalizer, replay_buffer=None, **extra) -> None:
-        """Close; checkpoint; on a signal exit 128 + its number, else evaluate the saved model."""
-        self.progress.close(self.run_dir)
+        """Close; checkpoint; after a signal exit 128 + its number, else evaluate the saved model."""
+        print(self.folder_line, flush=True)
         self.envs.close()
         if self.args.save_model and self.saved_step != global_step:
             self.save(global_step, replay_buffer, **extra)
-        if self.stop.requested:
+        if self.stop is not None:
             self.writer.close()
-            self.stop.exit(self.script.replace(".", "/") + ".py", global_step, self.args.save_model and self.model_path)
+            path, name, script = self.model_path, signal.Signals(self.stop).name, self.script.replace(".", "/")
+            saved = f"checkpoint at step {global_step} saved to {path}; continue with --resume {path}"
+            saved = saved if self.args.save_model else "no checkpoint (run with --save-model to keep one)"
+            print(f"{script}.py: stopped by {name} at step {global_step}: {saved}", file=sys.stderr, flush=True)
+            sys.exit(128 + self.stop)
         if self.args.save_model:
             from common.evaluation import evaluate
 
@@ -188,132 +211,21 @@ class Run:
             returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, args.seed, device=self.device)
             for index, episodic_return in enumerate(returns):
                 self.writer.add_scalar("eval/episodic_return", episodic_return, index)
-            print(f"evaluation ({self.args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
+            print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
         self.writer.close()
 
 
 def start_tracking(args, run_name: str, resumed: bool) -> None:
-    """wandb.init the CleanRL way (TensorBoard synced, flags as config, videos at exit); a resumed run continues
-    the wandb run of the same name."""
+    """wandb the CleanRL way (TensorBoard synced, flags as config, videos at exit); a resumed run continues its own."""
     import wandb
 
     run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_name)[-64:]
-    options = dict(name=run_name, id=run_id, resume="allow" if resumed else None, save_code=True)
-    wandb.init(
-        project=args.wandb_project_name,
-        entity=args.wandb_entity,
-        sync_tensorboard=True,
-        **options,
-        config=dataclasses.asdict(args),
-    )
+    options = dict(name=run_name, id=run_id, resume="allow" if resumed else None, save_code=True, sync_tensorboard=True)
+    wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=dataclasses.asdict(args), **options)
 
     def upload_videos_and_finish() -> None:
-        for path in sorted(glob.glob(os.path.join("videos", run_name, "*.mp4"))):
+        for path in sorted(glob.glob(f"videos/{run_name}/*.mp4")):
             wandb.log({"videos": wandb.Video(path, format="mp4")})
         wandb.finish()
 
     atexit.register(upload_videos_and_finish)
-
-
-class StopSignals:
-    """SIGINT and SIGTERM request a stop that the training loop reads between steps; a second SIGINT stops at once."""
-
-    def __init__(self):
-        self.signal_number: int | None = None
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-            for signal_number in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signal_number, self._handle)
-
-    def _handle(self, signal_number, frame) -> None:
-        if self.signal_number is not None and signal_number == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_number = signal_number
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None
-
-    def exit(self, script_name: str, global_step: int, model_path: str | None) -> None:
-        name = signal.Signals(self.signal_number).name
-        saved = f"checkpoint at step {global_step} saved to {model_path}; continue with --resume {model_path}"
-        saved = saved if model_path else "no checkpoint (run with --save-model to keep one)"
-        print(f"{script_name}: stopped by {name} at step {global_step}: {saved}", file=sys.stderr, flush=True)
-        sys.exit(128 + self.signal_number)
-
-
-def check_memory(parameter_count: int, buffer_bytes: int, device: torch.device, flags: str) -> None:
-    """ConfigError when the parameters (with gradients and Adam's moments: 16 bytes each) and buffers exceed the
-    memory available now; ``flags`` names what to lower. Count the parameters with ``count_parameters`` before
-    building the networks, so that networks too large to build are refused with one line too."""
-    if device.type == "cuda":
-        available = torch.cuda.mem_get_info(device)[0]
-    else:
-        meminfo = open("/proc/meminfo").read() if os.path.exists("/proc/meminfo") else ""
-        found = re.search(r"MemAvailable:\s+(\d+)", meminfo)
-        available = int(found.group(1)) * 1024 if found else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    needed = 16 * parameter_count + buffer_bytes
-    if needed > available:
-        sizes = f"{parameter_count / 1e6:.0f}M network parameters and {buffer_bytes / 2**30:.1f} GiB of buffers"
-        raise ConfigError(
-            f"{sizes} need about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
-            f"available on {device.type}; lower {flags}."
-        )
-
-
-def count_parameters(build) -> int:
-    """Parameters of the modules that ``build()`` returns, built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        return sum(parameter.numel() for module in build() for parameter in module.parameters())
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class Progress:
-    """The training line with the time left at the current rate: one live line in a terminal, plain lines in a
-    log. Off-policy scripts' random first steps run far faster than learning ones, so until ``learning_starts``
-    the line names the step the estimate waits for."""
-
-    def __init__(self, total_timesteps: int, start_step: int, stream=None, learning_starts: int = 0):
-        self.stream = stream or sys.stdout
-        self.total_timesteps, self.live, self.learning_starts = total_timesteps, self.stream.isatty(), learning_starts
-        self.last_time, self.last_step = time.time(), start_step
-
-    def show(self, global_step: int, line: str) -> None:
-        now = time.time()
-        rate = (global_step - self.last_step) / max(now - self.last_time, 1e-9)  # steps/s since the last line
-        self.last_time, self.last_step = now, global_step
-        left = (self.total_timesteps - global_step) / rate if rate > 0 else math.inf
-        time_left = f"{format_duration(left)} left"
-        time_left = (
-            f"time left known after step {self.learning_starts}" if global_step <= self.learning_starts else time_left
-        )
-        if self.live:  # what matters first, the rest as the width allows
-            rest = line.split(" | ", 1)[1] if line.startswith("step ") and " | " in line else line
-            text = f"step {global_step}/{self.total_timesteps} | {rate:.0f} steps/s | {time_left} | {rest}"
-            self.stream.write("\r" + text[: shutil.get_terminal_size().columns - 1] + "\x1b[K")
-            self.stream.flush()
-        else:
-            print(f"{line} | {time_left}", file=self.stream, flush=True)
-
-    def close(self, run_dir: str) -> None:
-        if self.live:
-            self.stream.write("\n")
-        logdir = os.path.dirname(run_dir) or "."
-        print(f"run folder: {run_dir}  (tensorboard --logdir {logdir})", file=self.stream, flush=True)
-
-
-def whole_rollouts(total_timesteps: int, rollout_steps: int) -> int:
-    """Iterations that cover --total-timesteps, rounded up to whole rollouts (with a line when rounded)."""
-    iterations = -(-total_timesteps // rollout_steps)
-    if iterations * rollout_steps != total_timesteps:
-        print(
-            f"--total-timesteps {total_timesteps} is not a whole number of rollouts of {rollout_steps} steps "
-            f"(--num-envs x --num-steps); running {iterations * rollout_steps}.",
-            flush=True,
-        )
-    return iterations

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
 from common.normalization import ObservationNormalizer  # noqa: E402
 from common.replay_buffer import ReplayBuffer, step_and_store  # noqa: E402
-from common.runs import Run, RunArgs, check_memory, count_parameters  # noqa: E402
+from common.runs import Run, RunArgs  # noqa: E402
 
 SCRIPT_NAME = "peers/dpmd.py"
 
@@ -327,13 +327,13 @@ def main() -> None:
     agent_kwargs.update(num_hidden_layers=args.num_hidden_layers)
 
     def networks():
-        return [Agent(**agent_kwargs)] + [QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers)] * 2
+        return [Agent(**agent_kwargs)] + [
+            QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers) for _ in range(2)
+        ]
 
     buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, action_dim)
-    check_memory(count_parameters(networks), buffer_bytes, device, "--hidden-dim, --num-hidden-layers or --buffer-size")
-    agent = Agent(**agent_kwargs).to(device)
-    targets = [QNetwork(obs_dim, action_dim, args.hidden_dim, args.num_hidden_layers).to(device) for _ in range(2)]
-    qf1_target, qf2_target = targets
+    flags = "--hidden-dim, --num-hidden-layers or --buffer-size"
+    agent, qf1_target, qf2_target = run.build(networks, flags, buffer_bytes)
     qf1_target.load_state_dict(agent.qf1.state_dict())
     qf2_target.load_state_dict(agent.qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(agent.qf1.parameters()) + list(agent.qf2.parameters()), lr=args.q_lr)
@@ -360,7 +360,7 @@ def main() -> None:
     session_updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
     obs, _ = envs.reset(seed=args.seed)
 
-    while global_step < args.total_timesteps and not run.stop.requested:
+    while global_step < args.total_timesteps and run.stop is None:
         global_step += args.num_envs
         if global_step <= learning_starts and not checkpoint:
             x = (envs.action_space.sample() - action_center) / action_half_width  # uniform, normalised

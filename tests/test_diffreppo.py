@@ -142,12 +142,10 @@ def test_lambda_returns_match_the_forward_view_with_a_truncation_and_a_terminati
     rewards, next_values = rng.normal(size=(T, N, K)), rng.normal(size=(T, N, K))
     terminations, truncations = np.zeros((T, N)), np.zeros((T, N))
     truncations[1, 0], terminations[2, 1] = 1.0, 1.0
-    returns = diffreppo.augmented_lambda_returns(
-        *(torch.tensor(a) for a in (rewards, next_values, terminations, truncations)),
-        gamma=0.9,
-        gae_lambda=0.7,
-        augmented_gamma=augmented_gamma,
-    )
+    inside, last = (1.0, 0.9) if augmented_gamma is None else (augmented_gamma, augmented_gamma)
+    discounts = torch.tensor([inside] * (K - 1) + [last], dtype=torch.float64)
+    arrays = (torch.tensor(a) for a in (rewards, next_values, terminations, truncations))
+    returns = diffreppo.augmented_lambda_returns(*arrays, discounts=discounts, gae_lambda=0.7)
     expected = lambda_returns_forward_view(rewards, next_values, terminations, truncations, 0.9, 0.7, augmented_gamma)
     np.testing.assert_allclose(returns.numpy(), expected, atol=1e-12)
     # the termination: the env step's return is its reward alone, nothing bootstraps past it

@@ -18,16 +18,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks.logs import read_scalars
 from common import runs
+from common.checkpoint import load_replay_buffer, save_checkpoint
 from common.cli import parse_args
 from common.envs import ConfigError
 from common.normalization import ObservationNormalizer
-from common.replay_buffer import (
-    ReplayBuffer,
-    load_replay_buffer,
-    replay_buffer_path,
-    replay_buffer_state,
-    save_with_replay_buffer,
-)
+from common.replay_buffer import ReplayBuffer
 
 SCRIPTS = [
     "diffppo.py",
@@ -115,42 +110,64 @@ def test_eval_episodes_must_be_at_least_one(script):
         parse_args(module.Args, module_of(script), module.CHECKS, ["--eval-episodes", "0"])
 
 
-def test_whole_rollouts_rounds_up_and_says_so(capsys):
-    assert runs.whole_rollouts(4096, 2048) == 2 and capsys.readouterr().out == ""
-    assert runs.whole_rollouts(5000, 2048) == 3
+def bare_run(total_timesteps: int = 10_000, start_step: int = 0, start_time: float = 0.0):
+    """A Run with only what iterations, show and build read: no flags parsed, no envs, no folder."""
+    import types
+
+    run = object.__new__(runs.Run)
+    run.args, run.device = types.SimpleNamespace(total_timesteps=total_timesteps), torch.device("cpu")
+    run.writer, run.recent_returns = types.SimpleNamespace(add_scalar=lambda *a: None), []
+    run.start_step, run.start_time, run.rate_origin = start_step, start_time, (start_step, start_time)
+    return run
+
+
+def test_iterations_round_up_to_whole_rollouts_and_say_so(capsys):
+    assert bare_run(4096).iterations(2048) == 2 and capsys.readouterr().out == ""
+    assert bare_run(5000).iterations(2048) == 3
     assert "running 6144" in capsys.readouterr().out
 
 
-def test_progress_gives_no_time_left_during_random_steps_then_the_learning_rate(monkeypatch):
-    """Random steps run far faster than learning ones: an estimate from them (seconds for a run of hours) is
-    not shown; once learning runs, the time left is the steps left at the rate since the previous line."""
-    import io
+def shown(run, monkeypatch, capsys, lines: list[tuple[float, int, int]]) -> list[str]:
+    """The progress lines of run.show at (time, step, learning_starts)."""
     import types
 
-    clock = iter([0.0, 1.0, 2.0, 102.0])
-    monkeypatch.setattr(runs, "time", types.SimpleNamespace(time=lambda: next(clock)))
-    stream = io.StringIO()
-    progress = runs.Progress(10_000, 0, stream=stream, learning_starts=5000)
-    progress.show(1000, "step 1000 | random")
-    progress.show(5000, "step 5000 | random")
-    progress.show(6000, "step 6000 | learning")  # 1000 steps in 100 s: 4000 left take 400 s
-    lines = stream.getvalue().splitlines()
-    assert lines[0] == "step 1000 | random | time left known after step 5000"
-    assert lines[1] == "step 5000 | random | time left known after step 5000"
-    assert lines[2] == "step 6000 | learning | 0:06:40 left"
-    clock = iter([0.0, 10.0])
-    without_random_steps = runs.Progress(10_000, 0, stream=io.StringIO())  # on-policy scripts: from the start
-    without_random_steps.show(1000, "step 1000")
-    assert without_random_steps.stream.getvalue().strip() == "step 1000 | 0:01:30 left"
+    for now, step, learning_starts in lines:
+        monkeypatch.setattr(runs, "time", types.SimpleNamespace(time=lambda now=now: now))
+        run.show(step, "text", learning_starts)
+    return [line.rsplit(" | ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+
+
+def test_progress_gives_no_time_left_during_random_steps_then_the_learning_rate(monkeypatch, capsys):
+    """Random steps run far faster than learning ones: an estimate from them (seconds for a run of hours) is
+    not shown; once learning runs, the time left is the steps left at the rate since learning began."""
+    times = [(1.0, 1000, 5000), (2.0, 5000, 5000), (102.0, 6000, 5000)]  # then 1000 steps in 100 s: 4000 take 400 s
+    left = shown(bare_run(), monkeypatch, capsys, times)
+    assert left == ["time left known after step 5000"] * 2 + ["0:06:40 left"]
+    assert shown(bare_run(), monkeypatch, capsys, [(10.0, 1000, 0)]) == ["0:01:30 left"]  # on-policy: from the start
+
+
+def test_progress_time_left_is_steady_at_a_steady_mean_speed(monkeypatch, capsys):
+    """Lines at uneven intervals (an update phase, a loaded machine) but a steady mean of 330 steps/s over a
+    1M-step run: every estimate after the first minute is within 10% of the true time left."""
+    now, step, times = 0.0, 0, []
+    while step + 2048 <= 1_000_000:
+        step, now = step + 2048, now + 2048 / 330 * (0.5 if len(times) % 2 else 1.5)  # 9 s, 3 s, 9 s, ...
+        times.append((now, step, 0))
+    left = shown(bare_run(1_000_000), monkeypatch, capsys, times)
+    for (now, step, _), text in zip(times, left):
+        hours, minutes, seconds = map(int, text.split()[0].split(":"))
+        estimate, truth = 3600 * hours + 60 * minutes + seconds, (1_000_000 - step) / 330
+        assert now < 60 or truth < 60 or abs(estimate - truth) <= 0.1 * truth, (step, text, truth)
 
 
 def test_memory_check_counts_parameters_on_the_meta_device_and_refuses_what_cannot_fit():
     diffsac = importlib.import_module("diffsac")
-    count = runs.count_parameters(lambda: [diffsac.SoftQNetwork(11, 3, 256)])
-    assert count == sum(p.numel() for p in diffsac.SoftQNetwork(11, 3, 256).parameters())
-    runs.check_memory(count, ReplayBuffer.bytes(1000, 11, 3), torch.device("cpu"), "--hidden-dim")
+    (critic,) = bare_run().build(
+        lambda: [diffsac.SoftQNetwork(11, 3, 256)], "--hidden-dim", ReplayBuffer.bytes(1000, 11, 3)
+    )
+    assert isinstance(critic, diffsac.SoftQNetwork)
     with pytest.raises(ConfigError, match="lower --hidden-dim"):
-        runs.check_memory(10**12, 0, torch.device("cpu"), "--hidden-dim")
+        bare_run().build(lambda: [diffsac.SoftQNetwork(11, 3, 256)], "--hidden-dim", 10**15)
     assert ReplayBuffer.bytes(1_000_000, 11, 3) == 108_000_000  # Hopper, as --help says
 
 
@@ -176,13 +193,6 @@ def test_read_scalars_drops_the_events_a_resumed_run_purged(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # A resumed run restores what was saved (round trip through the script's own load and save)
 # ----------------------------------------------------------------------------------------------
-class StopAtOnce(runs.StopSignals):
-    """A SIGTERM already received: the resumed loop saves what it loaded and exits 143."""
-
-    def __init__(self):
-        self.signal_number = signal.SIGTERM
-
-
 def state_equal(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
@@ -197,12 +207,31 @@ def state_equal(a, b) -> bool:
 
 def resume_and_stop_at_once(monkeypatch, tmp_path, script: str, checkpoint_path: str, extra=()):
     module = importlib.import_module(module_of(script))
-    monkeypatch.setattr(runs, "StopSignals", StopAtOnce)
+    restore = runs.Run.restore
+
+    def restore_with_a_sigterm_received(self, *args, **kwargs):  # the resumed loop saves what it loaded, exits 143
+        checkpoint = restore(self, *args, **kwargs)
+        self.stop = signal.SIGTERM
+        return checkpoint
+
+    monkeypatch.setattr(runs.Run, "restore", restore_with_a_sigterm_received)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [script, "--resume", checkpoint_path, *extra])
     with pytest.raises(SystemExit) as exit_info:
         module.main()
     return exit_info.value.code
+
+
+def saved_replay_buffer(model_path: str, global_step: int) -> dict | None:
+    """The buffer file (or, after a kill mid-save, the pending one) that belongs to the checkpoint's step."""
+    for path in (model_path + ".replay_buffer", model_path + ".replay_buffer.pending"):
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - missing, or cut short by the kill
+            continue
+        if state["global_step"] == global_step:
+            return state
+    return None
 
 
 class _Buffer:
@@ -225,7 +254,7 @@ def test_a_kill_anywhere_in_a_save_leaves_a_checkpoint_with_the_buffer_of_its_ow
     buffer = _Buffer()
     for value in range(3):
         buffer.add(float(value))
-    save_with_replay_buffer(model_path, {"global_step": 3}, buffer, 3)
+    save_checkpoint(model_path, {"global_step": 3}, buffer)
     for value in range(3, 5):
         buffer.add(float(value))
 
@@ -247,7 +276,7 @@ def test_a_kill_anywhere_in_a_save_leaves_a_checkpoint_with_the_buffer_of_its_ow
     monkeypatch.setattr(torch, "save", save)
     monkeypatch.setattr(runs.os, "replace", replace)
     try:
-        save_with_replay_buffer(model_path, {"global_step": 5}, buffer, 5)
+        save_checkpoint(model_path, {"global_step": 5}, buffer)
     except Killed:
         pass
     monkeypatch.undo()
@@ -294,7 +323,7 @@ def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step
     process.wait()
     model_path = glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model"))[0]
     saved = torch.load(model_path, weights_only=False)
-    saved_buffer = replay_buffer_state(model_path, saved["global_step"])  # the kill may fall mid-save
+    saved_buffer = saved_replay_buffer(model_path, saved["global_step"])  # the kill may fall mid-save
     assert saved["global_step"] >= 400 and saved_buffer is not None
     assert saved_buffer["size"] == saved["global_step"] and len(saved_buffer["obs"]) == saved_buffer["size"]
 
@@ -302,7 +331,7 @@ def test_killed_off_policy_run_resumes_with_its_buffer_optimisers_alpha_and_step
     assert code == 128 + signal.SIGTERM
     assert glob.glob(str(tmp_path / "runs" / "*" / "*.cleanrl_model")) == [model_path]  # rewritten in place
     restored = torch.load(model_path, weights_only=False)
-    restored_buffer = replay_buffer_state(model_path, restored["global_step"])
+    restored_buffer = saved_replay_buffer(model_path, restored["global_step"])
     assert state_equal(restored_buffer, saved_buffer)
     saved.pop("args"), restored.pop("args")  # args differ by --resume only
     assert state_equal(restored, saved)
@@ -403,7 +432,7 @@ def test_resume_from_an_older_checkpoint_leaves_one_curve_in_tensorboard(tmp_pat
     assert run_script([script, *flags, "--total-timesteps", "1000"], cwd=tmp_path).returncode == 0
     run_dir = single_run_dir(tmp_path)
     model_path = os.path.join(run_dir, "sac.cleanrl_model")
-    saved = {path: open(path, "rb").read() for path in (model_path, replay_buffer_path(model_path))}
+    saved = {path: open(path, "rb").read() for path in (model_path, model_path + ".replay_buffer")}
     time.sleep(1.1)  # event file names hold the time in seconds
     result = run_script([script, "--resume", model_path, "--total-timesteps", "2000"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
