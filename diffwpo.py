@@ -434,7 +434,7 @@ def main() -> None:
             next_checkpoint += args.checkpoint_frequency
             run.save(global_step, replay_buffer)
 
-    run.finish(global_step, agent, obs_normalizer, replay_buffer)
+    run.finish(global_step, replay_buffer)
 
 
 if __name__ == "__main__":

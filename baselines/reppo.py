@@ -351,7 +351,7 @@ def main() -> None:
         if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
             run.save(global_step, iteration=iteration)
 
-    run.finish(global_step, agent, obs_normalizer, iteration=iteration)
+    run.finish(global_step, iteration=iteration)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def main() -> None:
     script, script_flags = sys.argv[1], sys.argv[2:]
     torch.set_num_threads(1)
     recorder = MatmulRecorder(acting_rows=flag_value(script_flags, "--num-envs", 1))
-    sys.argv = [script, *script_flags]
+    sys.argv = [script, *script_flags, "--eval-frequency", "0"]  # the training's products alone
     sys.path.insert(0, REPO_ROOT)
     stdout = sys.stdout
     sys.stdout = open(os.devnull, "w")  # the script's own progress lines

@@ -100,6 +100,7 @@ def main() -> None:
         for script in args.scripts:
             cleanrl_script = os.path.join(args.cleanrl_dir, f"{FAMILY[script]}_continuous_action.py")
             ours_command = [sys.executable, os.path.join(REPO_ROOT, script), *flags, *args.ours_extra.split()]
+            ours_command += ["--eval-frequency", "0"]  # CleanRL does not evaluate during training
 
             def ours(command=ours_command):
                 return run([*command, "--exp-name", "speed"], scratch)

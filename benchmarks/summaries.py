@@ -7,7 +7,8 @@
 the run's flags (as logged), the --window-episode running mean of charts/episodic_return at
 every multiple of --every environment steps (the last value at or before that step), the final
 window mean, the first step where it reaches each --thresholds value, the mean of the
-deterministic evaluation episodes (runs made with --save-model), episodes, wall-clock
+deterministic evaluation episodes of the last evaluation, the mean of every evaluation at its step and of the
+last three, episodes, wall-clock
 (first to last event) and the package versions of this machine. ``table`` prints a markdown
 table from such files: one row per run, the window mean at --steps, grouped by environment and
 experiment (or the summary's "label", where one was added by hand), with the mean over seeds.
@@ -84,7 +85,9 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
     for step in range(every, int(steps[-1]) + every if len(steps) else every, every):
         index = np.searchsorted(steps, step, side="right") - 1
         at[str(step)] = round(float(means[index]), 1) if index >= 0 else None
-    _, evaluation = read_scalars(run_dir, "eval/episodic_return")  # written by --save-model runs
+    eval_steps, eval_returns = read_scalars(run_dir, "eval/episodic_return")  # episodes of each evaluation, at its step
+    evaluations = {int(step): float(np.mean(eval_returns[eval_steps == step])) for step in np.unique(eval_steps)}
+    last = eval_returns[eval_steps == eval_steps[-1]] if len(eval_steps) else np.array([])
     first = {}
     for threshold in thresholds:
         reached = np.flatnonzero(means >= threshold)
@@ -100,11 +103,16 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
         "running_mean_at": at,
         "final_running_mean": round(float(means[-1]), 1) if len(means) else None,
         "first_step_reaching": first,
-        "deterministic_eval_mean": round(float(np.mean(evaluation)), 1) if len(evaluation) else None,
-        "deterministic_eval_episodes": int(len(evaluation)),
+        "deterministic_eval_mean": round(float(np.mean(last)), 1) if len(last) else None,
+        "deterministic_eval_episodes": int(len(last)),
+        "evaluation_at": {str(step): round(mean, 1) for step, mean in evaluations.items()},
+        "last_three_evaluations_mean": round(float(np.mean(list(evaluations.values())[-3:])), 1)
+        if evaluations
+        else None,
         "episodes": int(len(returns)),
         "last_step": int(steps[-1]) if len(steps) else 0,
         "wall_clock_s": round(wall_clock_seconds(run_dir), 1),
+        "evaluation_s": round(float(read_scalars(run_dir, "eval/seconds")[1].sum()), 1),
         "versions": {**{name: version(name) for name in ("torch", "gymnasium", "mujoco")}, "project": project_commit()},
     }
 

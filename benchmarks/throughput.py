@@ -103,7 +103,12 @@ def script_rate(script: str, flags: list[str]) -> tuple[float, float | None]:
     """(env steps/s of the whole run, gradient updates/s or None): the last ones the script prints."""
     print("running:", script, " ".join(flags), flush=True)
     output = subprocess.run(
-        [sys.executable, script, *flags], cwd=REPO_ROOT, capture_output=True, text=True, check=True, env=THREAD_ENV
+        [sys.executable, script, *flags, "--eval-frequency", "0"],  # the training alone
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=THREAD_ENV,
     ).stdout
     rates = re.findall(r"SPS (\d+)", output)
     updates = re.findall(r"updates/s ([\d.]+)", output)

@@ -10,7 +10,7 @@ import tyro
 
 # Flags that do not change what the run computes, or only where it stops: they may differ on --resume.
 CHANGEABLE_ON_RESUME = "resume total_timesteps cuda torch_threads eval_episodes checkpoint_frequency".split()
-CHANGEABLE_ON_RESUME += "capture_video track wandb_project_name wandb_entity".split()
+CHANGEABLE_ON_RESUME += "eval_frequency capture_video track wandb_project_name wandb_entity".split()
 
 
 class ConfigError(ValueError):  # a flag or a combination of flags that cannot work; the message names the flag
@@ -100,4 +100,5 @@ COMMON_CHECKS = [
         "target, e.g. --total-timesteps {2 * resumed_step}.",
     ),
     *at_least_one("eval_episodes", "num_envs", "checkpoint_frequency", "torch_threads", "total_timesteps"),
+    ("eval_frequency is None or eval_frequency >= 0", "--eval-frequency must be >= 0 (got {eval_frequency})."),
 ]

@@ -65,10 +65,13 @@ class EvalArgs:
     """sample the policy instead of following the noise-free mean chain"""
     env_id: str | None = None
     """evaluate on another env id than the one trained on (same spaces required)"""
+    torch_threads: int = 1
+    """CPU threads for torch (1 is fastest for these small networks)"""
 
 
 def main() -> None:
     args = tyro.cli(EvalArgs)
+    torch.set_num_threads(args.torch_threads)
     agent, obs_normalizer, checkpoint = load_agent(args.checkpoint)
     env_id = args.env_id or checkpoint["args"]["env_id"]
     returns = evaluate(agent, obs_normalizer, env_id, args.episodes, args.seed, not args.stochastic)

@@ -52,7 +52,9 @@ class RunArgs:
     resume: str | None = None
     """path of a checkpoint to continue: its run, flags and folder (only --total-timesteps and the like may change)"""
     eval_episodes: int = 10
-    """episodes of deterministic evaluation of the saved model at the end"""
+    """episodes of each deterministic evaluation (frozen observation normalisation)"""
+    eval_frequency: int | None = None
+    """environment steps between evaluations during training (default: 5% of --total-timesteps; 0: none)"""
 
 
 class Run:
@@ -139,7 +141,7 @@ class Run:
             for number in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(number, self.request_stop)
         self.start_time = time.time()
-        self.rate_origin = (self.start_step, self.start_time)
+        self.rate_origin, self.evaluated_step = (self.start_step, self.start_time), None
         return checkpoint
 
     def request_stop(self, number: int, frame=None) -> None:
@@ -151,6 +153,8 @@ class Run:
         return self.start_step + learning_starts if self.refill_buffer else learning_starts
 
     def episodes(self, infos: dict, global_step: int) -> None:
+        """Log the episodes that ended at this step; evaluate the policy when an evaluation is due."""
+        self.evaluate(global_step)
         for episode_return, episode_length in finished_episodes(infos):
             self.recent_returns.append(episode_return)
             self.writer.add_scalar("charts/episodic_return", episode_return, global_step)
@@ -177,6 +181,26 @@ class Run:
         episodes = f"return (last {len(self.recent_returns)} episodes) {recent}"
         print(f"step {global_step:>9d}/{total} | {episodes} | {text} | SPS {sps} | {left}", flush=True)
 
+    def evaluate(self, global_step: int, final: bool = False) -> None:
+        """Every --eval-frequency steps (and with ``final``): --eval-episodes deterministic episodes, logged as
+        eval/episodic_return at this step. The training's random streams are left as they were."""
+        frequency = self.args.eval_frequency
+        frequency = max(self.args.total_timesteps // 20, 1) if frequency is None else frequency
+        due = frequency > 0 and global_step // frequency > (self.evaluated_step or self.start_step) // frequency
+        if not (due or final) or global_step == self.evaluated_step:
+            return
+        from common.evaluation import evaluate
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            args, start = self.args, time.time()
+            agent, obs_normalizer = self.state["agent"], self.state["obs_normalizer"]
+            returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, args.seed, device=self.device)
+        for episodic_return in returns:
+            self.writer.add_scalar("eval/episodic_return", episodic_return, global_step)
+        self.writer.add_scalar("eval/seconds", time.time() - start, global_step)
+        self.evaluated_step, mean = global_step, f"mean return {np.mean(returns):.2f} ({time.time() - start:.1f} s)"
+        print(f"evaluation at step {global_step} ({len(returns)} deterministic episodes): {mean}", flush=True)
+
     def check_finite(self, what: str, loss: torch.Tensor, global_step: int, detail: str = "") -> None:
         if not torch.isfinite(loss):
             saved = "No checkpoint was written" + ("" if self.args.save_model else "; use --save-model to keep them")
@@ -190,7 +214,7 @@ class Run:
         save_checkpoint(self.model_path, dict(state, global_step=global_step, **extra), replay_buffer)
         self.saved_step = global_step
 
-    def finish(self, global_step: int, agent, obs_normalizer, replay_buffer=None, **extra) -> None:
+    def finish(self, global_step: int, replay_buffer=None, **extra) -> None:
         """Close; checkpoint; after a signal exit 128 + its number, else evaluate the saved model."""
         print(self.folder_line, flush=True)
         self.envs.close()
@@ -204,14 +228,8 @@ class Run:
             print(f"{script}.py: stopped by {name} at step {global_step}: {saved}", file=sys.stderr, flush=True)
             sys.exit(128 + self.stop)
         if self.args.save_model:
-            from common.evaluation import evaluate
-
             print(f"model saved to {self.model_path}")
-            args = self.args
-            returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, args.seed, device=self.device)
-            for index, episodic_return in enumerate(returns):
-                self.writer.add_scalar("eval/episodic_return", episodic_return, index)
-            print(f"evaluation ({args.eval_episodes} deterministic episodes): mean return {np.mean(returns):.2f}")
+        self.evaluate(global_step, final=self.args.save_model)
         self.writer.close()
 
 

@@ -434,16 +434,7 @@ def main() -> None:
                 global_step, replay_buffer, updates=updates, policy_updates=policy_updates, q_mean=q_mean, q_std=q_std
             )
 
-    run.finish(
-        global_step,
-        agent,
-        obs_normalizer,
-        replay_buffer,
-        updates=updates,
-        policy_updates=policy_updates,
-        q_mean=q_mean,
-        q_std=q_std,
-    )
+    run.finish(global_step, replay_buffer, updates=updates, policy_updates=policy_updates, q_mean=q_mean, q_std=q_std)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def test_hopper_save_model_then_evaluate_checkpoint_then_resume(tmp_path):
     result = run_script([SCRIPT, *common, "--total-timesteps", "128"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_progress_lines(result.stdout, [64, 128], 128)
-    assert "evaluation (2 deterministic episodes): mean return" in result.stdout
+    assert "(2 deterministic episodes): mean return" in result.stdout
     run_dir = single_run_dir(tmp_path)
     checkpoint = os.path.join(run_dir, "ppo.cleanrl_model")
     assert torch.load(checkpoint, weights_only=False)["script"] == "baselines.ppo"

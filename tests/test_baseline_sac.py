@@ -165,7 +165,7 @@ def test_pendulum_logs_every_tag_saves_evaluates_and_resumes(tmp_path, repo_root
     result = run_script([script, *common, "--total-timesteps", "600"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "step       600/600" in result.stdout
-    assert "evaluation (2 deterministic episodes): mean return" in result.stdout
+    assert "(2 deterministic episodes): mean return" in result.stdout
     run_dir = single_run_dir(tmp_path)
     for tag in TAGS:
         assert len(read_scalars(run_dir, tag)[1]) > 0, f"{tag} missing from {run_dir}"

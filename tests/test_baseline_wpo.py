@@ -195,7 +195,7 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     common = ["--env-id", "Pendulum-v1", *SMALL, "--save-model", "--eval-episodes", "2"]
     result = run_script([script, *common, "--total-timesteps", "400"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "evaluation (2 deterministic episodes): mean return" in result.stdout
+    assert "(2 deterministic episodes): mean return" in result.stdout
     checkpoint = os.path.join(single_run_dir(tmp_path), "wpo.cleanrl_model")
     assert torch.load(checkpoint, weights_only=False)["script"] == "baselines.wpo"
     evaluation = run_script(["-m", "common.evaluation", checkpoint, "--episodes", "2"], cwd=tmp_path)

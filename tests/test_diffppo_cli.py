@@ -61,7 +61,7 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
     ]
     result = run_script([script, *common, "--total-timesteps", "512"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "evaluation (2 deterministic episodes): mean return" in result.stdout
+    assert "(2 deterministic episodes): mean return" in result.stdout
     run_dir = single_run_dir(tmp_path)
     checkpoint = os.path.join(run_dir, "diffppo.cleanrl_model")
     assert os.path.isfile(checkpoint)

@@ -77,5 +77,5 @@ def test_script_runs_copied_into_an_empty_folder_with_only_common(tmp_path, scri
         isolated=True,
     )
     assert result.returncode == 0, result.stderr
-    assert re.search(r"evaluation \(1 deterministic episodes\): mean return -?\d", result.stdout), result.stdout
+    assert re.search(r"\(1 deterministic episodes\): mean return -?\d", result.stdout), result.stdout
     assert sorted(os.listdir(tmp_path)) == sorted(["common", copy.name, "runs"])

@@ -591,7 +591,7 @@ def test_env_id_module_colon_id_imports_the_users_package_first(tmp_path):
         tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert "evaluation (2 deterministic episodes): mean return" in result.stdout
+    assert "(2 deterministic episodes): mean return" in result.stdout
     checkpoint = glob.glob(str(tmp_path / "runs" / "*" / "diffsac.cleanrl_model"))[0]
     evaluation = run_with_tests_importable(["-m", "common.evaluation", checkpoint, "--episodes", "2"], tmp_path)
     assert evaluation.returncode == 0 and "user_envs:UserBandit-v0" in evaluation.stdout, evaluation.stderr

@@ -24,8 +24,9 @@ def fake_run(tmp_path):
     returns = np.arange(1, 31, dtype=float) * 10.0  # episode i (1..30) ends at step 10,000 i with return 10 i
     for index, value in enumerate(returns, start=1):
         writer.add_scalar("charts/episodic_return", value, 10_000 * index)
-    for index, value in enumerate([990.0, 1000.0]):
-        writer.add_scalar("eval/episodic_return", value, index)
+    for step, values in [(100_000, [10.0, 20.0]), (200_000, [500.0, 700.0]), (300_000, [990.0, 1000.0])]:
+        for value in values:  # the episodes of one evaluation share its step
+            writer.add_scalar("eval/episodic_return", value, step)
     writer.close()
     return str(run_dir), returns
 
@@ -42,7 +43,9 @@ def test_running_means_at_steps_and_first_crossing_match_a_direct_computation(fa
     assert (summary["env_id"], summary["exp_name"], summary["seed"]) == ("Hopper-v4", "algo_check", 3)
     assert summary["flags"] == {"seed": "3", "learning_rate": "0.0003"}
     assert summary["episodes"] == 30 and summary["last_step"] == 300_000
-    assert summary["deterministic_eval_mean"] == 995.0 and summary["deterministic_eval_episodes"] == 2
+    assert summary["deterministic_eval_mean"] == 995.0 and summary["deterministic_eval_episodes"] == 2  # the last
+    assert summary["evaluation_at"] == {"100000": 15.0, "200000": 600.0, "300000": 995.0}
+    assert summary["last_three_evaluations_mean"] == pytest.approx((15.0 + 600.0 + 995.0) / 3, abs=0.05)
 
 
 def test_table_shows_each_seed_and_the_mean_over_seeds(fake_run, tmp_path):
