@@ -1,51 +1,21 @@
-"""SDAC: Soft Diffusion Actor-Critic (Ma et al., arXiv 2502.00361), on this project's harness.
+"""SDAC: Soft Diffusion Actor-Critic (Ma et al., arXiv 2502.00361), as its authors' code runs it, on this project's
+harness. docs/method.md §6 gives the maths and every difference from that code.
 
-    python peers/sdac.py --env-id Hopper-v4
-    python -m peers.sdac --env-id Hopper-v4
+    python peers/sdac.py --env-id Hopper-v4      # or: python -m peers.sdac --env-id Hopper-v4
 
-A peer, not a DA-MDP method: the policy is a DDPM that predicts the noise, trained without any
-likelihood by denoising score matching reweighted by the critic (docs/method.md §6). Per update:
-- critic: twin Q(s, a) with target networks, y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'),
-  a' drawn like an executed action (below), no entropy term; s_r = --reward-scale;
-- actor (every --policy-frequency updates): a policy action a at s is noised to a random time t,
-  x_t = sqrt(abar_t) a + sqrt(1 - abar_t) eps, eps ~ N(0, I); M reconstructions of the clean action
-  x0_m = clip((x_t - sqrt(1 - abar_t) eps_m) / sqrt(abar_t), -1, 1), eps_m ~ N(0, I), are weighted by
-      w_m = softmax_m( min_i Q_i(s, x0_m) * alpha_0 / alpha )                   (sum_m w_m = 1 per state)
-      L(theta) = E[ sum_m w_m || eps_theta(s, x_t, t) - eps_m ||^2 ] / M,
-  which fits the noise predictor to the score of pi(a|s) ~ exp(Q(s, a) / alpha') noised to time t
-  (reverse sampling of the noised target, Ma et al. §4); alpha_0 = the initial --alpha.
-Acting: N candidate actions from the T-step reverse chain (x_T ~ N(0, 0.25 I), the predicted x_0 clipped to
-[-1, 1] at each step), the one with the highest min_i Q_i(s, a), plus Gaussian noise of std
---exploration-noise * alpha. alpha is tuned so that that Gaussian's entropy 0.5 d log(2 pi e sigma^2)
-tracks -target_entropy_scale * d (a proxy: the policy's own entropy is never computed).
-
-The reference (github.com/mahaitongdae/diffusion_policy_online_rl, relax/algorithm/sdac.py, run by
-scripts/train_mujoco.py) uses: networks: 3 x 256 Mish layers and a 16-d sinusoidal
-time embedding; T = 20, linear betas 0.8 * linspace(1e-4, 0.999, T); N = 32; M = 64; 5 envs, one update
-per vector step; alpha_0 = 5, its Adam step every 250 updates; Q and policy learning rate 3e-4, the
-policy's decaying linearly to 3e-5 between its 25,000th and 75,000th step; reward scale 0.2; tau 0.005
-every 2 updates.
-The defaults keep its networks, schedules and learning rates and differ where its settings are made for
-1M steps on a GPU and neither learn nor run at the budgets of a CPU:
-one environment, so one update per environment step (the reference: 5 envs, one update per 5 steps);
-log alpha stepped every update (the reference: every 250 updates; in 10k steps it took alpha from 5
-only to 4.8); T = 10 and N = 4 (the reference: 20 and 32, 16 times the computation per action and per
-critic target); M = 16 (the reference: 64). The reference's settings are one command line away:
-    python peers/sdac.py --env-id Hopper-v4 --num-envs 5 --alpha-frequency 250 --num-diffusion-steps 20 \
-        --num-particles 32 --num-reconstructions 64 --learning-starts 30000
-Beyond these defaults, the script differs from the reference in:
-- eps_theta(s, x_t, t) is computed once per state: its input is the same for the M reconstructions
-  (the reference evaluates it M times on repeated inputs; the loss is the same).
-- The policy action a is drawn only at the updates that train the policy (the reference draws it at
-  every update and discards it at the others).
-- --learning-starts 5000 random steps (the reference: 30,000), as this project's SAC family.
-- Actions are clipped to [-1, 1] after the exploration noise (the reference leaves that to the simulator),
-  and the replay buffer stores the clipped action that was executed.
-- No EMA copy of the policy: the reference acts and saves with one (get_action uses get_policy_params_to_save).
+A peer, not a DA-MDP method: the policy is a DDPM that predicts the noise, trained without any likelihood by
+reverse sampling: a policy action a at s is noised to x_t, M reconstructions x0_m of the clean action are weighted
+by w_m = softmax_m(min_i Q_i(s, x0_m) alpha_0 / alpha), and L = E[sum_m w_m ||eps_theta(s, x_t, t) - eps_m||^2] / M
+fits the noise predictor to the score of pi(a|s) ~ exp(Q(s, a) / alpha'). The critics are twin Q with target networks
+and y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'). It acts with the best of N chains of an EMA copy of
+the policy plus Gaussian noise of std 0.1 alpha; alpha is tuned on that noise's entropy. The defaults are the
+reference's (github.com/mahaitongdae/diffusion_policy_online_rl, scripts/train_mujoco.py) except three costs a CPU
+cannot pay: T = 10, N = 4 and M = 16 (the reference: 20, 32 and 64).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -77,10 +47,10 @@ class Args(RunArgs):
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
     """total environment steps of the experiment"""
-    num_envs: int = 1
-    """the number of parallel game environments; one update per vector step (the reference: 5)"""
+    num_envs: int = 5
+    """the number of parallel game environments (the reference's 5)"""
     updates_per_iteration: int = 1
-    """gradient updates per vector step (the reference: 1, i.e. one update per 5 environment steps)"""
+    """gradient updates per vector step (the reference's 1: one update per 5 environment steps)"""
     buffer_size: int = 1000000
     """the replay memory buffer size"""
     gamma: float = 0.99
@@ -89,8 +59,8 @@ class Args(RunArgs):
     """target smoothing coefficient"""
     batch_size: int = 256
     """the batch size of sample from the replay memory"""
-    learning_starts: int = 5000
-    """environment steps of random actions before learning starts (the reference: 30000)"""
+    learning_starts: int = 30000
+    """environment steps of random actions before learning starts (the reference's)"""
     reward_scale: float = 0.2
     """rewards are multiplied by this in the critic target"""
     q_lr: float = 3e-4
@@ -111,8 +81,10 @@ class Args(RunArgs):
     """tune alpha toward the target entropy of the exploration noise (--no-autotune: alpha stays --alpha)"""
     alpha_lr: float = 7e-3
     """the learning rate of log alpha"""
-    alpha_frequency: int = 1
-    """updates between steps of log alpha (the reference: 250)"""
+    alpha_frequency: int = 250
+    """updates between steps of log alpha (the reference's)"""
+    ema_policy: bool = True
+    """act (rollouts, evaluation, the saved policy) with an EMA copy of the policy, tau --tau, as the reference"""
     target_entropy_scale: float = 0.9
     """target entropy of the exploration noise = -target_entropy_scale * action_dim"""
     exploration_noise: float = 0.1
@@ -259,6 +231,7 @@ class Agent(nn.Module):
         num_particles: int = 32,
         hidden_dim: int = 256,
         num_hidden_layers: int = 3,
+        ema_policy: bool = True,
     ):
         super().__init__()
         self.num_particles = num_particles
@@ -271,21 +244,29 @@ class Agent(nn.Module):
         self.register_buffer("action_center", (high + low) / 2)
         self.register_buffer("action_half_width", (high - low) / 2)
         self.register_buffer("exploration_std", torch.tensor(0.0))  # --exploration-noise * alpha, set by training
+        if (
+            ema_policy
+        ):  # the reference acts with an EMA copy of the policy; critic targets and losses use the online one
+            self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
+
+    @property
+    def acting_policy(self) -> nn.Module:  # what rollouts, evaluation and the saved policy act with
+        return getattr(self, "ema_policy", self.policy)
 
     def min_q(self, obs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.min(self.qf1(obs, x), self.qf2(obs, x))
 
-    def best_of_n(self, obs: torch.Tensor) -> torch.Tensor:
-        """x in [-1, 1]: of N chains per state, the one with the highest min_i Q_i(s, x)."""
+    def best_of_n(self, obs: torch.Tensor, policy: nn.Module | None = None) -> torch.Tensor:
+        """x in [-1, 1]: of N chains per state of ``policy`` (default: the acting one), the highest min_i Q_i(s, x)."""
         batch, n = obs.shape[0], self.num_particles
         repeated_obs = obs.repeat_interleave(n, 0)
-        candidates = self.policy.sample(repeated_obs)
+        candidates = (self.acting_policy if policy is None else policy).sample(repeated_obs)
         best = self.min_q(repeated_obs, candidates).view(batch, n).argmax(1)
         return candidates.view(batch, n, -1)[torch.arange(batch, device=obs.device), best]
 
-    def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        """The executed (normalised) action: best of N plus N(0, exploration_std^2) noise, clipped to [-1, 1]."""
-        x = self.best_of_n(obs)
+    def explore(self, obs: torch.Tensor, policy: nn.Module | None = None) -> torch.Tensor:
+        """An executed (normalised) action: best of N plus N(0, exploration_std^2) noise, clipped to [-1, 1]."""
+        x = self.best_of_n(obs, policy)
         return (x + self.exploration_std * torch.randn_like(x)).clamp(-1.0, 1.0)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -329,7 +310,7 @@ def main() -> None:
     action_center, action_half_width = (action_high + action_low) / 2, (action_high - action_low) / 2
     agent_kwargs = dict(**run.space, num_diffusion_steps=args.num_diffusion_steps, num_particles=args.num_particles)
     agent_kwargs.update(beta_schedule_scale=args.beta_schedule_scale, hidden_dim=args.hidden_dim)
-    agent_kwargs.update(num_hidden_layers=args.num_hidden_layers)
+    agent_kwargs.update(num_hidden_layers=args.num_hidden_layers, ema_policy=args.ema_policy)
 
     def networks():
         return [Agent(**agent_kwargs)] + [
@@ -360,6 +341,9 @@ def main() -> None:
     agent.exploration_std.fill_(args.exploration_noise * alpha)
 
     learning_starts = run.learning_starts(args.learning_starts)
+    targets = [(agent.qf1, qf1_target), (agent.qf2, qf2_target)] + [
+        (agent.policy, agent.acting_policy)
+    ] * args.ema_policy
 
     session_updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
     obs, _ = envs.reset(seed=args.seed)
@@ -382,29 +366,31 @@ def main() -> None:
             b_obs, b_actions, b_rewards, b_next_obs, b_terminations = replay_buffer.sample(args.batch_size)
             with torch.no_grad():
                 # y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'), a' drawn as an executed action.
-                next_actions = agent.explore(b_next_obs)
+                next_actions = agent.explore(b_next_obs, agent.policy)
                 next_min_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
                 target_q = args.reward_scale * b_rewards + args.gamma * (1.0 - b_terminations) * next_min_q
             qf1_values, qf2_values = agent.qf1(b_obs, b_actions), agent.qf2(b_obs, b_actions)
             qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
             run.check_finite("critic loss", qf1_loss + qf2_loss, global_step)
-            q_optimizer.zero_grad()
-            (qf1_loss + qf2_loss).backward()
-            q_optimizer.step()
-
-            if (updates - 1) % args.policy_frequency == 0:
+            policy_update = (updates - 1) % args.policy_frequency == 0
+            if policy_update:  # weighted by the critics before their step, as the reference
                 with torch.no_grad():
-                    policy_actions = agent.explore(b_obs)  # a ~ pi at the replayed states, drawn as executed actions
+                    policy_actions = agent.explore(b_obs, agent.policy)  # a ~ pi at the replayed states, as executed
                 actor_loss, weights = sdac_policy_loss(
                     agent, b_obs, policy_actions, alpha, args.alpha, args.num_reconstructions
                 )
                 run.check_finite("actor loss", actor_loss, global_step)
+            q_optimizer.zero_grad()
+            (qf1_loss + qf2_loss).backward()
+            q_optimizer.step()
+
+            if policy_update:
                 policy_updates += 1
                 policy_optimizer.param_groups[0]["lr"] = policy_learning_rate(args, policy_updates - 1)
                 policy_optimizer.zero_grad()
                 actor_loss.backward()
                 policy_optimizer.step()
-                for network, target in ((agent.qf1, qf1_target), (agent.qf2, qf2_target)):
+                for network, target in targets:  # the target critics and the EMA policy
                     for param, target_param in zip(network.parameters(), target.parameters()):
                         target_param.data.lerp_(param.data, args.tau)
             if args.autotune and (updates - 1) % args.alpha_frequency == 0:

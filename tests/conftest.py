@@ -20,7 +20,8 @@ def without_periodic_evaluation(args: list[str]) -> list[str]:
     """A training script's command with --eval-frequency 0 unless it names one: the periodic evaluations (5% of
     the budget each by default) would cost a short smoke run more than its training. Tests of them set it."""
     scripts = "diffsac diffppo diffwpo diffreppo sac ppo wpo reppo dpmd sdac".split()
-    trains = args and os.path.basename(args[0])[: -len(".py")] in scripts and not {"--resume", "--help"} & set(args)
+    name = args[1].rpartition(".")[2] if args[:1] == ["-m"] else os.path.basename(args[0])[: -len(".py")]
+    trains = name in scripts and not {"--resume", "--help"} & set(args)
     return [*args, "--eval-frequency", "0"] if trains and "--eval-frequency" not in " ".join(args) else args
 
 

@@ -13,7 +13,7 @@ from benchmarks.logs import read_scalars
 
 OFF_POLICY = "--learning-starts 256 --batch-size 64 --hidden-dim 64"
 ON_POLICY = "--num-envs 2 --num-steps 64 --update-epochs 2"
-PEERS = f"{OFF_POLICY} --num-diffusion-steps 3 --num-particles 2"
+PEERS = f"{OFF_POLICY} --num-diffusion-steps 3 --num-particles 2 --num-envs 2"
 FLAGS = {
     "diffsac.py": f"{OFF_POLICY} --num-diffusion-steps 3",
     "diffwpo.py": f"{OFF_POLICY} --num-diffusion-steps 3",

@@ -142,7 +142,7 @@ def make_agent(module, particles=6):
 def test_best_of_n_picks_the_candidate_with_the_highest_min_q(module, monkeypatch):
     agent, target = make_agent(module), torch.tensor([0.5, -0.5])
     candidates = torch.rand(4 * 6, 2) * 2 - 1
-    monkeypatch.setattr(agent.policy, "sample", lambda obs: candidates)
+    monkeypatch.setattr(agent.acting_policy, "sample", lambda obs: candidates)
     monkeypatch.setattr(agent, "min_q", lambda obs, x: -((x - target) ** 2).sum(-1))
     chosen = agent.best_of_n(torch.zeros(4, 3))
     expected = candidates.view(4, 6, 2)[
@@ -155,7 +155,7 @@ def test_best_of_n_picks_the_candidate_with_the_highest_min_q(module, monkeypatc
 def test_act_scales_into_the_action_box_and_deterministic_has_no_exploration_noise(module, monkeypatch):
     agent = make_agent(module)
     agent.exploration_std.fill_(10.0)  # huge noise: explored actions hit the box edges
-    monkeypatch.setattr(agent, "best_of_n", lambda obs: torch.zeros(obs.shape[0], 2))
+    monkeypatch.setattr(agent, "best_of_n", lambda obs, policy=None: torch.zeros(obs.shape[0], 2))
     torch.testing.assert_close(
         agent.act(torch.zeros(5, 3), deterministic=True), torch.tensor([[0.0, 0.5]]).expand(5, 2)
     )
@@ -168,6 +168,44 @@ def test_dpmd_weights_are_the_exp_of_the_clipped_standardised_q_over_alpha():
     weights = dpmd.dpmd_weights(min_q, q_mean=1.0, q_std=2.0, alpha=0.5, q_clip=3.0)
     direct = [math.exp(max(-3, min(3, (q - 1.0) / 2.0)) / 0.5) for q in min_q.tolist()]
     torch.testing.assert_close(weights, torch.tensor(direct))
+
+
+def test_dpmd_weights_with_the_reference_normalisation_are_those_of_q_minus_mean_over_std():
+    """The reference's code computes Q - mu / sigma (operator precedence); --q-normalization reference does too."""
+    min_q = torch.tensor([-100.0, 0.0, 2.0, 4.0, 100.0])
+    weights = dpmd.dpmd_weights(min_q, q_mean=1.0, q_std=2.0, alpha=0.5, q_clip=3.0, reference=True)
+    direct = [math.exp(max(-3, min(3, q - 1.0 / 2.0)) / 0.5) for q in min_q.tolist()]
+    torch.testing.assert_close(weights, torch.tensor(direct))
+
+
+@pytest.mark.parametrize("module", [dpmd, sdac])
+def test_the_agent_acts_with_its_ema_policy_and_draws_targets_from_the_online_one(module, monkeypatch):
+    agent = make_agent(module, particles=1)
+    online, ema = torch.full((3, 2), 0.25), torch.full((3, 2), -0.75)
+    monkeypatch.setattr(agent.policy, "sample", lambda obs: online)
+    monkeypatch.setattr(agent.ema_policy, "sample", lambda obs: ema)
+    torch.testing.assert_close(agent.act(torch.zeros(3, 3), deterministic=True), agent.scale(ema))
+    torch.testing.assert_close(agent.best_of_n(torch.zeros(3, 3), agent.policy), online)
+    without = module.Agent(3, 2, [-1.0, -1.0], [1.0, 1.0], 4, num_particles=1, hidden_dim=16, ema_policy=False)
+    assert without.acting_policy is without.policy and not any("ema" in key for key in without.state_dict())
+
+
+@pytest.mark.parametrize("name", ["dpmd", "sdac"])
+def test_the_ema_policy_moves_by_tau_at_each_policy_update(tmp_path, repo_root, name):
+    """With --tau 1 the EMA copy is the policy after every policy update (the policy changes only there); with
+    the default tau it lags behind the policy."""
+    saved = {}
+    for tau in ("1.0", "0.005"):
+        flags = ["--env-id", "Pendulum-v1", *SMALL, "--total-timesteps", "600", "--save-model", "--tau", tau]
+        os.makedirs(tmp_path / tau)
+        result = run_script([os.path.join(repo_root, "peers", f"{name}.py"), *flags], cwd=tmp_path / tau)
+        assert result.returncode == 0, result.stderr
+        path = os.path.join(single_run_dir(str(tmp_path / tau)), f"{name}.cleanrl_model")
+        saved[tau] = torch.load(path, weights_only=False)["agent"]
+    for tau, state in saved.items():
+        policy = {key[len("policy.") :]: value for key, value in state.items() if key.startswith("policy.")}
+        differs = [not torch.equal(state[f"ema_policy.{key}"], value) for key, value in policy.items()]
+        assert (not any(differs)) if tau == "1.0" else any(differs), tau
 
 
 def test_dpmd_loss_is_the_weighted_mean_squared_noise_error(monkeypatch):
