@@ -321,6 +321,38 @@ def augmented_lambda_returns(rewards, next_values, terminations, truncations, di
     return returns
 
 
+def augmented_next_states(obs, final_obs, chain):
+    """The augmented state after each step j of every env's chain, flattened [N * K]: (s_t, x_{k-1}, k-1) inside
+    the chain, (s_{t+1}, x_K ~ N(0, I), K) after the env step (method.md §4.5)."""
+    num_envs, K, action_dim = chain.shape[0], chain.shape[1] - 1, chain.shape[2]
+    state_obs = torch.cat([obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1).flatten(0, 1)
+    state_x = torch.cat([chain[:, 1:K], torch.randn_like(chain[:, :1])], 1).reshape(-1, action_dim)
+    state_k = torch.cat([torch.arange(K - 1, 0, -1), torch.tensor([K])]).to(chain.device).repeat(num_envs)
+    return state_obs, state_x, state_k
+
+
+def augmented_discounts(num_diffusion_steps: int, gamma: float, augmented_gamma: float | None) -> torch.Tensor:
+    """g_j of the augmented steps j = 0..K-1: 1 inside the chain and gamma at the env step, or augmented_gamma."""
+    inside, last = (1.0, gamma) if augmented_gamma is None else (augmented_gamma, augmented_gamma)
+    return torch.tensor([inside] * (num_diffusion_steps - 1) + [last])
+
+
+def augmented_rewards(env_rewards, terminated, fresh_log_ratio_terms, discounts, alpha):
+    """The soft rewards [N, K] of the augmented steps: -alpha g_j lt' of the fresh step at the next augmented state
+    (dropped after a termination), plus the environment's reward at the environment step j = K - 1 (method.md §4.5)."""
+    not_terminated = torch.ones_like(fresh_log_ratio_terms)
+    not_terminated[:, -1] = 1.0 - terminated
+    rewards = -alpha * discounts * not_terminated * fresh_log_ratio_terms
+    rewards[:, -1] += env_rewards
+    return rewards
+
+
+def multiplier_loss(log_alpha, log_beta, entropy_estimate, target_entropy, kl, kl_bound, autotune: bool):
+    """Descending it raises beta while the mean KL exceeds the bound and lowers alpha while H_est is above target."""
+    loss = -log_beta.exp() * (kl - kl_bound)
+    return loss + log_alpha.exp() * (entropy_estimate - target_entropy) if autotune else loss
+
+
 def actor_losses(agent, old_actor, critic, obs, x_k, k, alpha, beta, kl_bound):
     """(loss, lt_k [B], KL [B]) for one reparameterised step per augmented state: alpha lt_k - Q~ where
     KL(old || new) < kl_bound, else beta KL (REPPO's trust region); the critic is frozen."""
@@ -379,9 +411,7 @@ def main() -> None:
     next_embedding_buffer = torch.zeros((T, N, K, args.hidden_dim), device=device)
     termination_buffer, truncation_buffer, path_log_ratio_buffer, saturated_buffer = torch.zeros((4, T, N)).to(device)
     step_k = agent.actor.step_k  # [K]: k of augmented step j
-    next_k = torch.cat([step_k[1:], step_k.new_full((1,), K)])  # k of the augmented state after step j
-    inside, last = (1.0, args.gamma) if args.augmented_gamma is None else (args.augmented_gamma,) * 2
-    discounts = torch.tensor([inside] * (K - 1) + [last], device=device)  # g of augmented step j: 1 inside the chain
+    discounts = augmented_discounts(K, args.gamma, args.augmented_gamma).to(device)
     update_seconds, num_updates, half_width = 0.0, 0, agent.action_half_width  # the update phase's cost per minibatch
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
@@ -399,22 +429,17 @@ def main() -> None:
             done, truncated_only = np.logical_or(terminated, truncated), np.logical_and(truncated, ~terminated)
             normalised_reward = torch.as_tensor(reward_normalizer(reward, done), dtype=torch.float32, device=device)
             final_obs = torch.as_tensor(obs_normalizer(true_next_observations(next_obs_raw, infos)), device=device)
-            with torch.no_grad():
-                # The augmented state after each step j: (s_t, x_{k-1}, k-1) inside the chain, (s_{t+1}, x_K ~ N(0, I),
-                # K) after the env step; V there = Q~ with a fresh policy step, whose lt' enters the soft reward.
-                state_obs = torch.cat([next_obs[:, None].expand(-1, K - 1, -1), final_obs[:, None]], 1).flatten(0, 1)
-                state_x = torch.cat([chain[:, 1:K], torch.randn_like(chain[:, :1])], 1).reshape(-1, action_dim)
-                state_k = next_k.repeat(args.num_envs)
+            terminated_t = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+            with torch.no_grad():  # V at the next augmented state = Q~ with a fresh step, whose lt' enters the reward
+                state_obs, state_x, state_k = augmented_next_states(next_obs, final_obs, chain)
                 fresh_x, fresh_log_ratio_term, _, _ = agent.one_step(state_obs, state_x, state_k)
                 logits, embedding = critic(state_obs, state_x, state_k, fresh_x)
-            not_terminated = torch.ones((args.num_envs, K), device=device)
-            not_terminated[:, -1] = 1.0 - torch.as_tensor(terminated, dtype=torch.float32, device=device)
-            rewards = -alpha * discounts * not_terminated * fresh_log_ratio_term.view(args.num_envs, K)
-            rewards[:, -1] += normalised_reward
+            fresh_log_ratio_term = fresh_log_ratio_term.view(args.num_envs, K)
+            rewards = augmented_rewards(normalised_reward, terminated_t, fresh_log_ratio_term, discounts, alpha)
             chain_buffer[step], reward_buffer[step] = chain, rewards
             next_value_buffer[step] = critic.value(logits).view(args.num_envs, K)
             next_embedding_buffer[step] = embedding.view(args.num_envs, K, -1)
-            termination_buffer[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+            termination_buffer[step] = terminated_t
             truncation_buffer[step] = torch.as_tensor(truncated_only, dtype=torch.float32, device=device)
             path_log_ratio_buffer[step] = log_prior + log_ratio.sum(1) - log_det
             saturated_buffer[step] = (chain[:, -1].abs() > 3.0).float().mean(-1)  # |tanh(x_0)| > 0.995
@@ -458,11 +483,12 @@ def main() -> None:
                 agent.actor.clamp_log_std_()
                 # Multipliers: beta rises while the mean KL exceeds the bound; alpha falls while H_est is above target.
                 entropy_estimate = -K * log_ratio_term.detach().mean()  # H_est = -E[L], L = sum_k lt_k
-                multiplier_loss = -log_beta.exp() * (kl.detach().mean() - args.kl_bound)
-                if args.autotune:
-                    multiplier_loss = multiplier_loss + log_alpha.exp() * (entropy_estimate - target_entropy)
+                kl_mean = kl.detach().mean()
+                loss = multiplier_loss(
+                    log_alpha, log_beta, entropy_estimate, target_entropy, kl_mean, args.kl_bound, args.autotune
+                )
                 multiplier_optimizer.zero_grad()
-                multiplier_loss.backward()
+                loss.backward()
                 multiplier_optimizer.step()
                 alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
                 kl_over_bound.append((kl >= args.kl_bound).float().mean().item())

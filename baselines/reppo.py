@@ -217,6 +217,12 @@ def lambda_returns(rewards, next_values, terminations, truncations, gamma, gae_l
     return returns
 
 
+def multiplier_loss(log_alpha, log_beta, entropy_estimate, target_entropy, kl, kl_bound, autotune: bool):
+    """Descending it raises beta while the mean KL exceeds the bound, lowers alpha while the entropy is above target."""
+    loss = -log_beta.exp() * (kl - kl_bound)
+    return loss + log_alpha.exp() * (entropy_estimate - target_entropy) if autotune else loss
+
+
 def actor_losses(agent, old_actor, critic, obs, alpha, beta, kl_bound):
     """(actor loss, log pi of the new samples [B], KL [B]): alpha log pi - Q(s, x) where KL(old || new) < kl_bound,
     else beta KL (REPPO's clipped trust region); the critic is frozen."""
@@ -330,11 +336,12 @@ def main() -> None:
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 actor_optimizer.step()
                 entropy_estimate = -log_pi.detach().mean()
-                multiplier_loss = -log_beta.exp() * (kl.detach().mean() - args.kl_bound)
-                if args.autotune:
-                    multiplier_loss = multiplier_loss + log_alpha.exp() * (entropy_estimate - target_entropy)
+                kl_mean = kl.detach().mean()
+                loss = multiplier_loss(
+                    log_alpha, log_beta, entropy_estimate, target_entropy, kl_mean, args.kl_bound, args.autotune
+                )
                 multiplier_optimizer.zero_grad()
-                multiplier_loss.backward()
+                loss.backward()
                 multiplier_optimizer.step()
                 alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
                 kl_over_bound.append((kl >= args.kl_bound).float().mean().item())

@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
+import diffreppo
 import diffsac
 import diffwpo
-from baselines import sac, wpo
+from baselines import reppo, sac, wpo
 
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 16
 LOW, HIGH = [-2.0, -1.0], [2.0, 3.0]
@@ -161,3 +162,98 @@ def test_a_step_on_the_alpha_loss_lowers_alpha_above_the_target_entropy_and_rais
         module.alpha_loss(log_alpha, torch.tensor(entropy), target_entropy=-1.0).backward()
         optimizer.step()
         assert direction * (log_alpha.item() - math.log(0.2)) > 0, (module.__name__, entropy)
+
+
+class LinearCategoricalCritic(nn.Module):
+    """A stand-in for the distributional critic whose value is w . x for the last input (the action or x_{k-1})."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(scale * torch.tensor([1.5, -0.5]))
+
+    def forward(self, obs, *inputs):
+        return (inputs[-1] * self.weight).sum(-1, keepdim=True) + 0.0 * obs.sum(-1, keepdim=True), None
+
+    def value(self, logits):
+        return logits[:, 0]
+
+
+@pytest.mark.parametrize("alpha,q_scale", [(0.0, 1.0), (0.3, 0.0), (0.3, 1.0)])
+def test_reppo_actor_gradients_are_the_critics_plus_alpha_times_the_one_step_log_ratios(alpha, q_scale):
+    """Inside the trust region (the old actor is the actor): the twin's loss is E[alpha log pi - Q(s, x)], the
+    diffusion script's E[alpha lt_k - Q~(s, x_k, k, x_{k-1})] through one reparameterised step, lt_k recomputed
+    from torch.distributions (+ log N(x_K; 0, I) at k = K, - log|da/dx_0| at k = 1)."""
+    torch.manual_seed(0)
+    critic, obs = LinearCategoricalCritic(q_scale), torch.randn(BATCH, OBS_DIM)
+    twin = reppo.Agent(OBS_DIM, ACTION_DIM, LOW, HIGH, hidden_dim=16)
+    torch.manual_seed(1)
+    loss, _, _ = reppo.actor_losses(twin, twin.actor, critic, obs, alpha, beta=1.0, kl_bound=10.0)
+    torch.manual_seed(1)
+    mean, std = twin.actor(obs)
+    x = mean + std * torch.randn(BATCH, ACTION_DIM)
+    log_pi = Normal(mean, std).log_prob(x).sum(-1) - torch.log(twin.action_half_width * (1 - torch.tanh(x) ** 2)).sum(
+        -1
+    )
+    expected = (alpha * log_pi - (x * critic.weight).sum(-1)).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    assert_same_gradients(gradients(loss, twin), gradients(expected, twin))
+
+    K, agent = 3, diffreppo.Agent(OBS_DIM, ACTION_DIM, LOW, HIGH, 3, hidden_dim=16)
+    x_k, k = torch.randn(BATCH, ACTION_DIM), torch.tensor([1, 2, 3, 1] * (BATCH // 4))
+    torch.manual_seed(2)
+    loss, _, _ = diffreppo.actor_losses(agent, agent.actor, critic, obs, x_k, k, alpha, beta=1.0, kl_bound=10.0)
+    torch.manual_seed(2)
+    mean, std = agent.actor.kernel(obs, x_k, k)
+    x = mean + std * torch.randn_like(mean)
+    beta = agent.actor.betas[k - 1][:, None]
+    lt_k = Normal(mean, std).log_prob(x).sum(-1) - Normal(torch.sqrt(1 - beta) * x, torch.sqrt(beta)).log_prob(x_k).sum(
+        -1
+    )
+    lt_k = lt_k + torch.where(k == K, Normal(0.0, 1.0).log_prob(x_k).sum(-1), 0.0)
+    lt_k = lt_k - torch.where(k == 1, torch.log(agent.action_half_width * (1 - torch.tanh(x) ** 2)).sum(-1), 0.0)
+    expected = (alpha * lt_k - (x * critic.weight).sum(-1)).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    assert_same_gradients(gradients(loss, agent), gradients(expected, agent))
+
+
+@pytest.mark.parametrize("module", [diffreppo, reppo])
+def test_a_step_on_the_multiplier_loss_moves_beta_with_the_kl_and_alpha_against_the_entropy(module):
+    for kl, entropy, beta_direction, alpha_direction in [(0.5, 2.0, 1.0, -1.0), (0.01, -4.0, -1.0, 1.0)]:
+        log_alpha, log_beta = (torch.tensor(math.log(0.2), requires_grad=True) for _ in range(2))
+        optimizer = torch.optim.SGD([log_alpha, log_beta], lr=0.1)
+        module.multiplier_loss(log_alpha, log_beta, torch.tensor(entropy), -1.0, torch.tensor(kl), 0.1, True).backward()
+        optimizer.step()
+        assert (
+            beta_direction * (log_beta.item() - math.log(0.2)) > 0
+            and alpha_direction * (log_alpha.item() - math.log(0.2)) > 0
+        )
+
+
+def test_augmented_next_states_step_down_the_chain_then_to_the_next_state_at_k():
+    K, obs, final_obs = 3, torch.arange(4.0).view(2, 2), 10 + torch.arange(4.0).view(2, 2)
+    chain = torch.arange(2 * (K + 1) * 2, dtype=torch.float32).view(2, K + 1, 2)  # chain[:, j] = x_{K-j}
+    state_obs, state_x, state_k = diffreppo.augmented_next_states(obs, final_obs, chain)
+    assert state_k.tolist() == [2, 1, 3, 2, 1, 3]  # after the steps from k = 3, 2, 1 of each env's chain
+    torch.testing.assert_close(state_obs.view(2, K, 2), torch.stack([obs, obs, final_obs], 1))
+    torch.testing.assert_close(state_x.view(2, K, 2)[:, :2], chain[:, 1:3])  # x_2, x_1: the chain's own latents
+
+
+def test_augmented_rewards_by_hand_and_at_k_1_the_twins_soft_reward():
+    """g = (1, 1, gamma): the soft term -alpha g lt' at every step, dropped after a termination at the env step,
+    and the env reward added there; with K = 1 it is the twin's r - gamma (1 - term) alpha log pi(x'|s')."""
+    fresh = torch.tensor([[0.5, -1.0, 2.0], [1.0, 1.0, 1.0]])
+    rewards = diffreppo.augmented_rewards(
+        torch.tensor([3.0, 4.0]), torch.tensor([0.0, 1.0]), fresh, torch.tensor([1.0, 1.0, 0.9]), 0.2
+    )
+    expected = [[-0.1, 0.2, 3.0 - 0.2 * 0.9 * 2.0], [-0.2, -0.2, 4.0]]
+    torch.testing.assert_close(rewards, torch.tensor(expected))
+    env_reward, terminated, fresh_log_pi = torch.tensor([1.0, -2.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.7, 0.3])
+    twin = env_reward - 0.99 * (1.0 - terminated) * 0.2 * fresh_log_pi  # baselines/reppo.py's soft reward
+    diffusion = diffreppo.augmented_rewards(env_reward, terminated, fresh_log_pi[:, None], torch.tensor([0.99]), 0.2)
+    torch.testing.assert_close(diffusion[:, 0], twin)
+
+
+def test_augmented_discounts_are_one_inside_the_chain_and_gamma_at_the_environment_step():
+    assert diffreppo.augmented_discounts(3, 0.9, None).tolist() == pytest.approx([1.0, 1.0, 0.9])
+    assert diffreppo.augmented_discounts(3, 0.9, 0.999).tolist() == pytest.approx([0.999] * 3)
+    assert diffreppo.augmented_discounts(1, 0.9, None).tolist() == pytest.approx([0.9])  # K = 1: the twin's gamma
