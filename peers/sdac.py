@@ -297,6 +297,16 @@ def exploration_entropy(alpha: float, exploration_noise: float, action_dim: int)
     return 0.5 * action_dim * math.log(2 * math.pi * math.e * (exploration_noise * alpha) ** 2)
 
 
+def critic_target(rewards, terminations, next_min_q, reward_scale: float, gamma: float) -> torch.Tensor:
+    """y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'): no entropy term, as the reference."""
+    return reward_scale * rewards + gamma * (1.0 - terminations) * next_min_q
+
+
+def alpha_loss(log_alpha: torch.Tensor, entropy: float, target_entropy: float) -> torch.Tensor:
+    """-log(alpha) (target - H), H the exploration noise's entropy: a step lowers alpha while H is above target."""
+    return -log_alpha * (target_entropy - entropy)
+
+
 def policy_learning_rate(args: Args, policy_updates: int) -> float:
     """--policy-lr, then linear to --policy-lr-end over --policy-lr-decay-steps from --policy-lr-decay-start."""
     progress = min(max(policy_updates - args.policy_lr_decay_start, 0) / args.policy_lr_decay_steps, 1.0)
@@ -368,7 +378,7 @@ def main() -> None:
                 # y = s_r r + gamma (1 - terminated) min_i Q_target_i(s', a'), a' drawn as an executed action.
                 next_actions = agent.explore(b_next_obs, agent.policy)
                 next_min_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                target_q = args.reward_scale * b_rewards + args.gamma * (1.0 - b_terminations) * next_min_q
+                target_q = critic_target(b_rewards, b_terminations, next_min_q, args.reward_scale, args.gamma)
             qf1_values, qf2_values = agent.qf1(b_obs, b_actions), agent.qf2(b_obs, b_actions)
             qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
             run.check_finite("critic loss", qf1_loss + qf2_loss, global_step)
@@ -394,12 +404,10 @@ def main() -> None:
                     for param, target_param in zip(network.parameters(), target.parameters()):
                         target_param.data.lerp_(param.data, args.tau)
             if args.autotune and (updates - 1) % args.alpha_frequency == 0:
-                # d/d log(alpha) of -log(alpha) (target - H): alpha falls while the noise's entropy H is above target.
-                loss_alpha = -log_alpha * (
-                    target_entropy - exploration_entropy(alpha, args.exploration_noise, action_dim)
-                )
                 alpha_optimizer.zero_grad()
-                loss_alpha.backward()
+                alpha_loss(
+                    log_alpha, exploration_entropy(alpha, args.exploration_noise, action_dim), target_entropy
+                ).backward()
                 alpha_optimizer.step()
                 alpha = log_alpha.exp().item()
                 agent.exploration_std.fill_(args.exploration_noise * alpha)

@@ -315,3 +315,20 @@ def test_bad_input_gives_one_clear_line(tmp_path, repo_root, script, flags, expe
     result = run_script([os.path.join(repo_root, script), *flags], cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("module", [dpmd, sdac])
+def test_critic_target_is_the_scaled_reward_plus_the_discounted_min_target_q_without_entropy(module):
+    rewards, terminations, next_min_q = torch.tensor([1.0, -2.0]), torch.tensor([0.0, 1.0]), torch.tensor([10.0, 7.0])
+    target = module.critic_target(rewards, terminations, next_min_q, reward_scale=0.2, gamma=0.99)
+    torch.testing.assert_close(target, torch.tensor([0.2 * 1.0 + 0.99 * 10.0, 0.2 * -2.0]))
+
+
+@pytest.mark.parametrize("module", [dpmd, sdac])
+def test_a_step_on_the_alpha_loss_lowers_alpha_while_the_noise_entropy_is_above_target(module):
+    for entropy, direction in [(2.0, -1.0), (-4.0, 1.0)]:
+        log_alpha = torch.tensor(math.log(5.0), requires_grad=True)
+        optimizer = torch.optim.SGD([log_alpha], lr=0.1)
+        module.alpha_loss(log_alpha, entropy, target_entropy=-1.0).backward()
+        optimizer.step()
+        assert direction * (log_alpha.item() - math.log(5.0)) > 0
