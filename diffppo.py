@@ -302,9 +302,13 @@ def step_with_bootstrap(envs, agent, chain, obs_normalizer, reward_normalizer, g
     return next_obs_raw, env_reward, bootstrap, done, infos
 
 
-def augmented_rewards(soft_rewards: np.ndarray, env_rewards: np.ndarray, bootstraps: np.ndarray) -> np.ndarray:
-    """Rewards of the augmented steps [T, N, K]: the soft rewards, plus the env reward and bootstrap at the last."""
-    rewards = soft_rewards.copy()
+def augmented_rewards(step_log_ratio, log_prior, squash_log_det, alpha, env_rewards, bootstraps) -> np.ndarray:
+    """Rewards [T, N, K] of the augmented steps (method.md §3): the soft rewards -alpha l_k, with -alpha log N(x_K; 0,
+    I) at k = K and +alpha log|da/dx_0| at k = 1 (together -alpha L), plus the env reward and bootstrap at the last."""
+    soft_rewards = -alpha * step_log_ratio
+    soft_rewards[:, 0] -= alpha * log_prior
+    soft_rewards[:, -1] += alpha * squash_log_det
+    rewards = soft_rewards.view(*env_rewards.shape, -1).cpu().numpy().copy()
     rewards[:, :, -1] += env_rewards
     rewards[:, :, -1] += bootstraps  # after the reward, as a step-by-step sum would add them
     return rewards
@@ -364,12 +368,9 @@ def main() -> None:
             chains, squash_terms = chain_buffer.view(-1, K + 1, action_dim), squash_log_det_buffer.view(-1)
             step_log_ratio, log_prior = agent.actor.chain_log_ratio_terms(chains, log_q_buffer.view(-1, K))
             value_buffer = agent.critic(b_obs, b_x_k, b_k).view(T, N, K)  # V(s, x_k, k)
-            # Soft rewards r~_k = -alpha * l_k, prior term at k = K, squash term at k = 1 (method.md §3).
-            soft_rewards = -alpha * step_log_ratio
-            soft_rewards[:, 0] -= alpha * log_prior
-            soft_rewards[:, -1] += alpha * squash_terms
         path_log_ratio_buffer = (log_prior + step_log_ratio.sum(1) - squash_terms).view(T, N)
-        reward_buffer = augmented_rewards(soft_rewards.view(T, N, K).cpu().numpy(), env_reward_buffer, bootstrap_buffer)
+        rewards = (step_log_ratio, log_prior, squash_terms, alpha, env_reward_buffer, bootstrap_buffer)
+        reward_buffer = augmented_rewards(*rewards)
 
         with torch.no_grad():  # GAE over the augmented sequence, bootstrapped with V(s_T, fresh x_K, K)
             next_value = agent.critic(next_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)

@@ -108,7 +108,8 @@ def rewards_over_episode(env_id, steps, gamma=0.9):
         _, env_reward, bootstrap, done, _ = step_with_bootstrap(
             envs, agent, chain, ObservationNormalizer.identity((1,)), UnitRewards(), gamma
         )
-        augmented = augmented_rewards(np.zeros((1, 1, 2), np.float32), env_reward[None], bootstrap[None])
+        zeros = torch.zeros(1, 2)
+        augmented = augmented_rewards(zeros, zeros[:, 0], zeros[:, 0], 0.5, env_reward[None], bootstrap[None])
         last_rewards.append(augmented[0, 0, -1])
         dones.append(bool(done[0]))
         assert augmented[0, 0, 0] == 0.0  # only the last augmented step gets the environment's reward
@@ -127,3 +128,16 @@ def test_termination_is_not_bootstrapped():
     rewards, dones = rewards_over_episode("tests/CountingTerminated-v0", 3)
     np.testing.assert_allclose(rewards, [1.0, 1.0, 1.0])
     assert dones == [False, True, False]
+
+
+def test_soft_rewards_are_minus_alpha_times_the_step_terms_and_sum_to_minus_alpha_l():
+    """r~_k = -alpha l_k, with -alpha log N(x_K; 0, I) at k = K (time index 0) and +alpha log|da/dx_0| at k = 1
+    (the last), so that sum_k r~_k = -alpha L; the env reward and the bootstrap join the last step."""
+    from diffppo import augmented_rewards
+
+    step_log_ratio, log_prior, squash = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([-3.0]), torch.tensor([0.25])
+    rewards = augmented_rewards(step_log_ratio, log_prior, squash, 0.2, np.array([[1.0]]), np.array([[0.5]]))
+    expected = [-0.2 * 0.5 + 0.2 * 3.0, -0.2 * -1.0, -0.2 * 2.0 + 0.2 * 0.25 + 1.0 + 0.5]
+    np.testing.assert_allclose(rewards[0, 0], expected, rtol=1e-6)
+    path_log_ratio = log_prior + step_log_ratio.sum(1) - squash
+    np.testing.assert_allclose(rewards.sum() - 1.5, -0.2 * path_log_ratio.item(), rtol=1e-6)
