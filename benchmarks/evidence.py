@@ -279,17 +279,25 @@ def score_matrix(runs: dict, experiment: Experiment, algorithm: str, tasks: list
     )
 
 
+def curve_value(run: dict, step: int) -> float | None:
+    """A run's learning curve at ``step``: its last deterministic evaluation at or before it where the run evaluated
+    during training (summaries with evaluation_at), else its training running mean there."""
+    evaluations = {int(at): value for at, value in (run.get("evaluation_at") or {}).items()}
+    if len(evaluations) > 1:  # more than the final evaluation alone
+        before = [at for at in evaluations if at <= step]
+        return evaluations[max(before)] if before else None
+    return run["running_mean_at"].get(str(step))
+
+
 def curve_tensor(
     runs: dict, experiment: Experiment, algorithm: str, tasks: list[str], references: dict, steps: list[int]
 ) -> np.ndarray:
-    """Normalised training running means at ``steps``, shape (seeds, tasks, steps)."""
+    """Normalised learning curves (``curve_value``) at ``steps``, shape (seeds, tasks, steps)."""
     return np.array(
         [
             [
                 [
-                    normalise(
-                        runs[(env_id, algorithm, seed)]["running_mean_at"].get(str(step)) or np.nan, env_id, references
-                    )
+                    normalise(curve_value(runs[(env_id, algorithm, seed)], step) or np.nan, env_id, references)
                     for step in steps
                 ]
                 for env_id in tasks
@@ -376,17 +384,17 @@ def commands_block(experiment: Experiment) -> str:
 
 def runs_table(runs: dict, experiment: Experiment) -> str:
     lines = [
-        "| environment | algorithm | seeds | deterministic eval, mean (per seed) | "
+        "| environment | algorithm | seeds | deterministic eval, mean (per seed) | last three evaluations | "
         + " | ".join(f"training mean at {step // 1000}k" for step in experiment.steps)
         + " | wall-clock per run |",
-        "|---|---|---|---|" + "---|" * len(experiment.steps) + "---|",
+        "|---|---|---|---|---|" + "---|" * len(experiment.steps) + "---|",
     ]
     for env_id in experiment.env_ids:
         for algorithm in experiment.algorithms:
             found = [runs[(env_id, algorithm, seed)] for seed in experiment.seeds if (env_id, algorithm, seed) in runs]
             if not found:
                 lines.append(
-                    f"| {env_id} | {label(algorithm)} | 0 of {len(experiment.seeds)} | not run yet |"
+                    f"| {env_id} | {label(algorithm)} | 0 of {len(experiment.seeds)} | not run yet | |"
                     + " |" * len(experiment.steps)
                     + " |"
                 )
@@ -396,6 +404,8 @@ def runs_table(runs: dict, experiment: Experiment) -> str:
             evaluation = (
                 f"{fmt(np.mean(known))} ({', '.join(fmt(value, 0) for value in evaluations)})" if known else "–"
             )
+            last_three = [run.get("last_three_evaluations_mean") for run in found]  # runs that evaluated while training
+            last_three = fmt(np.mean(last_three)) if None not in last_three else "–"
             at = [[run["running_mean_at"].get(str(step)) for run in found] for step in experiment.steps]
             columns = [fmt(np.mean(values)) if None not in values else "–" for values in at]
             minutes = [run["wall_clock_s"] / 60 for run in found]
@@ -406,6 +416,7 @@ def runs_table(runs: dict, experiment: Experiment) -> str:
             )
             lines.append(
                 f"| {env_id} | {label(algorithm)} | {len(found)} of {len(experiment.seeds)} | {evaluation} | "
+                + f"{last_three} | "
                 + " | ".join(columns)
                 + f" | {spread} min |"
             )
@@ -529,7 +540,8 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
         )
         ax_curve.fill_between(steps, intervals[a][0], intervals[a][1], color=colours[a], alpha=0.15)
     ax_curve.set_xlabel("environment steps")
-    ax_curve.set_ylabel("IQM of normalised training return")
+    evaluated = all(len(run.get("evaluation_at") or {}) > 1 for run in runs.values())
+    ax_curve.set_ylabel(f"IQM of normalised {'evaluation' if evaluated else 'training'} return")
     fig.suptitle(f"{experiment.title}: {', '.join(tasks)}, seeds {', '.join(map(str, experiment.seeds))}")
     save_figure(fig, path)
     return True

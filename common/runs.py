@@ -204,7 +204,7 @@ class Run:
     def check_finite(self, what: str, loss: torch.Tensor, global_step: int, detail: str = "") -> None:
         if not torch.isfinite(loss):
             saved = "No checkpoint was written" + ("" if self.args.save_model else "; use --save-model to keep them")
-            saved = f"Last checkpoint: {self.model_path}" if self.saved_step is not None else saved
+            saved = f"Last checkpoint: {self.model_path}" if self.saved_step is not None or self.checkpoint else saved
             raise TrainingDiverged(f"{what} is {loss.item()} at step {global_step}{detail}. {saved}.")
 
     def save(self, global_step: int, replay_buffer=None, **extra) -> None:

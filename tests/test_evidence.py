@@ -185,3 +185,11 @@ def test_k_figure_needs_two_values_of_k_and_plots_every_measured_one(tmp_path):
 def test_committed_page_is_up_to_date_with_the_committed_summaries(repo_root):
     result = run_script(["-m", "benchmarks.evidence", "--check"], cwd=repo_root)
     assert result.returncode == 0, result.stderr
+
+
+def test_learning_curves_follow_the_evaluations_where_a_run_evaluated_during_training():
+    run = {"running_mean_at": {"5000": 1.0, "10000": 2.0}, "evaluation_at": {"5000": 10.0, "10000": 20.0}}
+    assert evidence.curve_value(run, 7000) == 10.0 and evidence.curve_value(run, 10000) == 20.0
+    assert evidence.curve_value(run, 4000) is None  # nothing evaluated yet
+    final_only = {"running_mean_at": {"5000": 1.0, "10000": 2.0}, "evaluation_at": {"10000": 20.0}}
+    assert evidence.curve_value(final_only, 5000) == 1.0  # an older run: the training curve
