@@ -30,8 +30,8 @@ from common.runs import Run, RunArgs
 class Args(RunArgs):
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment"""
-    checkpoint_frequency: int = 50
-    """iterations between checkpoints when --save-model is set"""
+    checkpoint_frequency: int = 50000
+    """environment steps between checkpoints when --save-model is set"""
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
@@ -503,7 +503,8 @@ def main() -> None:
         run.log(global_step, "losses", returns_mean=b_returns.mean())
         text = f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | updates/s "
         run.show(global_step, text + f"{num_updates / update_seconds:.1f}")
-        if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
+        crossed = global_step // args.checkpoint_frequency > (global_step - T * N) // args.checkpoint_frequency
+        if args.save_model and (crossed or iteration == num_iterations):
             run.save(global_step, iteration=iteration)
 
     run.finish(global_step, iteration=iteration)

@@ -50,8 +50,8 @@ from common.runs import Run, RunArgs  # noqa: E402
 class Args(RunArgs):
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment"""
-    checkpoint_frequency: int = 50
-    """iterations between checkpoints when --save-model is set"""
+    checkpoint_frequency: int = 100000
+    """environment steps between checkpoints when --save-model is set"""
     env_id: str = "Hopper-v4"
     """the id of the environment (any gymnasium id with a bounded Box action space)"""
     total_timesteps: int = 1000000
@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         run.log(global_step, "losses", approx_kl=approx_kl, clipfrac=np.mean(clipfracs))
         run.log(global_step, "losses", explained_variance=explained_var)
         run.show(global_step, f"entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e}")
-        if args.save_model and (iteration % args.checkpoint_frequency == 0 or iteration == num_iterations):
+        crossed = global_step // args.checkpoint_frequency > (global_step - batch_size) // args.checkpoint_frequency
+        if args.save_model and (crossed or iteration == num_iterations):
             run.save(global_step, iteration=iteration)
 
     run.finish(global_step, iteration=iteration)

@@ -15,15 +15,25 @@ def save_checkpoint(path: str, state: dict, buffer=None) -> None:
     then the checkpoint replaces the old one, then the buffer takes its place. Killed before the checkpoint moves,
     the old pair is untouched; killed after it, the pending file is the checkpoint's buffer (``load_replay_buffer``
     reads it)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if buffer is not None:
-        rows = {name: getattr(buffer, name) for name in ["position", "size", "buffer_size"]}
-        rows |= {name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in fields(buffer)}
-        torch.save({**rows, "global_step": state["global_step"]}, f"{path}.replay_buffer.pending")
-    torch.save(state, f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
-    if buffer is not None:
-        os.replace(f"{path}.replay_buffer.pending", f"{path}.replay_buffer")
+    pending, moved = f"{path}.replay_buffer.pending", False
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if buffer is not None:
+            rows = {name: getattr(buffer, name) for name in ["position", "size", "buffer_size"]}
+            rows |= {name: getattr(buffer, name)[: buffer.size].cpu().clone() for name in fields(buffer)}
+            torch.save({**rows, "global_step": state["global_step"]}, pending)
+        torch.save(state, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+        moved = True  # from here on the pending file is the new checkpoint's buffer, not debris
+        if buffer is not None:
+            os.replace(pending, f"{path}.replay_buffer")
+    except (OSError, RuntimeError) as error:  # a full disk, a folder without write permission: one line, no debris
+        for debris in [f"{path}.tmp"] + [pending] * (not moved):
+            if os.path.exists(debris):
+                os.remove(debris)
+        raise ConfigError(
+            f"cannot write the checkpoint {path} ({error}); the previous one, if any, is intact."
+        ) from None
 
 
 def load_checkpoint(path: str, flag: str = "--resume") -> dict:

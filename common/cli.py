@@ -100,5 +100,7 @@ COMMON_CHECKS = [
         "target, e.g. --total-timesteps {2 * resumed_step}.",
     ),
     *at_least_one("eval_episodes", "num_envs", "checkpoint_frequency", "torch_threads", "total_timesteps"),
+    ("0 <= seed < 2**32", "--seed must be in [0, 2^32) (got {seed})."),
+    ("num_envs <= total_timesteps", "--num-envs {num_envs} exceeds --total-timesteps {total_timesteps}."),
     ("eval_frequency is None or eval_frequency >= 0", "--eval-frequency must be >= 0 (got {eval_frequency})."),
 ]

@@ -17,7 +17,7 @@ import torch
 import tyro
 
 from common.checkpoint import load_checkpoint
-from common.cli import run_cli
+from common.cli import ConfigError, at_least_one, check, run_cli
 from common.envs import check_env_id, check_spaces
 from common.normalization import ObservationNormalizer
 
@@ -36,11 +36,19 @@ def load_agent(checkpoint_path: str, device: torch.device | str = "cpu", flag: s
 
 
 @torch.no_grad()
-def evaluate(agent, obs_normalizer, env_id: str, episodes=10, seed=0, deterministic=True, device="cpu") -> list[float]:
-    """Undiscounted returns of ``episodes`` episodes (seeds seed, seed + 1, ...); the normaliser is only read."""
+def evaluate(agent, obs_normalizer, env_id: str, episodes=10, seed=0, deterministic=True, device="cpu", space=None):
+    """Undiscounted returns of ``episodes`` episodes (seeds seed, seed + 1, ...); the normaliser is only read.
+    ``space``: the agent's obs_dim, action_dim, action_low and action_high, which the env's must equal."""
     check_env_id(env_id)
     env = gym.make(env_id)
     check_spaces(env_id, env.observation_space, env.action_space)
+    found = dict(obs_dim=env.observation_space.shape[0], action_dim=env.action_space.shape[0])
+    found.update(action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist())
+    for name, value in (space or {}).items():
+        if name in found and found[name] != value:
+            raise ConfigError(
+                f"--env-id {env_id} has {name} {found[name]}; the checkpoint's policy was trained on {value}."
+            )
     returns = []
     for episode in range(episodes):
         (obs, _), done, episode_return = env.reset(seed=seed + episode), False, 0.0
@@ -71,10 +79,11 @@ class EvalArgs:
 
 def main() -> None:
     args = tyro.cli(EvalArgs)
+    check(args, [*at_least_one("episodes", "torch_threads"), ("seed >= 0", "--seed must be >= 0 (got {seed}).")])
     torch.set_num_threads(args.torch_threads)
     agent, obs_normalizer, checkpoint = load_agent(args.checkpoint)
-    env_id = args.env_id or checkpoint["args"]["env_id"]
-    returns = evaluate(agent, obs_normalizer, env_id, args.episodes, args.seed, not args.stochastic)
+    env_id, space = args.env_id or checkpoint["args"]["env_id"], checkpoint["agent_kwargs"]
+    returns = evaluate(agent, obs_normalizer, env_id, args.episodes, args.seed, not args.stochastic, space=space)
     mode = "stochastic" if args.stochastic else "deterministic"
     print(f"{env_id} ({mode}, {args.episodes} episodes): mean return {np.mean(returns):.2f} +- {np.std(returns):.2f}")
 

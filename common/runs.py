@@ -131,6 +131,12 @@ class Run:
         self.model_path = args.resume or f"runs/{self.name}/{args.exp_name}.cleanrl_model"
         if args.track:
             start_tracking(args, self.name, resumed=bool(checkpoint))
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot create the run folder {self.run_dir} ({error.strerror}); run from a writable folder."
+            )
         self.writer = SummaryWriter(self.run_dir, purge_step=self.start_step + 1 if checkpoint else None)
         if not checkpoint:
             table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())

@@ -668,3 +668,30 @@ def test_track_without_wandb_is_one_line_with_the_install_command(monkeypatch):
     )
     with pytest.raises(ConfigError, match="--track needs the wandb package, which is not installed: pip install wandb"):
         parse_args(baseline_ppo.Args, "baselines.ppo", baseline_ppo.CHECKS, ["--track"])
+
+
+@pytest.mark.parametrize(
+    "script,flags",
+    [
+        ("diffppo.py", ["--num-steps", "256"]),
+        ("baselines/ppo.py", ["--num-steps", "256"]),
+        ("diffreppo.py", ["--num-envs", "2", "--num-steps", "128"]),
+        ("baselines/reppo.py", ["--num-envs", "2", "--num-steps", "128"]),
+    ],
+)
+def test_on_policy_checkpoints_come_every_checkpoint_frequency_environment_steps(tmp_path, monkeypatch, script, flags):
+    """Rollouts of 256 steps and --checkpoint-frequency 512: checkpoints at 512, 1024 and at the end, 1280 (the
+    frequency counts environment steps, as in the off-policy scripts, not iterations)."""
+    saved = []
+
+    def save(self, global_step, *args, **kwargs):
+        saved.append(global_step)
+        self.saved_step = global_step
+
+    module = importlib.import_module(module_of(script))
+    monkeypatch.setattr(runs.Run, "save", save)
+    monkeypatch.chdir(tmp_path)
+    flags += ["--env-id", "Pendulum-v1", "--total-timesteps", "1280", "--checkpoint-frequency", "512", "--save-model"]
+    monkeypatch.setattr(sys, "argv", [script, *flags, "--eval-frequency", "0", "--eval-episodes", "1"])
+    module.main()
+    assert saved == [512, 1024, 1280]

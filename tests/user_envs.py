@@ -23,3 +23,16 @@ class UserBandit(gym.Env):
 
 
 gym.register("UserBandit-v0", entry_point=UserBandit)
+
+
+class UserImages(UserBandit):
+    """The same bandit seen as an 8 x 8 RGB image: an observation space the scripts cannot use."""
+
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros((8, 8, 3), np.uint8), {}
+
+
+gym.register("UserImages-v0", entry_point=UserImages)
