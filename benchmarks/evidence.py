@@ -210,7 +210,31 @@ WPO_ABLATION = Experiment(
         "sac": "SAC (Gaussian)",
     },
 )
-EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, WPO_ABLATION)
+HUMANOID_K = Experiment(
+    "humanoid_k",
+    "Diffusion steps K on Humanoid-v4, 1M environment steps",
+    ("diffppo_k1", "diffppo_k4", "diffppo_k8", "diffppo_k16", "ppo"),
+    (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffppo_k4", "diffppo_k1"), ("diffppo_k8", "ppo")),
+    ("Humanoid-v4",),
+    (1, 2, 3),
+    (250_000, 500_000, 1_000_000),
+    tuple(
+        "python -m benchmarks.grid --scripts diffppo.py --env-ids Humanoid-v4 --seeds 1 2 3 "
+        f'--workdir results/humanoid_k --exp-suffix _k{k} --workers 2 --extra="--save-model --num-diffusion-steps {k}"'
+        for k in (1, 4, 8, 16)
+    )
+    + (
+        "python -m benchmarks.grid --scripts baselines/ppo.py --env-ids Humanoid-v4 --seeds 1 2 3 "
+        '--workdir results/humanoid_k --workers 2 --extra="--save-model"',
+    ),
+    "for k in 1 4 8 16; do python -m benchmarks.grid --scripts diffsac.py diffwpo.py --env-ids Humanoid-v4 "
+    "--seeds 1 2 3 4 --workdir results/humanoid_k_offpolicy --exp-suffix _k$k --executor slurm "
+    '--slurm-partition <partition> --gpus-per-node 1 --extra="--save-model --num-diffusion-steps $k"; done; '
+    "python -m benchmarks.grid --scripts "
+    "baselines/sac.py baselines/wpo.py --env-ids Humanoid-v4 --seeds 1 2 3 4 --workdir results/humanoid_k_offpolicy "
+    '--executor slurm --slurm-partition <partition> --gpus-per-node 1 --extra="--save-model"',
+)
+EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, WPO_ABLATION)
 
 
 # ---------------------------------------------------------------- data
@@ -666,6 +690,12 @@ CLAIMS = (  # (claim, paper, the comparisons that decide it, the experiment (sec
         K_ABLATION,
     ),
     (
+        "More diffusion steps help (Humanoid-v4)",
+        "Sanokowski et al.",
+        (("diffppo_k8", "diffppo_k1"), ("diffppo_k16", "diffppo_k8"), ("diffppo_k4", "diffppo_k1")),
+        HUMANOID_K,
+    ),
+    (
         "DA-MDP: REPPO is the strongest variant",
         "Sanokowski et al., DA-MDP version",
         (("diffreppo", "diffppo"), ("diffreppo", "ppo"), ("diffreppo", "reppo")),
@@ -691,14 +721,14 @@ def budget(experiment: Experiment) -> str:
     return f"{steps}, {len(experiment.seeds)} seeds, {task_names(experiment.env_ids)}"
 
 
-def claims_table(pair_results: dict, short: bool = False) -> str:
+def claims_table(pair_results: dict, short: bool = False) -> str:  # pair_results[(experiment, x, y)]
     """One row per claim: the comparisons that decide it, our result and the verdict. ``short``: the README's
     version in plain words (yes, no, can't tell; the budget; a link into docs/results.md)."""
 
     def result(x, y, experiment):
-        if (x, y) not in pair_results:
+        if (experiment.name, x, y) not in pair_results:  # each claim is decided by its own experiment's runs
             return f"{label(x)} vs {label(y)}: not measured yet"
-        (point, low, high), tasks = pair_results[(x, y)]
+        (point, low, high), tasks = pair_results[(experiment.name, x, y)]
         missing = [task for task in experiment.env_ids if task not in tasks]
         # A verdict from part of the grid says so: "Hopper only; Walker2d not measured yet".
         scope = f" ({task_names(tasks)} only; {task_names(missing)} not measured yet)" if missing else ""
@@ -749,7 +779,7 @@ def build_blocks(results_dir: str, docs_dir: str | None, references: dict) -> di
             body = runs_table(runs, experiment)
             text, results = aggregate_table(runs, experiment, references)
             body += "\n\nNormalised final scores over all runs of the complete tasks, and each comparison:\n\n" + text
-        pair_results.update(results)
+        pair_results.update({(experiment.name, *pair): result for pair, result in results.items()})
         image = os.path.join(docs_dir, f"evidence_{experiment.name}.png") if docs_dir else None
         if not experiment.variants and figure(runs, experiment, references, image):
             body += f"\n\n![{experiment.title}](evidence_{experiment.name}.png)"
