@@ -376,8 +376,9 @@ def test_killed_on_policy_run_resumes_with_its_normaliser_optimiser_and_step(tmp
 # ----------------------------------------------------------------------------------------------
 # From the command line: signals, bad input, one log after kill and resume
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_a_checkpoint_and_exits_128_plus_signal(tmp_path, signal_number):
+@pytest.mark.parametrize("signal_number,times", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 2)])
+def test_signal_saves_a_checkpoint_and_exits_128_plus_signal(tmp_path, signal_number, times):
+    """One signal, or a second Ctrl-C right after the first (absorbed while the checkpoint is written)."""
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(
         [
@@ -401,7 +402,9 @@ def test_signal_saves_a_checkpoint_and_exits_128_plus_signal(tmp_path, signal_nu
     while not glob.glob(str(tmp_path / "runs" / "*" / "events.*")) and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(2)
-    process.send_signal(signal_number)
+    for _ in range(times):
+        process.send_signal(signal_number)
+        time.sleep(0.05)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal_number, stderr
     assert "Traceback" not in stderr
@@ -695,3 +698,21 @@ def test_on_policy_checkpoints_come_every_checkpoint_frequency_environment_steps
     monkeypatch.setattr(sys, "argv", [script, *flags, "--eval-frequency", "0", "--eval-episodes", "1"])
     module.main()
     assert saved == [512, 1024, 1280]
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_line_before_training(tmp_path, monkeypatch):
+    """As an unwritable runs/ (a permission error where the run folder is made): ConfigError, nothing trained."""
+    module = importlib.import_module("baselines.sac")
+    real_makedirs = os.makedirs
+
+    def makedirs(path, *args, **kwargs):
+        if str(path).startswith("runs"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(runs.os, "makedirs", makedirs)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["baselines/sac.py", "--env-id", "Pendulum-v1", "--eval-frequency", "0"])
+    with pytest.raises(ConfigError, match="cannot create the run folder runs/Pendulum-v1__sac__1__.*Permission denied"):
+        module.main()
+    assert not os.path.exists(tmp_path / "runs")
