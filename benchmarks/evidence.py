@@ -862,6 +862,8 @@ def main() -> None:
     for page in args.pages:
         if not os.path.isfile(page):
             raise ConfigError(f"--pages {page}: no such file")
+    if not os.path.isdir(args.results_dir):  # an empty grid would rewrite every table as "not run yet"
+        raise ConfigError(f"--results-dir {args.results_dir}: no such folder (it holds NAME/summaries/*.json)")
     docs_dir = None if args.check else os.path.dirname(os.path.abspath(args.pages[0]))
     blocks = build_blocks(args.results_dir, docs_dir, load_reference_scores())
     stale = []

@@ -73,15 +73,19 @@ class EvalArgs:
     """sample the policy instead of following the noise-free mean chain"""
     env_id: str | None = None
     """evaluate on another env id than the one trained on (same spaces required)"""
-    torch_threads: int = 1
-    """CPU threads for torch (1 is fastest for these small networks)"""
+    torch_threads: int | None = None
+    """CPU threads for torch (default: the run's --torch-threads)"""
 
 
 def main() -> None:
     args = tyro.cli(EvalArgs)
-    check(args, [*at_least_one("episodes", "torch_threads"), ("seed >= 0", "--seed must be >= 0 (got {seed}).")])
-    torch.set_num_threads(args.torch_threads)
+    threads = (
+        "torch_threads is None or torch_threads >= 1",
+        "--torch-threads must be at least 1 (got {torch_threads}).",
+    )
+    check(args, [*at_least_one("episodes"), threads, ("seed >= 0", "--seed must be >= 0 (got {seed}).")])
     agent, obs_normalizer, checkpoint = load_agent(args.checkpoint)
+    torch.set_num_threads(args.torch_threads or checkpoint["args"].get("torch_threads", 1))
     env_id, space = args.env_id or checkpoint["args"]["env_id"], checkpoint["agent_kwargs"]
     returns = evaluate(agent, obs_normalizer, env_id, args.episodes, args.seed, not args.stochastic, space=space)
     mode = "stochastic" if args.stochastic else "deterministic"

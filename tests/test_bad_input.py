@@ -110,3 +110,18 @@ def test_a_full_disk_while_saving_is_one_error_and_leaves_no_debris(tmp_path, mo
         save_checkpoint(path, {"global_step": 2}, Buffer())
     monkeypatch.undo()
     assert {name: open(name, "rb").read() for name in glob.glob(path + "*")} == before
+
+
+def test_the_evaluator_runs_with_the_runs_torch_threads_unless_told(tmp_path, pendulum_checkpoint, monkeypatch):
+    from common import evaluation
+
+    checkpoint = torch.load(pendulum_checkpoint, weights_only=False)
+    checkpoint["args"]["torch_threads"] = 3  # as a run made with --torch-threads 3
+    path = str(tmp_path / "sac.cleanrl_model")
+    torch.save(checkpoint, path)
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    for flags in ([], ["--torch-threads", "2"]):
+        monkeypatch.setattr("sys.argv", ["common.evaluation", path, "--episodes", "1", *flags])
+        evaluation.main()
+    assert threads == [3, 2]  # the run's --torch-threads, then the flag

@@ -193,3 +193,19 @@ def test_learning_curves_follow_the_evaluations_where_a_run_evaluated_during_tra
     assert evidence.curve_value(run, 4000) is None  # nothing evaluated yet
     final_only = {"running_mean_at": {"5000": 1.0, "10000": 2.0}, "evaluation_at": {"10000": 20.0}}
     assert evidence.curve_value(final_only, 5000) == 1.0  # an older run: the training curve
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--results-dir", "no_such_folder"], "--results-dir no_such_folder: no such folder"),
+        (["--pages", "missing.md"], "--pages missing.md: no such file"),
+        (["--pages", "."], "--pages .: no such file"),
+        (["--no-such-flag"], "Unrecognized options"),
+    ],
+)
+def test_bad_input_to_the_evidence_builder_is_refused_before_any_page_is_written(tmp_path, flags, expected):
+    pages = {path: open(path).read() for path in (os.path.join(evidence.REPO_ROOT, "docs", "results.md"),)}
+    result = run_script(["-m", "benchmarks.evidence", *flags], cwd=str(tmp_path))
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert all(open(path).read() == text for path, text in pages.items())
