@@ -246,6 +246,7 @@ def test_divergence_is_detected_and_reported(tmp_path, repo_root):
             "64",
             "--hidden-dim",
             "64",
+            "--save-model",
         ],
         cwd=tmp_path,
     )
@@ -254,3 +255,5 @@ def test_divergence_is_detected_and_reported(tmp_path, repo_root):
         result.stderr
     )
     assert "Traceback" not in result.stderr
+    # diverged before the first save: no checkpoint is named, because none exists
+    assert "No checkpoint was written." in result.stderr and "Last checkpoint" not in result.stderr

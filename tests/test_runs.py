@@ -716,3 +716,25 @@ def test_a_run_folder_that_cannot_be_created_is_one_line_before_training(tmp_pat
     with pytest.raises(ConfigError, match="cannot create the run folder runs/Pendulum-v1__sac__1__.*Permission denied"):
         module.main()
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_an_extended_run_summarises_only_its_last_evaluation(tmp_path):
+    """1200 -> 1600 -> 2000 steps by --resume with --save-model and 2 evaluation episodes: each evaluation sits at
+    its own step, and the summary's final score is the last one's 2 episodes, not a mix of three policies."""
+    import benchmarks.summaries as summaries
+
+    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "256", "--batch-size", "64", "--hidden-dim", "32"]
+    flags += ["--save-model", "--eval-episodes", "2", "--eval-frequency", "0"]
+    script = os.path.join(REPO_ROOT, "baselines/sac.py")
+    assert run_script([script, *flags, "--total-timesteps", "1200"], cwd=tmp_path).returncode == 0
+    model_path = os.path.join(single_run_dir(tmp_path), "sac.cleanrl_model")
+    for total in ("1600", "2000"):
+        time.sleep(1.1)  # event file names hold the time in seconds
+        resumed = run_script([script, "--resume", model_path, "--total-timesteps", total], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+    summary = summaries.summarise_run(single_run_dir(tmp_path), "baselines/sac.py", every=400, window=10, thresholds=[])
+    assert sorted(summary["evaluation_at"]) == ["1200", "1600", "2000"]
+    assert (
+        summary["deterministic_eval_episodes"] == 2
+        and summary["deterministic_eval_mean"] == summary["evaluation_at"]["2000"]
+    )
