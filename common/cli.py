@@ -4,7 +4,6 @@ A script declares its flag checks as (condition, message) rows; ``parse_args`` r
 import dataclasses
 import importlib.util
 import math
-import signal
 import sys
 
 import tyro
@@ -30,9 +29,6 @@ def run_cli(main, script_name: str) -> None:
         kind, code = ("error", 2) if isinstance(error, ConfigError) else ("training diverged", 1)
         print(f"{script_name}: {kind}: {error}", file=sys.stderr)
         sys.exit(code)
-    finally:  # the work is saved: a late Ctrl-C must not kill the interpreter's exit half-way
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def flag(field: str) -> str:

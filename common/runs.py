@@ -146,6 +146,7 @@ class Run:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             for number in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(number, self.request_stop)
+                atexit.register(signal.signal, number, signal.SIG_IGN)  # a late signal must not kill the exit
         self.start_time = time.time()
         self.rate_origin, self.evaluated_step = (self.start_step, self.start_time), None
         return checkpoint
