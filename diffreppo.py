@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from common.cli import at_least_one, in_unit_interval, positive, run_cli
 from common.envs import true_next_observations
@@ -53,7 +52,9 @@ class Args(RunArgs):
     augmented_gamma: float | None = None
     """if set, this discount at every augmented step instead (the official DA-MDP: REPPO uses 0.999)"""
     gae_lambda: float = 0.95
-    """lambda of the lambda-returns over the augmented sequence"""
+    """lambda of the lambda-returns, applied at every augmented step (as the authors' code)"""
+    lambda_per_env_step: bool = False
+    """apply --gae-lambda once per environment step instead: lambda^(1/K) at each augmented step"""
     norm_reward: bool = True
     """scale env rewards by a running std of the discounted return (--no-norm-reward: raw rewards)"""
     num_bins: int = 101
@@ -65,7 +66,7 @@ class Args(RunArgs):
     hidden_dim: int = 256
     """width of the critic's layers"""
     aux_loss_coef: float = 1.0
-    """weight of the auxiliary loss (next embedding and reward prediction)"""
+    """weight of the auxiliary loss (next embedding and env reward, predicted at environment steps)"""
     num_diffusion_steps: int = 8
     """K, the number of diffusion (denoising) steps per action"""
     min_std: float = 0.01
@@ -79,7 +80,7 @@ class Args(RunArgs):
     target_entropy_scale: float = 0.5
     """target entropy = -target_entropy_scale * action_dim (official: 0.5)"""
     kl_bound: float = 0.1
-    """bound on KL(old kernel || new kernel) per augmented sample"""
+    """bound on K x KL(old kernel || new kernel) per augmented sample: a budget per action, as the twin's"""
     beta: float = 0.01
     """initial value of the KL multiplier beta"""
     multiplier_lr: float = 3e-4
@@ -272,7 +273,7 @@ def hl_gauss_histogram(values, v_min, v_max, num_bins, sigma_ratio=0.75):
 
 class DistributionalCritic(nn.Module):
     """Q~(s, x_k, k, x_{k-1}) as a categorical over bins on [v_min, v_max], with an auxiliary head that
-    predicts the next augmented state's embedding and the augmented reward from this one's embedding."""
+    predicts the next augmented state's embedding and the environment reward from this one's embedding."""
 
     def __init__(self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=256, num_bins=101, v_min=-10.0, v_max=10.0):
         super().__init__()
@@ -355,17 +356,31 @@ def multiplier_loss(log_alpha, log_beta, entropy_estimate, target_entropy, kl, k
 
 def actor_losses(agent, old_actor, critic, obs, x_k, k, alpha, beta, kl_bound):
     """(loss, lt_k [B], KL [B]) for one reparameterised step per augmented state: alpha lt_k - Q~ where
-    KL(old || new) < kl_bound, else beta KL (REPPO's trust region); the critic is frozen."""
+    KL < kl_bound, else beta KL (REPPO's trust region), KL = K KL(old || new) of the step, the whole action's
+    budget (method.md §4.5); the critic is frozen."""
     x_previous, log_ratio_term, mean, std = agent.one_step(obs, x_k, k)
     critic.requires_grad_(False)
     logits, _ = critic(obs, x_k, k, x_previous)
     critic.requires_grad_(True)
     with torch.no_grad():
         mean_old, std_old = old_actor.kernel(obs, x_k, k)
-    kl = gaussian_kl(mean_old, std_old, mean, std)
+    kl = agent.actor.num_diffusion_steps * gaussian_kl(mean_old, std_old, mean, std)
     objective = alpha * log_ratio_term - critic.value(logits)
     loss = torch.where(kl < kl_bound, objective, beta * kl).mean()
     return loss, log_ratio_term, kl
+
+
+def auxiliary_loss(prediction, next_embeddings, env_rewards, weights):
+    """REPPO's auxiliary loss: the squared errors of the predicted next embedding and env reward, averaged over the
+    H + 1 outputs, weighted per sample (K at unterminated environment steps, 0 elsewhere) and averaged."""
+    errors = torch.cat([prediction[:, :-1] - next_embeddings, prediction[:, -1:] - env_rewards[:, None]], -1)
+    return (weights * errors.pow(2).mean(-1)).mean()
+
+
+def auxiliary_weights(terminations: torch.Tensor, step_k: torch.Tensor) -> torch.Tensor:
+    """The auxiliary loss's weight of each augmented sample [T * N * K]: K at environment steps (k = 1) that did not
+    terminate, 0 elsewhere, so that a batch weighs environment steps as the twin's does (the authors' form)."""
+    return (len(step_k) * (1 - terminations)[:, :, None] * (step_k == 1)).reshape(-1)
 
 
 def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tensor):
@@ -409,7 +424,9 @@ def main() -> None:
     chain_buffer = torch.zeros((T, N, K + 1, action_dim), device=device)
     reward_buffer, next_value_buffer = (torch.zeros((T, N, K), device=device) for _ in range(2))
     next_embedding_buffer = torch.zeros((T, N, K, args.hidden_dim), device=device)
-    termination_buffer, truncation_buffer, path_log_ratio_buffer, saturated_buffer = torch.zeros((4, T, N)).to(device)
+    termination_buffer, truncation_buffer, path_log_ratio_buffer, saturated_buffer, env_reward_buffer = torch.zeros(
+        (5, T, N)
+    ).to(device)
     step_k = agent.actor.step_k  # [K]: k of augmented step j
     discounts = augmented_discounts(K, args.gamma, args.augmented_gamma).to(device)
     update_seconds, num_updates, half_width = 0.0, 0, agent.action_half_width  # the update phase's cost per minibatch
@@ -436,7 +453,7 @@ def main() -> None:
                 logits, embedding = critic(state_obs, state_x, state_k, fresh_x)
             fresh_log_ratio_term = fresh_log_ratio_term.view(args.num_envs, K)
             rewards = augmented_rewards(normalised_reward, terminated_t, fresh_log_ratio_term, discounts, alpha)
-            chain_buffer[step], reward_buffer[step] = chain, rewards
+            chain_buffer[step], reward_buffer[step], env_reward_buffer[step] = chain, rewards, normalised_reward
             next_value_buffer[step] = critic.value(logits).view(args.num_envs, K)
             next_embedding_buffer[step] = embedding.view(args.num_envs, K, -1)
             termination_buffer[step] = terminated_t
@@ -448,12 +465,14 @@ def main() -> None:
             run.episodes(infos, global_step)
 
         buffers = (reward_buffer, next_value_buffer, termination_buffer, truncation_buffer)
-        returns = augmented_lambda_returns(*buffers, discounts, args.gae_lambda)
+        chain_lambda = args.gae_lambda ** (1 / K) if args.lambda_per_env_step else args.gae_lambda
+        returns = augmented_lambda_returns(*buffers, discounts, chain_lambda)
         b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
-        b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
+        b_returns, b_env_rewards = returns.reshape(-1), env_reward_buffer[:, :, None].expand(-1, -1, K).reshape(-1)
+        b_aux_weights = auxiliary_weights(termination_buffer, step_k)
         b_next_embeddings = next_embedding_buffer.reshape(augmented_batch_size, -1)
         old_actor.load_state_dict(agent.actor.state_dict())
-        kl_over_bound, update_start = [], time.time()
+        kl_over_bound, update_start, per_k = [], time.time(), torch.zeros((3, K), device=device)  # KL, lt_k, count
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(augmented_batch_size, device=device)
             for start in range(0, augmented_batch_size - args.minibatch_size + 1, args.minibatch_size):
@@ -463,8 +482,7 @@ def main() -> None:
                 target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)
                 cross_entropy = -(target * logits.log_softmax(-1)).sum(-1).mean()
                 prediction = critic.prediction_head(embedding)
-                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb])
-                aux_loss = aux_loss + F.mse_loss(prediction[:, -1], b_rewards[mb])
+                aux_loss = auxiliary_loss(prediction, b_next_embeddings[mb], b_env_rewards[mb], b_aux_weights[mb])
                 critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
                 run.check_finite("critic loss", critic_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 critic_optimizer.zero_grad()
@@ -492,6 +510,8 @@ def main() -> None:
                 multiplier_optimizer.step()
                 alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
                 kl_over_bound.append((kl >= args.kl_bound).float().mean().item())
+                step_stats = torch.stack([kl.detach() / K, log_ratio_term.detach(), torch.ones_like(kl)])
+                per_k.index_add_(1, b_k[mb] - 1, step_stats)
         update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)
 
         rollout_entropy = -path_log_ratio_buffer.mean().item()
@@ -500,7 +520,11 @@ def main() -> None:
         run.log(global_step, "charts", saturated_action_fraction=saturated, latent_abs_max=latent_max)
         losses = dict(critic_loss=critic_loss, critic_cross_entropy=cross_entropy, aux_loss=aux_loss, kl=kl.mean())
         run.log(global_step, "losses", **losses, actor_loss=actor_loss, kl_over_bound=np.mean(kl_over_bound))
-        run.log(global_step, "losses", returns_mean=b_returns.mean())
+        clipped = ((b_returns < args.v_min) | (b_returns > args.v_max)).float().mean()
+        run.log(global_step, "losses", returns_mean=b_returns.mean(), clipped_target_fraction=clipped)
+        kl_k, log_ratio_k = per_k[:2] / per_k[2]  # per k: the one-step KL and -E[lt_k], which sum to H_est
+        run.log(global_step, "losses", **{f"kl_k{k}": kl_k[k - 1] for k in range(1, K + 1)})
+        run.log(global_step, "charts", **{f"entropy_k{k}": -log_ratio_k[k - 1] for k in range(1, K + 1)})
         text = f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | updates/s "
         run.show(global_step, text + f"{num_updates / update_seconds:.1f}")
         crossed = global_step // args.checkpoint_frequency > (global_step - T * N) // args.checkpoint_frequency

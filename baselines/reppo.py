@@ -67,7 +67,7 @@ class Args(RunArgs):
     hidden_dim: int = 256
     """width of the critic's layers"""
     aux_loss_coef: float = 1.0
-    """weight of the auxiliary loss (next embedding and reward prediction)"""
+    """weight of the auxiliary loss (next embedding and env reward prediction)"""
     actor_hidden_dim: int = 128
     """width of the actor's two hidden layers (as diffreppo.py's mean network)"""
     alpha: float = 0.01
@@ -217,6 +217,13 @@ def lambda_returns(rewards, next_values, terminations, truncations, gamma, gae_l
     return returns
 
 
+def auxiliary_loss(prediction, next_embeddings, env_rewards, weights):
+    """REPPO's auxiliary loss: the squared errors of the predicted next embedding and env reward, averaged over the
+    H + 1 outputs, weighted per sample (0 where the step terminated) and averaged."""
+    errors = torch.cat([prediction[:, :-1] - next_embeddings, prediction[:, -1:] - env_rewards[:, None]], -1)
+    return (weights * errors.pow(2).mean(-1)).mean()
+
+
 def multiplier_loss(log_alpha, log_beta, entropy_estimate, target_entropy, kl, kl_bound, autotune: bool):
     """Descending it raises beta while the mean KL exceeds the bound, lowers alpha while the entropy is above target."""
     loss = -log_beta.exp() * (kl - kl_bound)
@@ -272,6 +279,7 @@ def main() -> None:
     reward_buffer, next_value_buffer, termination_buffer, truncation_buffer, log_pi_buffer, saturated_buffer = (
         torch.zeros((6, T, N), device=device)
     )
+    env_reward_buffer = torch.zeros((T, N), device=device)
     update_seconds, num_updates = 0.0, 0  # the update phase alone: its cost per minibatch
     next_obs_raw, _ = envs.reset(seed=args.seed)
     obs_normalizer.update(next_obs_raw)
@@ -294,7 +302,7 @@ def main() -> None:
                 logits, embedding = critic(final_obs, fresh_x)
             terminated_t = torch.as_tensor(terminated, dtype=torch.float32, device=device)
             reward_buffer[step] = normalised_reward - args.gamma * (1.0 - terminated_t) * alpha * fresh_log_pi
-            x_buffer[step], log_pi_buffer[step] = x, log_pi
+            x_buffer[step], log_pi_buffer[step], env_reward_buffer[step] = x, log_pi, normalised_reward
             next_value_buffer[step], next_embedding_buffer[step] = critic.value(logits), embedding
             termination_buffer[step] = terminated_t
             truncation_buffer[step] = torch.as_tensor(
@@ -309,7 +317,8 @@ def main() -> None:
             reward_buffer, next_value_buffer, termination_buffer, truncation_buffer, args.gamma, args.gae_lambda
         )
         b_obs, b_x = obs_buffer.reshape(batch_size, -1), x_buffer.reshape(batch_size, -1)
-        b_returns, b_rewards = returns.reshape(-1), reward_buffer.reshape(-1)
+        b_returns, b_env_rewards = returns.reshape(-1), env_reward_buffer.reshape(-1)
+        b_aux_weights = (1 - termination_buffer).reshape(-1)
         b_next_embeddings = next_embedding_buffer.reshape(batch_size, -1)
         old_actor.load_state_dict(agent.actor.state_dict())
         kl_over_bound, update_start = [], time.time()
@@ -321,8 +330,7 @@ def main() -> None:
                 target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)
                 cross_entropy = -(target * logits.log_softmax(-1)).sum(-1).mean()
                 prediction = critic.prediction_head(embedding)
-                aux_loss = F.mse_loss(prediction[:, :-1], b_next_embeddings[mb])
-                aux_loss = aux_loss + F.mse_loss(prediction[:, -1], b_rewards[mb])
+                aux_loss = auxiliary_loss(prediction, b_next_embeddings[mb], b_env_rewards[mb], b_aux_weights[mb])
                 critic_loss = cross_entropy + args.aux_loss_coef * aux_loss
                 run.check_finite("critic loss", critic_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 critic_optimizer.zero_grad()
@@ -352,7 +360,8 @@ def main() -> None:
         run.log(global_step, "charts", saturated_action_fraction=saturated_buffer.mean())
         run.log(global_step, "losses", critic_loss=critic_loss, critic_cross_entropy=cross_entropy, aux_loss=aux_loss)
         run.log(global_step, "losses", actor_loss=actor_loss, kl=kl.mean(), kl_over_bound=np.mean(kl_over_bound))
-        run.log(global_step, "losses", returns_mean=b_returns.mean())
+        clipped = ((b_returns < args.v_min) | (b_returns > args.v_max)).float().mean()
+        run.log(global_step, "losses", returns_mean=b_returns.mean(), clipped_target_fraction=clipped)
         text = f"entropy estimate {rollout_entropy:7.2f} | alpha {alpha:.2e} | beta {beta:.2e} | updates/s "
         run.show(global_step, text + f"{num_updates / update_seconds:.1f}")
         crossed = global_step // args.checkpoint_frequency > (global_step - T * N) // args.checkpoint_frequency

@@ -86,6 +86,7 @@ def test_smoke_training_checkpoint_evaluation_and_resume(tmp_path, repo_root):
         "losses/aux_loss",
         "losses/actor_loss",
         "losses/kl",
+        "losses/clipped_target_fraction",
     ]:
         _, values = read_scalars(run_dir, tag)
         assert len(values) > 0 and all(map(math.isfinite, values)), tag

@@ -38,6 +38,9 @@ TAGS = [
     "losses/actor_loss",
     "losses/kl",
     "losses/kl_over_bound",
+    "losses/clipped_target_fraction",
+    "losses/kl_k1",
+    "charts/entropy_k1",
 ]
 
 
@@ -189,6 +192,49 @@ def test_actor_loss_uses_beta_kl_on_samples_over_the_bound():
     assert loss.item() == pytest.approx(2.0 * kl.mean().item(), rel=1e-6)
 
 
+def test_trust_region_kl_is_k_times_the_step_kl_a_budget_per_action():
+    """KL = K x KL(old kernel || new kernel), the kernels' KL from torch.distributions: a step whose own KL is under
+    the bound but K times it is over is clipped to beta KL, so a whole action moves as far as the twin's."""
+    torch.manual_seed(3)
+    K, bound = 4, 0.1
+    agent = diffreppo.Agent(3, 2, [-1.0, -1.0], [1.0, 1.0], K, hidden_dim=16)
+    old_actor = diffreppo.DiffusionActor(3, 2, K, 16, activation="relu")
+    old_actor.load_state_dict(agent.actor.state_dict())
+    obs, x_k, k = torch.randn(40, 3), torch.randn(40, 2), torch.full((40,), 2)
+    with torch.no_grad():  # the old mean 0.25 sigma_2 away in each of 2 dims: a step KL of 0.0625, in (bound/K, bound)
+        old_actor.mean_net[-1].bias += 0.25 * agent.actor.log_std[1].exp()
+        mean_new, std_new = agent.actor.kernel(obs, x_k, k)
+        mean_old, std_old = old_actor.kernel(obs, x_k, k)
+    old, new = (torch.distributions.Normal(m, s) for m, s in ((mean_old, std_old), (mean_new, std_new)))
+    step_kl = torch.distributions.kl_divergence(old, new).sum(-1)
+    critic = diffreppo.DistributionalCritic(3, 2, K, hidden_dim=16, num_bins=11)
+    loss, _, kl = diffreppo.actor_losses(agent, old_actor, critic, obs, x_k, k, alpha=0.1, beta=2.0, kl_bound=bound)
+    torch.testing.assert_close(kl, K * step_kl)
+    assert ((step_kl < bound) & (kl >= bound)).all(), step_kl  # every sample is over only through the factor K
+    assert loss.item() == pytest.approx(2.0 * kl.mean().item(), rel=1e-6)
+
+
+def test_auxiliary_loss_predicts_the_env_reward_at_unterminated_environment_steps_only():
+    """The weights: K at k = 1 unless the step terminated, 0 inside the chain; the loss: the weighted mean of the
+    squared errors averaged over the H + 1 outputs, computed here sample by sample. K = 1 gives the twin's."""
+    from baselines import reppo
+
+    terminations = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # [T = 2, N = 2]; env 1 terminates at t = 0
+    weights = diffreppo.auxiliary_weights(terminations, torch.tensor([3, 2, 1]))
+    expected = [0, 0, 3, 0, 0, 0, 0, 0, 3, 0, 0, 3]  # [T, N, K] order: only j = K - 1 (k = 1) of unterminated steps
+    assert weights.tolist() == expected
+    torch.testing.assert_close(diffreppo.auxiliary_weights(terminations, torch.tensor([1])), 1 - terminations.flatten())
+    torch.manual_seed(4)
+    prediction, next_embeddings, env_rewards = torch.randn(12, 5), torch.randn(12, 4), torch.randn(12)
+    by_hand = 0.0
+    for i, weight in enumerate(weights.tolist()):
+        squared = sum((prediction[i, h] - next_embeddings[i, h]) ** 2 for h in range(4))
+        by_hand += weight * (squared + (prediction[i, 4] - env_rewards[i]) ** 2) / 5 / 12
+    loss = diffreppo.auxiliary_loss(prediction, next_embeddings, env_rewards, weights)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert reppo.auxiliary_loss(prediction, next_embeddings, env_rewards, weights).item() == pytest.approx(loss.item())
+
+
 def test_step_log_ratio_terms_add_up_to_the_path_log_ratio():
     """sum_k lt_k over a sampled chain equals L = log_prior + sum_k l_k - squash_log_det (method.md §2)."""
     torch.manual_seed(2)
@@ -206,8 +252,10 @@ def test_step_log_ratio_terms_add_up_to_the_path_log_ratio():
     torch.testing.assert_close(total, log_prior + step_log_ratio.sum(1) - squash)
 
 
-@pytest.mark.parametrize("env_id,num_diffusion_steps", [("Hopper-v4", 8), ("Pendulum-v1", 1)])
-def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusion_steps):
+@pytest.mark.parametrize(
+    "env_id,num_diffusion_steps,flags", [("Hopper-v4", 8, ["--lambda-per-env-step"]), ("Pendulum-v1", 1, [])]
+)
+def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusion_steps, flags):
     result = run_script(
         [
             os.path.join(repo_root, "diffreppo.py"),
@@ -218,6 +266,7 @@ def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusio
             "--num-diffusion-steps",
             str(num_diffusion_steps),
             *SMALL,
+            *flags,
         ],
         cwd=tmp_path,
     )
