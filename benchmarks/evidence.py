@@ -234,7 +234,28 @@ HUMANOID_K = Experiment(
     "baselines/sac.py baselines/wpo.py --env-ids Humanoid-v4 --seeds 1 2 3 4 --workdir results/humanoid_k_offpolicy "
     '--executor slurm --slurm-partition <partition> --gpus-per-node 1 --extra="--save-model"',
 )
-EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, WPO_ABLATION)
+REPPO_LAMBDA = Experiment(
+    "reppo_lambda",
+    "DiffREPPO's lambda: per augmented step or per environment step, Hopper-v4",
+    ("diffreppo", "diffreppo_lambdaenv", "reppo"),
+    (("diffreppo_lambdaenv", "diffreppo"), ("diffreppo", "reppo"), ("diffreppo_lambdaenv", "reppo")),
+    ("Hopper-v4",),
+    (1, 2, 3),
+    (100_000, 250_000, 500_000),
+    (
+        "python -m benchmarks.grid --scripts diffreppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 501760 "
+        '--workdir results/reppo_lambda --exp-suffix _lambdaenv --workers 2 --extra="--save-model '
+        '--lambda-per-env-step"',
+    ),
+    "the same command with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
+    borrowed={name: ("onpolicy_500k", name) for name in ("diffreppo", "reppo")},
+    variants={
+        "diffreppo": "DiffREPPO, lambda at every augmented step: lambda^K per environment step (the authors')",
+        "diffreppo_lambdaenv": "DiffREPPO, --lambda-per-env-step: lambda^(1/K) at each augmented step",
+        "reppo": "REPPO (Gaussian twin): lambda per environment step",
+    },
+)
+EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, WPO_ABLATION, REPPO_LAMBDA)
 
 
 # ---------------------------------------------------------------- data
