@@ -314,6 +314,12 @@ def augmented_rewards(step_log_ratio, log_prior, squash_log_det, alpha, env_rewa
     return rewards
 
 
+def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """log(alpha) (H_est - target): its gradient in log(alpha) is H_est - target, so descending it lowers alpha
+    while the entropy estimate is above target."""
+    return log_alpha * (entropy_estimate - target_entropy)
+
+
 def main() -> None:
     run = Run(Args, "diffppo", CHECKS)
     args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
@@ -421,13 +427,13 @@ def main() -> None:
                 break
 
         entropy_estimate = -path_log_ratio_buffer.mean()  # H_est = -E[L], a lower bound on the entropy (method.md §2)
-        if args.autotune:  # d alpha_loss / d log(alpha) = H_est - target: alpha falls when the entropy is above it
-            alpha_loss = log_alpha * (entropy_estimate - target_entropy)
+        if args.autotune:
+            temperature_loss = alpha_loss(log_alpha, entropy_estimate, target_entropy)
             alpha_optimizer.zero_grad()
-            alpha_loss.backward()
+            temperature_loss.backward()
             alpha_optimizer.step()
             alpha = log_alpha.exp().item()
-            run.log(global_step, "losses", alpha_loss=alpha_loss)
+            run.log(global_step, "losses", alpha_loss=temperature_loss)
 
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)

@@ -228,6 +228,12 @@ def step_with_bootstrap(envs, agent, x, soft_rewards, obs_normalizer, reward_nor
     return next_obs_raw, rewards, done, infos
 
 
+def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """log(alpha) (H_est - target): its gradient in log(alpha) is H_est - target, so descending it lowers alpha
+    while the entropy estimate is above target."""
+    return log_alpha * (entropy_estimate - target_entropy)
+
+
 def main(argv: list[str] | None = None) -> None:
     run = Run(Args, "baselines.ppo", CHECKS, argv)
     args, envs, device = run.args, run.envs, run.device
@@ -351,13 +357,12 @@ def main(argv: list[str] | None = None) -> None:
         # Entropy estimate H = -E[log pi(a|s)] over the rollout (exact log pi here: an unbiased estimate).
         entropy_estimate = -log_pi_buffer.mean()
         if args.autotune:
-            # d alpha_loss / d log(alpha) = H - target: alpha falls when the entropy is above target.
-            alpha_loss = log_alpha * (entropy_estimate - target_entropy)
+            temperature_loss = alpha_loss(log_alpha, entropy_estimate, target_entropy)
             alpha_optimizer.zero_grad()
-            alpha_loss.backward()
+            temperature_loss.backward()
             alpha_optimizer.step()
             alpha = log_alpha.exp().item()
-            run.log(global_step, "losses", alpha_loss=alpha_loss)
+            run.log(global_step, "losses", alpha_loss=temperature_loss)
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y

@@ -14,10 +14,11 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
+import diffppo
 import diffreppo
 import diffsac
 import diffwpo
-from baselines import reppo, sac, wpo
+from baselines import ppo, reppo, sac, wpo
 
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 16
 LOW, HIGH = [-2.0, -1.0], [2.0, 3.0]
@@ -154,7 +155,7 @@ def test_diffwpo_loss_is_minus_the_kernel_score_times_the_velocity_of_q_minus_al
     assert_same_gradients(gradients(loss, agent), gradients(expected, agent))
 
 
-@pytest.mark.parametrize("module", [diffsac, sac, diffwpo, wpo])
+@pytest.mark.parametrize("module", [diffsac, sac, diffwpo, wpo, diffppo, ppo])
 def test_a_step_on_the_alpha_loss_lowers_alpha_above_the_target_entropy_and_raises_it_below(module):
     for entropy, direction in [(2.0, -1.0), (-4.0, 1.0)]:
         log_alpha = torch.tensor(math.log(0.2), requires_grad=True)
