@@ -25,11 +25,15 @@ def without_periodic_evaluation(args: list[str]) -> list[str]:
     return [*args, "--eval-frequency", "0"] if trains and "--eval-frequency" not in " ".join(args) else args
 
 
-def run_script(args: list[str], cwd: str, timeout: float = 300, isolated: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` with the repository importable (isolated: without it, as a user's own folder would);
-    returns the finished process (text output). Training runs skip periodic evaluation unless the test asks."""
+def run_script(
+    args: list[str], cwd: str, timeout: float = 300, isolated: bool = False, user_envs: bool = False
+) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` with the repository importable (isolated: without it, as a user's own folder would;
+    user_envs: tests/user_envs.py too); returns the finished process (text output). Training runs skip periodic
+    evaluation unless the test asks."""
     args = without_periodic_evaluation(args)
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    path = os.pathsep.join([REPO_ROOT, os.path.join(REPO_ROOT, "tests")]) if user_envs else REPO_ROOT
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if isolated:
         env.pop("PYTHONPATH")
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

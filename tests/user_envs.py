@@ -25,6 +25,18 @@ class UserBandit(gym.Env):
 gym.register("UserBandit-v0", entry_point=UserBandit)
 
 
+class FarBandit(UserBandit):
+    """One-step bandit on [-1, 1] with reward -(a + 0.8)^2: the best action -0.8 is far from an untrained policy's
+    0 (return -0.64), which a short run learns to approach (tests/test_learning.py)."""
+
+    def step(self, action):
+        reward = -float((np.asarray(action).reshape(-1)[0] + 0.8) ** 2)
+        return np.zeros(1, np.float32), reward, True, False, {}
+
+
+gym.register("FarBandit-v0", entry_point=FarBandit)
+
+
 class UserImages(UserBandit):
     """The same bandit seen as an 8 x 8 RGB image: an observation space the scripts cannot use."""
 
