@@ -20,20 +20,22 @@ FLAGS = {
 }
 
 
-def critic_and_target(script: str, cwd, tau: str) -> tuple[dict, dict]:
+def critics_and_targets(script: str, cwd, tau: str) -> list[tuple[dict, dict]]:
     os.makedirs(cwd)
     flags = [*FLAGS[script].split(), "--env-id", "Pendulum-v1", "--save-model", "--eval-episodes", "1", "--tau", tau]
     result = run_script([os.path.join(REPO_ROOT, script), *flags], cwd=str(cwd))
     assert result.returncode == 0, result.stderr
     saved = torch.load(glob.glob(f"{single_run_dir(str(cwd))}/*.cleanrl_model")[0], weights_only=False)
     if script.startswith("peers"):  # the critics live in the agent
-        return {k[len("qf1.") :]: v for k, v in saved["agent"].items() if k.startswith("qf1.")}, saved["qf1_target"]
-    return saved["qf1"], saved["qf1_target"]
+        critics = [{k[4:]: v for k, v in saved["agent"].items() if k.startswith(f"{q}.")} for q in ("qf1", "qf2")]
+    else:
+        critics = [saved["qf1"], saved["qf2"]]
+    return list(zip(critics, [saved["qf1_target"], saved["qf2_target"]]))
 
 
 @pytest.mark.parametrize("script", list(FLAGS))
 def test_targets_follow_the_critics_at_rate_tau(tmp_path, script):
-    for tau in ("1.0", "0.005"):
-        critic, target = critic_and_target(script, tmp_path / tau, tau)
-        same = all(torch.equal(critic[name], target[name]) for name in critic)
-        assert same == (tau == "1.0"), (script, tau)
+    for tau in ("1.0", "0.005"):  # both critics: a critic left out of the loss would equal its target throughout
+        for index, (critic, target) in enumerate(critics_and_targets(script, tmp_path / tau, tau), start=1):
+            same = all(torch.equal(critic[name], target[name]) for name in critic)
+            assert same == (tau == "1.0"), (script, tau, f"qf{index}")
