@@ -9,7 +9,7 @@ from conftest import run_script
 
 PENDULUM = ["--env-id", "Pendulum-v1", "--total-timesteps", "4000", "--learning-starts", "1000"]
 INVERTED_PENDULUM = ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "20480"]
-BANDIT = [  # the peers' chains cost too much for Pendulum here: a one-step bandit, smaller networks, one env
+BANDIT = [  # the peers' chains cost too much for Pendulum here: a contextual one-step bandit, small networks
     *["--env-id", "user_envs:FarBandit-v0", "--total-timesteps", "1000", "--learning-starts", "250", "--num-envs", "1"],
     *["--hidden-dim", "64", "--num-hidden-layers", "2", "--num-diffusion-steps", "5", "--batch-size", "64"],
 ]

@@ -26,11 +26,16 @@ gym.register("UserBandit-v0", entry_point=UserBandit)
 
 
 class FarBandit(UserBandit):
-    """One-step bandit on [-1, 1] with reward -(a + 0.8)^2: the best action -0.8 is far from an untrained policy's
-    0 (return -0.64), which a short run learns to approach (tests/test_learning.py)."""
+    """One-step contextual bandit: the observation s is -1 or 1, the reward -(a + 0.8 s)^2, so the best action -0.8 s
+    is far from an untrained policy's 0 (return -0.64) and depends on the state (tests/test_learning.py)."""
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state = float(self.np_random.choice([-1.0, 1.0]))
+        return np.array([self.state], np.float32), {}
 
     def step(self, action):
-        reward = -float((np.asarray(action).reshape(-1)[0] + 0.8) ** 2)
+        reward = -float((np.asarray(action).reshape(-1)[0] + 0.8 * self.state) ** 2)
         return np.zeros(1, np.float32), reward, True, False, {}
 
 
