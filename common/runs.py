@@ -95,12 +95,12 @@ class Run:
             )
         return [module.to(self.device) for module in networks()]
 
-    def iterations(self, rollout_steps: int) -> int:
+    def iterations(self, rollout_steps: int, unit: str = "rollouts of {} steps (--num-envs x --num-steps)") -> int:
         """Iterations that cover --total-timesteps, rounded up to whole rollouts (with a line when rounded)."""
         iterations = -(-self.args.total_timesteps // rollout_steps)
         if iterations * rollout_steps != self.args.total_timesteps:
-            rollouts = f"whole rollouts of {rollout_steps} steps (--num-envs x --num-steps)"
-            print(f"--total-timesteps {self.args.total_timesteps}: running {iterations * rollout_steps}, {rollouts}.")
+            whole = f"whole {unit.format(rollout_steps)}"
+            print(f"--total-timesteps {self.args.total_timesteps}: running {iterations * rollout_steps}, {whole}.")
         return iterations
 
     def restore(self, state: dict, replay_buffer=None, **kwargs) -> dict:
@@ -156,7 +156,9 @@ class Run:
 
     def learning_starts(self, learning_starts: int) -> int:
         """The step after which updates start: --learning-starts, or on resume at once if the replay buffer loaded,
-        else after --learning-starts more steps of the loaded policy refill it."""
+        else after --learning-starts more steps of the loaded policy refill it. Says so when the budget is rounded
+        up to whole steps of every environment."""
+        self.iterations(self.args.num_envs, "steps of all {} environments (--num-envs)")
         return self.start_step + learning_starts if self.refill_buffer else learning_starts
 
     def episodes(self, infos: dict, global_step: int) -> None:

@@ -700,6 +700,37 @@ def test_on_policy_checkpoints_come_every_checkpoint_frequency_environment_steps
     assert saved == [512, 1024, 1280]
 
 
+@pytest.mark.parametrize(
+    "script,flags,running",
+    [
+        (
+            "baselines/sac.py",
+            ["--num-envs", "2", "--total-timesteps", "301", "--learning-starts", "200", "--batch-size", "32"],
+            302,
+        ),
+        ("baselines/ppo.py", ["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "200"], 256),
+    ],
+)
+def test_a_budget_that_is_not_whole_vector_steps_is_rounded_up_with_a_line(
+    tmp_path, monkeypatch, capsys, script, flags, running
+):
+    saved, finish = [], runs.Run.finish
+
+    def finish_and_record(self, global_step, *args, **kwargs):
+        saved.append(global_step)
+        return finish(self, global_step, *args, **kwargs)
+
+    monkeypatch.setattr(runs.Run, "finish", finish_and_record)
+    monkeypatch.chdir(tmp_path)
+    flags += ["--env-id", "Pendulum-v1", "--eval-frequency", "0", "--hidden-dim", "16"]
+    monkeypatch.setattr(sys, "argv", [script, *flags])
+    importlib.import_module(module_of(script)).main()
+    assert f"--total-timesteps {flags[flags.index('--total-timesteps') + 1]}: running {running}, whole" in (
+        capsys.readouterr().out
+    )
+    assert saved == [running]
+
+
 def test_a_run_folder_that_cannot_be_created_is_one_line_before_training(tmp_path, monkeypatch):
     """As an unwritable runs/ (a permission error where the run folder is made): ConfigError, nothing trained."""
     module = importlib.import_module("baselines.sac")
