@@ -14,6 +14,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -79,12 +80,14 @@ class Args(RunArgs):
     """tune alpha so that H_est tracks the target entropy"""
     target_entropy_scale: float = 0.5
     """target entropy = -target_entropy_scale * action_dim (official: 0.5)"""
-    kl_bound: float = 0.1
-    """bound on K x KL(old kernel || new kernel) per augmented sample: a budget per action, as the twin's"""
+    actor_loss: Literal["reppo", "wpo"] = "reppo"
+    """the actor's loss at each sampled step: reppo (pathwise) or wpo (DA-MDP: WPO's velocity, method.md §4.5)"""
+    kl_bound: float | None = None
+    """bound on K x KL(old kernel || new kernel) per augmented sample, a budget per action (default 0.1; wpo: 0.02)"""
     beta: float = 0.01
     """initial value of the KL multiplier beta"""
-    multiplier_lr: float = 3e-4
-    """Adam learning rate of log(alpha) and log(beta) (the official value)"""
+    multiplier_lr: float | None = None
+    """Adam learning rate of log(alpha) and log(beta) (default: the official 3e-4; wpo: 6e-4)"""
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
@@ -97,7 +100,9 @@ CHECKS = [  # (condition, message) over the flags, refused before anything is bu
         "augmented transitions (--num-envs x --num-steps x --num-diffusion-steps).",
     ),
     ("total_timesteps >= num_envs * num_steps", "--total-timesteps {total_timesteps} is less than one rollout."),
-    *positive("learning_rate", "multiplier_lr", "alpha", "max_grad_norm", "kl_bound", "beta", "min_std"),
+    *positive("learning_rate", "alpha", "max_grad_norm", "beta", "min_std"),
+    ("kl_bound is None or kl_bound > 0", "--kl-bound must be positive (got {kl_bound})."),
+    ("multiplier_lr is None or multiplier_lr > 0", "--multiplier-lr must be positive (got {multiplier_lr})."),
     ("min_std < 1", "--min-std must be below 1, the largest sigma_k (got {min_std})."),
     ("v_min < v_max", "--v-min {v_min} must be below --v-max {v_max}."),
     *in_unit_interval("gamma"),
@@ -383,6 +388,26 @@ def auxiliary_weights(terminations: torch.Tensor, step_k: torch.Tensor) -> torch
     return (len(step_k) * (1 - terminations)[:, :, None] * (step_k == 1)).reshape(-1)
 
 
+def wpo_actor_losses(agent, old_actor, critic, obs, x_k, k, alpha, beta, kl_bound):
+    """(loss, lt_k [B], KL [B]) for DA-MDP: WPO at one step per augmented state, as the authors' WPO loss without the
+    Fisher preconditioner: -<v, d log q(x_{k-1}|s, x_k, k) / dx_{k-1}> with the velocity v = d(Q~ - alpha lt_k)/dx_{k-1}
+    taken with the parameters held fixed, where KL < kl_bound, else beta KL; the critic is frozen (method.md §4.5)."""
+    mean, std = agent.actor.kernel(obs, x_k, k)
+    x = (mean + std * torch.randn_like(mean)).detach().requires_grad_(True)
+    log_q = gaussian_log_prob(x, mean.detach(), std.detach())
+    log_ratio_term = step_log_ratio_term(agent.actor, x_k, k, x, log_q, agent.action_half_width)
+    critic.requires_grad_(False)
+    logits, _ = critic(obs, x_k, k, x)
+    critic.requires_grad_(True)
+    (velocity,) = torch.autograd.grad((critic.value(logits) - alpha * log_ratio_term).sum(), x)
+    score = (mean - x.detach()) / std**2  # d log N(x; mean, std^2) / dx, as a function of the parameters
+    with torch.no_grad():
+        mean_old, std_old = old_actor.kernel(obs, x_k, k)
+    kl = agent.actor.num_diffusion_steps * gaussian_kl(mean_old, std_old, mean, std)
+    loss = torch.where(kl < kl_bound, -(score * velocity).sum(-1), beta * kl).mean()
+    return loss, log_ratio_term.detach(), kl
+
+
 def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tensor):
     """Flatten a rollout into augmented samples (s, x_k, k) -> x_{k-1}, in the order of the [T, N, K] buffers."""
     flat_obs = obs[:, :, None].expand(-1, -1, len(step_k), -1).reshape(-1, obs.shape[-1])
@@ -409,7 +434,9 @@ def main() -> None:
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
     log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)
     multipliers = [log_alpha, log_beta] if args.autotune else [log_beta]
-    multiplier_optimizer = torch.optim.Adam(multipliers, lr=args.multiplier_lr)
+    wpo = args.actor_loss == "wpo"  # DA-MDP: WPO, with the official override's bound and multiplier rate
+    kl_bound = args.kl_bound or (0.02 if wpo else 0.1)
+    multiplier_optimizer = torch.optim.Adam(multipliers, lr=args.multiplier_lr or (6e-4 if wpo else 3e-4))
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
@@ -490,8 +517,8 @@ def main() -> None:
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
                 critic_optimizer.step()
                 # Actor: one reparameterised step per augmented state, through the updated critic (frozen).
-                actor_loss, log_ratio_term, kl = actor_losses(
-                    agent, old_actor, critic, b_obs[mb], b_x_k[mb], b_k[mb], alpha, beta, args.kl_bound
+                actor_loss, log_ratio_term, kl = (wpo_actor_losses if wpo else actor_losses)(
+                    agent, old_actor, critic, b_obs[mb], b_x_k[mb], b_k[mb], alpha, beta, kl_bound
                 )
                 run.check_finite("actor loss", actor_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 actor_optimizer.zero_grad()
@@ -503,13 +530,13 @@ def main() -> None:
                 entropy_estimate = -K * log_ratio_term.detach().mean()  # H_est = -E[L], L = sum_k lt_k
                 kl_mean = kl.detach().mean()
                 loss = multiplier_loss(
-                    log_alpha, log_beta, entropy_estimate, target_entropy, kl_mean, args.kl_bound, args.autotune
+                    log_alpha, log_beta, entropy_estimate, target_entropy, kl_mean, kl_bound, args.autotune
                 )
                 multiplier_optimizer.zero_grad()
                 loss.backward()
                 multiplier_optimizer.step()
                 alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
-                kl_over_bound.append((kl >= args.kl_bound).float().mean().item())
+                kl_over_bound.append((kl >= kl_bound).float().mean().item())
                 step_stats = torch.stack([kl.detach() / K, log_ratio_term.detach(), torch.ones_like(kl)])
                 per_k.index_add_(1, b_k[mb] - 1, step_stats)
         update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 if __name__ == "__main__" and not __package__:  # run as a file (python baselines/reppo.py): make common/ importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,12 +77,14 @@ class Args(RunArgs):
     """tune alpha so that H_est tracks the target entropy"""
     target_entropy_scale: float = 0.5
     """target entropy = -target_entropy_scale * action_dim (official: 0.5)"""
-    kl_bound: float = 0.1
-    """bound on KL(old kernel || new kernel) per augmented sample"""
+    actor_loss: Literal["reppo", "wpo"] = "reppo"
+    """the actor's loss: reppo (pathwise) or wpo (WPO's velocity against the score, method.md §4.5)"""
+    kl_bound: float | None = None
+    """bound on KL(old policy || new policy) per sample (default 0.1; wpo: 0.02)"""
     beta: float = 0.01
     """initial value of the KL multiplier beta"""
-    multiplier_lr: float = 3e-4
-    """Adam learning rate of log(alpha) and log(beta) (the official value)"""
+    multiplier_lr: float | None = None
+    """Adam learning rate of log(alpha) and log(beta) (default: the official 3e-4; wpo: 6e-4)"""
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
@@ -92,7 +95,9 @@ CHECKS = [  # (condition, message) over the flags, refused before anything is bu
         "--minibatch-size {minibatch_size} exceeds the rollout's {num_envs * num_steps} transitions.",
     ),
     ("total_timesteps >= num_envs * num_steps", "--total-timesteps {total_timesteps} is less than one rollout."),
-    *positive("learning_rate", "max_grad_norm", "multiplier_lr", "alpha", "kl_bound", "beta"),
+    *positive("learning_rate", "max_grad_norm", "alpha", "beta"),
+    ("kl_bound is None or kl_bound > 0", "--kl-bound must be positive (got {kl_bound})."),
+    ("multiplier_lr is None or multiplier_lr > 0", "--multiplier-lr must be positive (got {multiplier_lr})."),
     ("v_min < v_max", "--v-min {v_min} must be below --v-max {v_max}."),
     *in_unit_interval("gamma"),
     *in_unit_interval("gae_lambda", closed=True),
@@ -244,6 +249,26 @@ def actor_losses(agent, old_actor, critic, obs, alpha, beta, kl_bound):
     return loss, log_pi, kl
 
 
+def wpo_actor_losses(agent, old_actor, critic, obs, alpha, beta, kl_bound):
+    """(loss, log pi [B], KL [B]) for WPO on this pipeline, diffreppo.py's --actor-loss wpo with K = 1:
+    -<v, d log N(x; mean, std^2) / dx> with the velocity v = d(Q - alpha log pi)/dx taken with the parameters held
+    fixed, where KL < kl_bound, else beta KL; the critic is frozen."""
+    mean, std = agent.actor(obs)
+    x = (mean + std * torch.randn_like(mean)).detach().requires_grad_(True)
+    squash_log_det = (torch.log(agent.action_half_width) + log_one_minus_tanh_squared(x)).sum(-1)
+    log_pi = gaussian_log_prob(x, mean.detach(), std.detach()) - squash_log_det
+    critic.requires_grad_(False)
+    logits, _ = critic(obs, x)
+    critic.requires_grad_(True)
+    (velocity,) = torch.autograd.grad((critic.value(logits) - alpha * log_pi).sum(), x)
+    score = (mean - x.detach()) / std**2  # d log N(x; mean, std^2) / dx, as a function of the parameters
+    with torch.no_grad():
+        mean_old, std_old = old_actor(obs)
+    kl = gaussian_kl(mean_old, std_old, mean, std)
+    loss = torch.where(kl < kl_bound, -(score * velocity).sum(-1), beta * kl).mean()
+    return loss, log_pi.detach(), kl
+
+
 def main() -> None:
     run = Run(Args, "baselines.reppo", CHECKS)
     args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
@@ -263,7 +288,9 @@ def main() -> None:
     log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
     log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)
     multipliers = [log_alpha, log_beta] if args.autotune else [log_beta]
-    multiplier_optimizer = torch.optim.Adam(multipliers, lr=args.multiplier_lr)
+    wpo = args.actor_loss == "wpo"  # WPO, with the official DA-MDP: WPO override's bound and multiplier rate
+    kl_bound = args.kl_bound or (0.02 if wpo else 0.1)
+    multiplier_optimizer = torch.optim.Adam(multipliers, lr=args.multiplier_lr or (6e-4 if wpo else 3e-4))
     target_entropy = -args.target_entropy_scale * action_dim
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
@@ -337,7 +364,9 @@ def main() -> None:
                 critic_loss.backward()
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
                 critic_optimizer.step()
-                actor_loss, log_pi, kl = actor_losses(agent, old_actor, critic, b_obs[mb], alpha, beta, args.kl_bound)
+                actor_loss, log_pi, kl = (wpo_actor_losses if wpo else actor_losses)(
+                    agent, old_actor, critic, b_obs[mb], alpha, beta, kl_bound
+                )
                 run.check_finite("actor loss", actor_loss, global_step, f" (iteration {iteration}, epoch {epoch})")
                 actor_optimizer.zero_grad()
                 actor_loss.backward()
@@ -346,13 +375,13 @@ def main() -> None:
                 entropy_estimate = -log_pi.detach().mean()
                 kl_mean = kl.detach().mean()
                 loss = multiplier_loss(
-                    log_alpha, log_beta, entropy_estimate, target_entropy, kl_mean, args.kl_bound, args.autotune
+                    log_alpha, log_beta, entropy_estimate, target_entropy, kl_mean, kl_bound, args.autotune
                 )
                 multiplier_optimizer.zero_grad()
                 loss.backward()
                 multiplier_optimizer.step()
                 alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
-                kl_over_bound.append((kl >= args.kl_bound).float().mean().item())
+                kl_over_bound.append((kl >= kl_bound).float().mean().item())
         update_seconds, num_updates = update_seconds + time.time() - update_start, num_updates + len(kl_over_bound)
 
         rollout_entropy = -log_pi_buffer.mean().item()

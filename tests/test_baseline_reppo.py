@@ -27,6 +27,55 @@ def test_log_pi_is_the_gaussian_density_minus_the_tanh_jacobian():
     torch.testing.assert_close(log_pi, base - jacobian)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_wpo_actor_loss_is_gaussian_wpos_on_this_pipeline(alpha):
+    """--actor-loss wpo equals baselines/wpo.py's WPO loss (no Fisher preconditioner) for the same policy, critic and
+    noise, with log pi from torch.distributions; parameter gradients too. Its gradient never reaches the critic."""
+    from baselines import wpo
+
+    torch.manual_seed(2)
+    agent = reppo.Agent(3, 2, [-2.0, -1.0], [2.0, 3.0], hidden_dim=16)
+    critic = reppo.DistributionalCritic(3, 2, hidden_dim=16, num_bins=21, v_min=-3.0, v_max=3.0)
+    obs = torch.randn(24, 3)
+
+    class GaussianPolicy:  # baselines/wpo.py's interface over this agent, in the pre-tanh space
+        def __call__(self, observations):
+            return agent.actor(observations)
+
+        def squash(self, x):
+            return x
+
+        def log_prob(self, x, mean, std):
+            jacobian = torch.log(agent.action_half_width * (1 - torch.tanh(x) ** 2)).sum(-1)
+            return torch.distributions.Normal(mean, std).log_prob(x).sum(-1) - jacobian
+
+    def q_value(observations, x):
+        return critic.value(critic(observations, x)[0])
+
+    torch.manual_seed(3)
+    loss, _, kl = reppo.wpo_actor_losses(agent, agent.actor, critic, obs, alpha, beta=1.0, kl_bound=0.1)
+    torch.manual_seed(3)
+    expected, _ = wpo.wpo_actor_loss(GaussianPolicy(), q_value, obs, alpha, fisher_preconditioner=False)
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(
+        torch.autograd.grad(loss, list(agent.parameters()), retain_graph=True),
+        torch.autograd.grad(expected, list(agent.parameters())),
+    ):
+        torch.testing.assert_close(got, want)
+    loss.backward()
+    assert all(p.grad is None for p in critic.parameters()) and kl.abs().max() < 1e-6
+
+
+def test_wpo_actor_loss_trains_from_the_command_line(tmp_path, repo_root):
+    script = os.path.join(repo_root, "baselines", "reppo.py")
+    flags = ["--env-id", "Pendulum-v1", *SMALL, "--total-timesteps", "256", "--actor-loss", "wpo"]
+    result = run_script([script, *flags], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for tag in ("losses/actor_loss", "losses/kl", "charts/beta"):
+        _, values = read_scalars(single_run_dir(tmp_path), tag)
+        assert len(values) > 0 and all(map(math.isfinite, values)), tag
+
+
 def test_closed_form_kl_matches_torch_distributions():
     torch.manual_seed(0)
     mean_old, mean_new = torch.randn(40, 2, dtype=torch.float64), torch.randn(40, 2, dtype=torch.float64)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_script, single_run_dir
+from torch.distributions import Normal
 
 import diffreppo
 from benchmarks.logs import read_scalars
@@ -235,6 +236,89 @@ def test_auxiliary_loss_predicts_the_env_reward_at_unterminated_environment_step
     assert reppo.auxiliary_loss(prediction, next_embeddings, env_rewards, weights).item() == pytest.approx(loss.item())
 
 
+def test_wpo_actor_loss_backpropagates_through_one_diffusion_step_only():
+    """DA-MDP: WPO's loss, like REPPO's, reaches only the sampled step's parameters and never the critic."""
+    torch.manual_seed(5)
+    K = 5
+    agent = diffreppo.Agent(4, 2, [-1.0, -1.0], [1.0, 1.0], K, hidden_dim=32)
+    critic = diffreppo.DistributionalCritic(4, 2, K, hidden_dim=32, num_bins=21)
+    obs, x_k, k = torch.randn(64, 4), torch.randn(64, 2), torch.full((64,), 3)
+    loss, _, kl = diffreppo.wpo_actor_losses(agent, agent.actor, critic, obs, x_k, k, alpha=0.1, beta=1.0, kl_bound=0.1)
+    loss.backward()
+    for row in range(K + 1):
+        assert (agent.actor.time_embedding.weight.grad[row].abs().sum() > 0) == (row == 3), row
+        if row >= 1:
+            assert (agent.actor.log_std.grad[row - 1].abs().sum() > 0) == (row == 3), row
+    assert all(p.grad is None for p in critic.parameters())
+    assert kl.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("k_value", [1, 2, 3])
+def test_wpo_actor_loss_is_minus_the_kernel_score_against_the_velocity_of_q_minus_alpha_lt(k_value):
+    """An independent computation: lt_k from torch.distributions (the kernel, the forward kernel, the prior at
+    k = K, the tanh log-Jacobian at k = 1), v = d(Q~ - alpha lt_k)/dx by autograd, and the score d log q/dx with the
+    parameters' graph; the loss and its parameter gradients match."""
+    K, alpha = 3, 0.3
+    torch.manual_seed(6)
+    agent = diffreppo.Agent(4, 2, [-1.0, -2.0], [1.0, 2.0], K, hidden_dim=16)
+    critic = diffreppo.DistributionalCritic(4, 2, K, hidden_dim=16, num_bins=21, v_min=-3.0, v_max=3.0)
+    obs, x_k, k = torch.randn(32, 4), torch.randn(32, 2), torch.full((32,), k_value)
+    torch.manual_seed(7)
+    loss, _, _ = diffreppo.wpo_actor_losses(agent, agent.actor, critic, obs, x_k, k, alpha, beta=1.0, kl_bound=10.0)
+    torch.manual_seed(7)
+    mean, std = agent.actor.kernel(obs, x_k, k)
+    x = (mean + std * torch.randn_like(mean)).detach().requires_grad_(True)
+    half_width = agent.action_half_width
+    step = agent.actor.betas[k_value - 1]
+    lt = Normal(mean.detach(), std.detach()).log_prob(x).sum(-1)
+    lt = lt - Normal((1 - step).sqrt() * x, step.sqrt()).log_prob(x_k).sum(-1)
+    if k_value == K:
+        lt = lt + Normal(0.0, 1.0).log_prob(x_k).sum(-1)
+    if k_value == 1:
+        lt = lt - (torch.log(half_width) + torch.log(1 - torch.tanh(x) ** 2)).sum(-1)
+    (velocity,) = torch.autograd.grad((critic.value(critic(obs, x_k, k, x)[0]) - alpha * lt).sum(), x)
+    x = x.detach().requires_grad_(True)
+    (score,) = torch.autograd.grad(Normal(mean, std).log_prob(x).sum(), x, create_graph=True)
+    expected = -(score * velocity).sum(-1).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+    parameters = [p for p in agent.parameters() if p.requires_grad]
+    for got, want in zip(
+        torch.autograd.grad(loss, parameters, allow_unused=True), torch.autograd.grad(expected, parameters)
+    ):
+        torch.testing.assert_close(got if got is not None else torch.zeros_like(want), want, rtol=1e-4, atol=1e-6)
+
+
+def test_wpo_actor_loss_at_k_1_and_alpha_0_is_gaussian_wpos_at_the_kernel():
+    """At K = 1 and alpha = 0 the step's loss is baselines/wpo.py's (without its Fisher preconditioner) for the
+    Gaussian N(mean, std^2) of the kernel at the given x_1 and the critic Q~(s, x_1, 1, .): the same velocity dQ/dx
+    against the same score. (With alpha > 0 the DA-MDP's lt_1 adds the forward kernel's -log p(x_1|x_0).)"""
+    from baselines import wpo
+
+    torch.manual_seed(8)
+    agent = diffreppo.Agent(3, 2, [-1.0, -1.0], [1.0, 1.0], 1, hidden_dim=16)
+    critic = diffreppo.DistributionalCritic(3, 2, 1, hidden_dim=16, num_bins=21, v_min=-3.0, v_max=3.0)
+    obs, x_1, k = torch.randn(16, 3), torch.randn(16, 2), torch.ones(16, dtype=torch.long)
+
+    class KernelAsGaussian:  # the twin's interface, answered by the diffusion kernel at x_1
+        def __call__(self, observations):
+            return agent.actor.kernel(observations, x_1, k)
+
+        def squash(self, x):
+            return x
+
+        def log_prob(self, x, mean, std):
+            return Normal(mean, std).log_prob(x).sum(-1)
+
+    def q_value(observations, x):
+        return critic.value(critic(observations, x_1, k, x)[0])
+
+    torch.manual_seed(9)
+    loss, _, _ = diffreppo.wpo_actor_losses(agent, agent.actor, critic, obs, x_1, k, 0.0, beta=1.0, kl_bound=10.0)
+    torch.manual_seed(9)
+    gaussian, _ = wpo.wpo_actor_loss(KernelAsGaussian(), q_value, obs, alpha=0.0, fisher_preconditioner=False)
+    torch.testing.assert_close(loss, gaussian)
+
+
 def test_step_log_ratio_terms_add_up_to_the_path_log_ratio():
     """sum_k lt_k over a sampled chain equals L = log_prior + sum_k l_k - squash_log_det (method.md §2)."""
     torch.manual_seed(2)
@@ -253,7 +337,8 @@ def test_step_log_ratio_terms_add_up_to_the_path_log_ratio():
 
 
 @pytest.mark.parametrize(
-    "env_id,num_diffusion_steps,flags", [("Hopper-v4", 8, ["--lambda-per-env-step"]), ("Pendulum-v1", 1, [])]
+    "env_id,num_diffusion_steps,flags",
+    [("Hopper-v4", 8, ["--lambda-per-env-step"]), ("Pendulum-v1", 1, []), ("Pendulum-v1", 3, ["--actor-loss", "wpo"])],
 )
 def test_smoke_training_logs_every_tag(tmp_path, repo_root, env_id, num_diffusion_steps, flags):
     result = run_script(
