@@ -18,10 +18,12 @@ CASES = {  # script: (flags, threshold); untrained: Pendulum -1200 to -1500, Inv
     "diffwpo.py": ([*PENDULUM, "--num-diffusion-steps", "2"], -700.0),
     "diffppo.py": (INVERTED_PENDULUM, 100.0),
     "diffreppo.py": (INVERTED_PENDULUM, 100.0),
+    "diffreppo.py --actor-loss wpo": (INVERTED_PENDULUM, 100.0),
     "baselines/sac.py": (PENDULUM, -700.0),
     "baselines/wpo.py": (PENDULUM, -700.0),
     "baselines/ppo.py": (INVERTED_PENDULUM, 100.0),
     "baselines/reppo.py": (INVERTED_PENDULUM, 100.0),
+    "baselines/reppo.py --actor-loss wpo": (INVERTED_PENDULUM, 100.0),
     "peers/dpmd.py": (BANDIT, -0.2),  # with best-of-N acting, this checks the critic's update more than the policy's
     "peers/sdac.py": (BANDIT, -0.2),
 }
@@ -30,7 +32,8 @@ CASES = {  # script: (flags, threshold); untrained: Pendulum -1200 to -1500, Inv
 @pytest.mark.parametrize("script", list(CASES))
 def test_a_short_run_learns_an_easy_task(tmp_path, repo_root, script):
     flags, threshold = CASES[script]
-    command = [os.path.join(repo_root, script), *flags, "--save-model", "--eval-episodes", "5"]
+    path, *variant = script.split()
+    command = [os.path.join(repo_root, path), *variant, *flags, "--save-model", "--eval-episodes", "5"]
     result = run_script(command, cwd=tmp_path, timeout=600, user_envs=True)
     assert result.returncode == 0, result.stderr
     score = float(re.search(r"deterministic episodes\): mean return (-?[\d.]+)", result.stdout).group(1))
