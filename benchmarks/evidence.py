@@ -255,7 +255,27 @@ REPPO_LAMBDA = Experiment(
         "reppo": "REPPO (Gaussian twin): lambda per environment step",
     },
 )
-EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, WPO_ABLATION, REPPO_LAMBDA)
+DAMDP_WPO = Experiment(
+    "damdp_wpo",
+    "DA-MDP: WPO on the REPPO pipeline, Hopper-v4, 500k environment steps",
+    ("diffreppo_wpo", "diffreppo", "reppo"),
+    (("diffreppo_wpo", "diffreppo"), ("diffreppo_wpo", "reppo")),
+    ("Hopper-v4",),
+    (1, 2, 3),
+    (100_000, 250_000, 500_000),
+    (
+        "python -m benchmarks.grid --scripts diffreppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 501760 "
+        '--workdir results/damdp_wpo --exp-suffix _wpo --workers 2 --extra="--save-model --actor-loss wpo"',
+    ),
+    "the same command with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
+    borrowed={name: ("onpolicy_500k", name) for name in ("diffreppo", "reppo")},
+    variants={
+        "diffreppo_wpo": "DiffREPPO --actor-loss wpo: DA-MDP: WPO as the authors run it",
+        "diffreppo": "DiffREPPO: the pathwise actor (DA-MDP: REPPO)",
+        "reppo": "REPPO (Gaussian twin)",
+    },
+)
+EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, WPO_ABLATION, REPPO_LAMBDA, DAMDP_WPO)
 
 
 # ---------------------------------------------------------------- data
