@@ -234,44 +234,47 @@ HUMANOID_K = Experiment(
     "baselines/sac.py baselines/wpo.py --env-ids Humanoid-v4 --seeds 1 2 3 4 --workdir results/humanoid_k_offpolicy "
     '--executor slurm --slurm-partition <partition> --gpus-per-node 1 --extra="--save-model"',
 )
-REPPO_LAMBDA = Experiment(
+
+
+def diffreppo_variant(name: str, title: str, suffix: str, flags: str, variants: dict[str, str]) -> Experiment:
+    """A DiffREPPO variant on Hopper-v4 at the on-policy grid's budget, beside that grid's DiffREPPO and REPPO."""
+    return Experiment(
+        name,
+        title,
+        ("diffreppo", f"diffreppo{suffix}", "reppo"),
+        ((f"diffreppo{suffix}", "diffreppo"), ("diffreppo", "reppo"), (f"diffreppo{suffix}", "reppo")),
+        ("Hopper-v4",),
+        (1, 2, 3),
+        (100_000, 250_000, 500_000),
+        (
+            "python -m benchmarks.grid --scripts diffreppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps "
+            f'501760 --workdir results/{name} --exp-suffix {suffix} --workers 2 --extra="--save-model {flags}"',
+        ),
+        "the same command with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
+        borrowed={algorithm: ("onpolicy_500k", algorithm) for algorithm in ("diffreppo", "reppo")},
+        variants=variants,
+    )
+
+
+REPPO_LAMBDA = diffreppo_variant(
     "reppo_lambda",
     "DiffREPPO's lambda: per augmented step or per environment step, Hopper-v4",
-    ("diffreppo", "diffreppo_lambdaenv", "reppo"),
-    (("diffreppo_lambdaenv", "diffreppo"), ("diffreppo", "reppo"), ("diffreppo_lambdaenv", "reppo")),
-    ("Hopper-v4",),
-    (1, 2, 3),
-    (100_000, 250_000, 500_000),
-    (
-        "python -m benchmarks.grid --scripts diffreppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 501760 "
-        '--workdir results/reppo_lambda --exp-suffix _lambdaenv --workers 2 --extra="--save-model '
-        '--lambda-per-env-step"',
-    ),
-    "the same command with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
-    borrowed={name: ("onpolicy_500k", name) for name in ("diffreppo", "reppo")},
-    variants={
+    "_lambdaenv",
+    "--lambda-per-env-step",
+    {
         "diffreppo": "DiffREPPO, lambda at every augmented step: lambda^K per environment step (the authors')",
         "diffreppo_lambdaenv": "DiffREPPO, --lambda-per-env-step: lambda^(1/K) at each augmented step",
         "reppo": "REPPO (Gaussian twin): lambda per environment step",
     },
 )
-DAMDP_WPO = Experiment(
+DAMDP_WPO = diffreppo_variant(
     "damdp_wpo",
     "DA-MDP: WPO on the REPPO pipeline, Hopper-v4, 500k environment steps",
-    ("diffreppo_wpo", "diffreppo", "reppo"),
-    (("diffreppo_wpo", "diffreppo"), ("diffreppo_wpo", "reppo")),
-    ("Hopper-v4",),
-    (1, 2, 3),
-    (100_000, 250_000, 500_000),
-    (
-        "python -m benchmarks.grid --scripts diffreppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 501760 "
-        '--workdir results/damdp_wpo --exp-suffix _wpo --workers 2 --extra="--save-model --actor-loss wpo"',
-    ),
-    "the same command with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
-    borrowed={name: ("onpolicy_500k", name) for name in ("diffreppo", "reppo")},
-    variants={
-        "diffreppo_wpo": "DiffREPPO --actor-loss wpo: DA-MDP: WPO as the authors run it",
+    "_wpo",
+    "--actor-loss wpo",
+    {
         "diffreppo": "DiffREPPO: the pathwise actor (DA-MDP: REPPO)",
+        "diffreppo_wpo": "DiffREPPO --actor-loss wpo: DA-MDP: WPO as the authors run it",
         "reppo": "REPPO (Gaussian twin)",
     },
 )
