@@ -368,26 +368,22 @@ def main() -> None:
             next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
             run.episodes(infos, global_step)
 
-        # What the actions did not depend on, for the whole rollout in one pass (the same numbers as step by step):
+        # What the actions did not depend on, and V(s_T, fresh x_K, K), in one pass (the same numbers as step by step):
         b_obs, b_x_k, b_k, b_x_previous = augmented_samples(obs_buffer, chain_buffer, step_k)
         with torch.no_grad():
             chains, squash_terms = chain_buffer.view(-1, K + 1, action_dim), squash_log_det_buffer.view(-1)
             step_log_ratio, log_prior = agent.actor.chain_log_ratio_terms(chains, log_q_buffer.view(-1, K))
             value_buffer = agent.critic(b_obs, b_x_k, b_k).view(T, N, K)  # V(s, x_k, k)
+            next_value = agent.critic(next_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)
         path_log_ratio_buffer = (log_prior + step_log_ratio.sum(1) - squash_terms).view(T, N)
         rewards = (step_log_ratio, log_prior, squash_terms, alpha, env_reward_buffer, bootstrap_buffer)
         reward_buffer = augmented_rewards(*rewards)
-
-        with torch.no_grad():  # GAE over the augmented sequence, bootstrapped with V(s_T, fresh x_K, K)
-            next_value = agent.critic(next_obs, torch.randn(args.num_envs, action_dim, device=device), first_k)
         values, next_value = value_buffer.cpu().numpy(), next_value.cpu().numpy()
         advantages, returns = augmented_gae(
             reward_buffer, values, done_buffer, next_value, args.gamma, args.gae_lambda, args.chain_gae_lambda
         )
-        b_log_q = log_q_buffer.reshape(-1)
-        b_values = value_buffer.reshape(-1)
-        b_advantages = torch.as_tensor(advantages, device=device).reshape(-1)
-        b_returns = torch.as_tensor(returns, device=device).reshape(-1)
+        b_log_q, b_values = log_q_buffer.reshape(-1), value_buffer.reshape(-1)
+        b_advantages, b_returns = (torch.as_tensor(x, device=device).reshape(-1) for x in (advantages, returns))
 
         clipfracs = []
         for epoch in range(args.update_epochs):
@@ -440,10 +436,8 @@ def main() -> None:
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
         run.log(global_step, "charts", learning_rate=optimizer.param_groups[0]["lr"], entropy_estimate=entropy_estimate)
         run.log(global_step, "charts", alpha=alpha)
-        run.log(global_step, "losses", value_loss=v_loss, policy_loss=pg_loss, old_approx_kl=old_approx_kl)
-        run.log(
-            global_step, "losses", approx_kl=approx_kl, clipfrac=np.mean(clipfracs), explained_variance=explained_var
-        )
+        losses = dict(value_loss=v_loss, policy_loss=pg_loss, old_approx_kl=old_approx_kl, approx_kl=approx_kl)
+        run.log(global_step, "losses", **losses, clipfrac=np.mean(clipfracs), explained_variance=explained_var)
         run.show(global_step, f"entropy estimate {entropy_estimate.item():7.2f} | alpha {alpha:.2e}")
         crossed = global_step // args.checkpoint_frequency > (global_step - T * N) // args.checkpoint_frequency
         if args.save_model and (crossed or iteration == num_iterations):
