@@ -26,6 +26,7 @@ Blocks in the page are delimited by <!-- generated:NAME --> ... <!-- /generated:
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -236,19 +237,22 @@ HUMANOID_K = Experiment(
 )
 
 
-def diffreppo_variant(name: str, title: str, suffix: str, flags: str, variants: dict[str, str]) -> Experiment:
-    """A DiffREPPO variant on Hopper-v4 at the on-policy grid's budget, beside that grid's DiffREPPO and REPPO."""
+def diffreppo_variant(
+    name: str, title: str, suffix: str, flags: str, variants: dict[str, str], env_ids: tuple[str, ...] = ("Hopper-v4",)
+) -> Experiment:
+    """A DiffREPPO variant at the on-policy grid's budget, beside that grid's DiffREPPO and REPPO."""
     return Experiment(
         name,
         title,
         ("diffreppo", f"diffreppo{suffix}", "reppo"),
         ((f"diffreppo{suffix}", "diffreppo"), ("diffreppo", "reppo"), (f"diffreppo{suffix}", "reppo")),
-        ("Hopper-v4",),
+        env_ids,
         (1, 2, 3),
         (100_000, 250_000, 500_000),
         (
-            "python -m benchmarks.grid --scripts diffreppo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps "
-            f'501760 --workdir results/{name} --exp-suffix {suffix} --workers 2 --extra="--save-model {flags}"',
+            f"python -m benchmarks.grid --scripts diffreppo.py --env-ids {' '.join(env_ids)} --seeds 1 2 3 "
+            f"--total-timesteps 501760 --workdir results/{name} --exp-suffix {suffix} --workers 2 "
+            f'--extra="--save-model {flags}"',
         ),
         "the same command with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
         borrowed={algorithm: ("onpolicy_500k", algorithm) for algorithm in ("diffreppo", "reppo")},
@@ -269,7 +273,7 @@ REPPO_LAMBDA = diffreppo_variant(
 )
 DAMDP_WPO = diffreppo_variant(
     "damdp_wpo",
-    "DA-MDP: WPO on the REPPO pipeline, Hopper-v4, 500k environment steps",
+    "DA-MDP: WPO on the REPPO pipeline, 500k environment steps",
     "_wpo",
     "--actor-loss wpo",
     {
@@ -277,6 +281,7 @@ DAMDP_WPO = diffreppo_variant(
         "diffreppo_wpo": "DiffREPPO --actor-loss wpo: DA-MDP: WPO as the authors run it",
         "reppo": "REPPO (Gaussian twin)",
     },
+    env_ids=("Hopper-v4", "Walker2d-v4"),
 )
 EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, WPO_ABLATION, REPPO_LAMBDA, DAMDP_WPO)
 
@@ -616,27 +621,24 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
 
 
 def variants_table(runs: dict, experiment: Experiment) -> str:
-    """An ablation: one row per variant, its return at the fixed budget and its wall-clock (mean over seeds)."""
-    lines = [
-        "| variant | seeds | deterministic eval, mean (per seed) | training mean at the budget | wall-clock per run |",
-        "|---|---|---|---|---|",
-    ]
-    for algorithm in experiment.algorithms:
-        found = [
-            runs[(env, algorithm, seed)]
-            for env in experiment.env_ids
-            for seed in experiment.seeds
-            if (env, algorithm, seed) in runs
-        ]
-        name = experiment.variants[algorithm]
+    """An ablation: one row per variant (per environment and variant when it spans several), its return at the fixed
+    budget and its wall-clock (mean over seeds)."""
+    several = len(experiment.env_ids) > 1
+    columns = (
+        "| variant | seeds | deterministic eval, mean (per seed) | training mean at the budget | wall-clock per run |"
+    )
+    lines = [("| environment " if several else "") + columns, "|---" * (6 if several else 5) + "|"]
+    for env, algorithm in itertools.product(experiment.env_ids, experiment.algorithms):
+        found = [runs[(env, algorithm, seed)] for seed in experiment.seeds if (env, algorithm, seed) in runs]
+        name = f"| {env} | {experiment.variants[algorithm]}" if several else f"| {experiment.variants[algorithm]}"
         if not found:
-            lines.append(f"| {name} | 0 of {len(experiment.seeds)} | not run yet | | |")
+            lines.append(f"{name} | 0 of {len(experiment.seeds)} | not run yet | | |")
             continue
         evaluations = [run.get("deterministic_eval_mean") for run in found]
         known = [value for value in evaluations if value is not None]
         minutes = [run["wall_clock_s"] / 60 for run in found]
         lines.append(
-            f"| {name} | {len(found)} of {len(experiment.seeds)} | "
+            f"{name} | {len(found)} of {len(experiment.seeds)} | "
             f"{fmt(np.mean(known)) if known else '–'} ({', '.join(fmt(v, 0) for v in evaluations)}) | "
             f"{fmt(np.mean([run['final_running_mean'] for run in found]))} | {np.mean(minutes):.0f} min |"
         )

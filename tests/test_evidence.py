@@ -170,6 +170,23 @@ def test_k_ablation_borrows_the_k8_runs_of_the_main_grids(tmp_path):
     assert "| DiffPPO, K = 8 (default) | 3 of 3 | 950.0 (900, 950, 1000) |" in table
 
 
+def test_a_variant_table_over_two_environments_has_one_row_per_environment_and_variant(tmp_path):
+    grid = {(env, name): [1000, 2000, 3000] for env in ("Hopper-v4", "Walker2d-v4") for name in ("diffreppo", "reppo")}
+    onpolicy_grid(tmp_path, grid)
+    for seed in (1, 2, 3):
+        write_summary(tmp_path, "damdp_wpo", "Hopper-v4", "diffreppo_wpo", seed, 500.0 * seed)
+    table = evidence.variants_table(evidence.load_runs(str(tmp_path), evidence.DAMDP_WPO), evidence.DAMDP_WPO)
+    rows = table.splitlines()
+    assert rows[0].startswith("| environment | variant |") and len(rows) == 2 + 6
+    assert (
+        "| Hopper-v4 | DiffREPPO --actor-loss wpo: DA-MDP: WPO as the authors run it | 3 of 3 | 1000.0 (500," in table
+    )
+    assert (
+        "| Walker2d-v4 | DiffREPPO --actor-loss wpo: DA-MDP: WPO as the authors run it | 0 of 3 | not run yet" in table
+    )
+    assert "| Walker2d-v4 | REPPO (Gaussian twin) | 3 of 3 | 2000.0 (1000, 2000, 3000) |" in table
+
+
 def test_k_figure_needs_two_values_of_k_and_plots_every_measured_one(tmp_path):
     for seed in (1, 2, 3):
         write_summary(tmp_path, "k_ablation", "Hopper-v4", "diffppo_k1", seed, 100.0 * seed)
