@@ -238,23 +238,35 @@ HUMANOID_K = Experiment(
 
 
 def diffreppo_variant(
-    name: str, title: str, suffix: str, flags: str, variants: dict[str, str], env_ids: tuple[str, ...] = ("Hopper-v4",)
+    name: str,
+    title: str,
+    suffix: str,
+    flags: str,
+    variants: dict[str, str],
+    env_ids: tuple[str, ...] = ("Hopper-v4",),
+    with_twin: bool = False,
 ) -> Experiment:
-    """A DiffREPPO variant at the on-policy grid's budget, beside that grid's DiffREPPO and REPPO."""
+    """A DiffREPPO variant at the on-policy grid's budget, beside that grid's DiffREPPO and REPPO; with_twin: also
+    the Gaussian twin with the same flags (baselines/reppo.py, exp name reppo + suffix), compared first."""
+    challenger, twin = f"diffreppo{suffix}", f"reppo{suffix}"
+    scripts = ("diffreppo.py", "baselines/reppo.py") if with_twin else ("diffreppo.py",)
     return Experiment(
         name,
         title,
-        ("diffreppo", f"diffreppo{suffix}", "reppo"),
-        ((f"diffreppo{suffix}", "diffreppo"), ("diffreppo", "reppo"), (f"diffreppo{suffix}", "reppo")),
+        ("diffreppo", challenger, "reppo") + ((twin,) if with_twin else ()),
+        (((challenger, twin),) if with_twin else ())
+        + ((challenger, "diffreppo"), ("diffreppo", "reppo"), (challenger, "reppo")),
         env_ids,
         (1, 2, 3),
         (100_000, 250_000, 500_000),
-        (
-            f"python -m benchmarks.grid --scripts diffreppo.py --env-ids {' '.join(env_ids)} --seeds 1 2 3 "
+        tuple(
+            f"python -m benchmarks.grid --scripts {script} --env-ids {' '.join(env_ids)} --seeds 1 2 3 "
             f"--total-timesteps 501760 --workdir results/{name} --exp-suffix {suffix} --workers 2 "
-            f'--extra="--save-model {flags}"',
+            f'--extra="--save-model {flags}"'
+            for script in scripts
         ),
-        "the same command with --total-timesteps 1000000, the five tasks of the grids above and --executor slurm",
+        f"the same command{'s' if with_twin else ''} with --total-timesteps 1000000, the five tasks of the grids above "
+        "and --executor slurm",
         borrowed={algorithm: ("onpolicy_500k", algorithm) for algorithm in ("diffreppo", "reppo")},
         variants=variants,
     )
@@ -280,8 +292,10 @@ DAMDP_WPO = diffreppo_variant(
         "diffreppo": "DiffREPPO: the pathwise actor (DA-MDP: REPPO)",
         "diffreppo_wpo": "DiffREPPO --actor-loss wpo: DA-MDP: WPO as the authors run it",
         "reppo": "REPPO (Gaussian twin)",
+        "reppo_wpo": "REPPO --actor-loss wpo: the Gaussian twin of DA-MDP: WPO",
     },
     env_ids=("Hopper-v4", "Walker2d-v4"),
+    with_twin=True,
 )
 EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, WPO_ABLATION, REPPO_LAMBDA, DAMDP_WPO)
 
@@ -717,6 +731,12 @@ CLAIMS = (  # (claim, paper, the comparisons that decide it, the experiment (sec
         "Sanokowski et al.",
         (("diffppo", "ppo"), ("diffreppo", "reppo")),
         ONPOLICY,
+    ),
+    (
+        "Diffusion beats its Gaussian twin (DA-MDP: WPO, the authors' form)",
+        "Sanokowski et al., DA-MDP version",
+        (("diffreppo_wpo", "reppo_wpo"),),
+        DAMDP_WPO,
     ),
     (
         "Diffusion beats its Gaussian twin (off-policy)",

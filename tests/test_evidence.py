@@ -177,7 +177,9 @@ def test_a_variant_table_over_two_environments_has_one_row_per_environment_and_v
         write_summary(tmp_path, "damdp_wpo", "Hopper-v4", "diffreppo_wpo", seed, 500.0 * seed)
     table = evidence.variants_table(evidence.load_runs(str(tmp_path), evidence.DAMDP_WPO), evidence.DAMDP_WPO)
     rows = table.splitlines()
-    assert rows[0].startswith("| environment | variant |") and len(rows) == 2 + 6
+    assert rows[0].startswith("| environment | variant |") and len(rows) == 2 + 2 * 4  # 2 tasks x 4 variants
+    assert "| Hopper-v4 | REPPO --actor-loss wpo: the Gaussian twin of DA-MDP: WPO | 0 of 3 | not run yet" in table
+    assert evidence.DAMDP_WPO.pairs[0] == ("diffreppo_wpo", "reppo_wpo")  # the twin comparison comes first
     assert (
         "| Hopper-v4 | DiffREPPO --actor-loss wpo: DA-MDP: WPO as the authors run it | 3 of 3 | 1000.0 (500," in table
     )
