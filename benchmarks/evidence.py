@@ -265,8 +265,8 @@ def diffreppo_variant(
             f'--extra="--save-model {flags}"'
             for script in scripts
         ),
-        f"the same command{'s' if with_twin else ''} with --total-timesteps 1000000, the five tasks of the grids above "
-        "and --executor slurm",
+        f"the same command{'s' if len(scripts) > 1 else ''} with --total-timesteps 1000000, the five tasks of the "
+        "grids above and --executor slurm",
         borrowed={algorithm: ("onpolicy_500k", algorithm) for algorithm in ("diffreppo", "reppo")},
         variants=variants,
     )
