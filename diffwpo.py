@@ -72,6 +72,8 @@ class Args(RunArgs):
     """target entropy = -target_entropy_scale * action_dim, applied to H_est = -E[L]"""
     fisher_preconditioner: bool = True
     """multiply each step's velocity by sigma_k^2 (diagonal Fisher of the kernel mean)"""
+    rolled_out_velocity: bool = False
+    """every step's velocity from one roll-out of a fresh chain to the k = 1 critic; critics train at k = 1 only"""
 
     num_diffusion_steps: int = 8
     """K, the number of diffusion (denoising) steps per action"""
@@ -251,14 +253,14 @@ class Agent(nn.Module):
         return self.squash(chain[:, -1])
 
 
-def step_log_ratio(agent: Agent, obs, x_k, k, x_previous) -> torch.Tensor:
-    """lt_k per augmented sample: l_k, plus the prior term at k = K and the squash term at k = 1 (method.md §2)."""
-    actor = agent.actor
-    log_ratio = actor.log_prob(obs, x_k, k, x_previous) - actor.forward_log_prob(x_k, x_previous, k)
+def step_log_ratio(agent: Agent, x_k, k, x_previous, log_q) -> torch.Tensor:
+    """lt_k per augmented sample from log q(x_{k-1}|x_k,s): l_k, plus the prior term at k = K and the squash term at
+    k = 1 (method.md §2)."""
+    log_ratio = log_q - agent.actor.forward_log_prob(x_k, x_previous, k)
     log_prior = gaussian_log_prob(x_k, torch.zeros_like(x_k), torch.ones_like(x_k))
     return (
         log_ratio
-        + torch.where(k == actor.num_diffusion_steps, log_prior, 0.0)
+        + torch.where(k == agent.actor.num_diffusion_steps, log_prior, 0.0)
         - torch.where(k == 1, squash_log_det(x_previous, agent.action_half_width), 0.0)
     )
 
@@ -278,19 +280,25 @@ def soft_value(agent: Agent, qf1_target, qf2_target, obs, x_k, k, alpha: float) 
             break
         mean, std = actor.kernel(obs, x_k, k)
         x_previous = mean + std * torch.randn_like(mean)
-        log_ratio_sum = log_ratio_sum + torch.where(inside, step_log_ratio(agent, obs, x_k, k, x_previous), 0.0)
+        log_q = gaussian_log_prob(x_previous, mean, std)
+        log_ratio_sum = log_ratio_sum + torch.where(inside, step_log_ratio(agent, x_k, k, x_previous, log_q), 0.0)
         x_k, k = torch.where(inside[:, None], x_previous, x_k), torch.where(inside, k - 1, k)
     mean, std = actor.kernel(obs, x_k, k)
     x_0 = mean + std * torch.randn_like(mean)
-    log_ratio_sum = log_ratio_sum + step_log_ratio(agent, obs, x_k, k, x_0)
+    log_ratio_sum = log_ratio_sum + step_log_ratio(agent, x_k, k, x_0, gaussian_log_prob(x_0, mean, std))
     return torch.min(qf1_target(obs, x_k, k, x_0), qf2_target(obs, x_k, k, x_0)) - alpha * log_ratio_sum
 
 
-def critic_targets(agent: Agent, qf1_target, qf2_target, obs, chains, rewards, next_obs, terminations, alpha, gamma):
-    """(obs, x_k, k, x_{k-1}, y): one uniformly drawn diffusion step per transition and its soft Bellman target."""
+def critic_targets(
+    agent: Agent, qf1_target, qf2_target, obs, chains, rewards, next_obs, terminations, alpha, gamma, last_only=False
+):
+    """(obs, x_k, k, x_{k-1}, y): one uniformly drawn diffusion step per transition (last_only: k = 1) and its soft
+    Bellman target."""
     batch, num_diffusion_steps = obs.shape[0], agent.actor.num_diffusion_steps
     rows = torch.arange(batch, device=obs.device)
     j = torch.randint(0, num_diffusion_steps, (batch,), device=obs.device)  # time-order index, k = K - j
+    if last_only:
+        j = torch.full_like(j, num_diffusion_steps - 1)
     k, x_k, x_previous = num_diffusion_steps - j, chains[rows, j], chains[rows, j + 1]
     with torch.no_grad():
         is_last_step = k == 1
@@ -320,13 +328,41 @@ def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fishe
     j = torch.randint(0, num_diffusion_steps, (obs.shape[0],), device=obs.device)
     b_x_k, b_k = chain[rows, j], num_diffusion_steps - j
     x = chain[rows, j + 1].clone().requires_grad_(True)
-    objective = q_value(obs, b_x_k, b_k, x) - alpha * step_log_ratio(agent, obs, b_x_k, b_k, x)
+    q = q_value(obs, b_x_k, b_k, x)
+    objective = q - alpha * step_log_ratio(agent, b_x_k, b_k, x, actor.log_prob(obs, b_x_k, b_k, x))
     (velocity,) = torch.autograd.grad(objective.sum(), x)
     mean, std = actor.kernel(obs, b_x_k, b_k)
     if fisher_preconditioner:
         velocity = velocity * std.detach() ** 2
     loss = -(kernel_score(x.detach(), mean, std) * velocity).sum(-1).mean()
     return loss, entropy_estimate
+
+
+def rolled_out_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
+    """(WPO loss at every step of each fresh chain, H_est = -E[L]) (method.md §4.3): the velocity at x_{k-1} is
+    d/dx_{k-1} [min_i Q_i(s, x_1, 1, x_0) - alpha sum_j lt_j] along one reparameterised roll-out of the chain, the
+    parameters held fixed: an estimate of d/dx (Q_k - alpha lt_k) that needs no inner critic."""
+    actor, num_diffusion_steps = agent.actor, agent.actor.num_diffusion_steps
+    x_k = torch.randn(obs.shape[0], actor.action_dim, device=obs.device)
+    path_log_ratio, chain = torch.zeros(obs.shape[0], device=obs.device), [x_k]
+    for k in actor.step_k.expand(obs.shape[0], -1).unbind(1):
+        mean, std = actor.kernel(obs, x_k, k)
+        x_previous = mean + std * torch.randn_like(mean)
+        path_log_ratio = path_log_ratio + step_log_ratio(
+            agent, x_k, k, x_previous, gaussian_log_prob(x_previous, mean, std)
+        )
+        x_k = x_previous
+        chain.append(x_k)
+    objective = q_value(obs, chain[-2], k, chain[-1]) - alpha * path_log_ratio
+    velocity = torch.stack(torch.autograd.grad(objective.sum(), chain[1:]), dim=1).flatten(0, 1)  # [B K, d]
+    chain = torch.stack(chain, dim=1).detach()
+    b_obs = obs.repeat_interleave(num_diffusion_steps, 0)
+    b_x_k, b_k, x = chain[:, :-1].flatten(0, 1), actor.step_k.repeat(obs.shape[0]), chain[:, 1:].flatten(0, 1)
+    mean, std = actor.kernel(b_obs, b_x_k, b_k)
+    if fisher_preconditioner:
+        velocity = velocity * std.detach() ** 2
+    loss = -(kernel_score(x, mean, std) * velocity).sum(-1).mean()
+    return loss, -path_log_ratio.detach().mean()
 
 
 def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_entropy: float) -> torch.Tensor:
@@ -384,7 +420,7 @@ def main() -> None:
             updates += 1
             batch = replay_buffer.sample(args.batch_size)
             b_obs, b_x_k, b_k, b_x_previous, target = critic_targets(
-                agent, qf1_target, qf2_target, *batch, alpha=alpha, gamma=args.gamma
+                agent, qf1_target, qf2_target, *batch, alpha=alpha, gamma=args.gamma, last_only=args.rolled_out_velocity
             )
             qf1_values = qf1(b_obs, b_x_k, b_k, b_x_previous)
             qf1_loss = F.mse_loss(qf1_values, target)
@@ -397,7 +433,8 @@ def main() -> None:
 
             if updates % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
-                    actor_loss, entropy_estimate = wpo_actor_loss(
+                    loss_function = rolled_out_actor_loss if args.rolled_out_velocity else wpo_actor_loss
+                    actor_loss, entropy_estimate = loss_function(
                         agent, min_q, batch[0], alpha, args.fisher_preconditioner
                     )
                     run.check_finite("actor loss", actor_loss, global_step)
