@@ -338,31 +338,35 @@ def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fishe
     return loss, entropy_estimate
 
 
-def rolled_out_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
-    """(WPO loss at every step of each fresh chain, H_est = -E[L]) (method.md §4.3): the velocity at x_{k-1} is
-    d/dx_{k-1} [min_i Q_i(s, x_1, 1, x_0) - alpha sum_j lt_j] along one reparameterised roll-out of the chain, the
-    parameters held fixed: an estimate of d/dx (Q_k - alpha lt_k) that needs no inner critic."""
-    actor, num_diffusion_steps = agent.actor, agent.actor.num_diffusion_steps
-    x_k = torch.randn(obs.shape[0], actor.action_dim, device=obs.device)
-    path_log_ratio, chain = torch.zeros(obs.shape[0], device=obs.device), [x_k]
-    for k in actor.step_k.expand(obs.shape[0], -1).unbind(1):
-        mean, std = actor.kernel(obs, x_k, k)
+def rolled_out_velocity(agent: Agent, q_value, obs: torch.Tensor, alpha: float):
+    """(chain [B, K+1, d], velocity [B, K, d], L [B]) of one reparameterised roll-out of a fresh chain (method.md
+    §4.3): the velocity at x_{k-1} is d/dx_{k-1} [Q(s, x_1, 1, x_0) - alpha sum_j lt_j], the noise and the parameters
+    held fixed, an estimate of d/dx (Q_k - alpha lt_k) that needs no inner critic."""
+    x_k = torch.randn(obs.shape[0], agent.actor.action_dim, device=obs.device, dtype=obs.dtype)
+    path_log_ratio, chain = torch.zeros_like(obs[:, 0]), [x_k]
+    for k in agent.actor.step_k.expand(obs.shape[0], -1).unbind(1):
+        mean, std = agent.actor.kernel(obs, x_k, k)
         x_previous = mean + std * torch.randn_like(mean)
-        path_log_ratio = path_log_ratio + step_log_ratio(
-            agent, x_k, k, x_previous, gaussian_log_prob(x_previous, mean, std)
-        )
+        log_q = gaussian_log_prob(x_previous, mean, std)
+        path_log_ratio = path_log_ratio + step_log_ratio(agent, x_k, k, x_previous, log_q)
         x_k = x_previous
         chain.append(x_k)
     objective = q_value(obs, chain[-2], k, chain[-1]) - alpha * path_log_ratio
-    velocity = torch.stack(torch.autograd.grad(objective.sum(), chain[1:]), dim=1).flatten(0, 1)  # [B K, d]
-    chain = torch.stack(chain, dim=1).detach()
-    b_obs = obs.repeat_interleave(num_diffusion_steps, 0)
-    b_x_k, b_k, x = chain[:, :-1].flatten(0, 1), actor.step_k.repeat(obs.shape[0]), chain[:, 1:].flatten(0, 1)
-    mean, std = actor.kernel(b_obs, b_x_k, b_k)
+    velocity = torch.autograd.grad(objective.sum(), chain[1:])
+    return torch.stack(chain, dim=1).detach(), torch.stack(velocity, dim=1), path_log_ratio.detach()
+
+
+def rolled_out_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
+    """(WPO loss at every step of each fresh chain, H_est = -E[L]) with the rolled-out velocity (method.md §4.3)."""
+    chain, velocity, path_log_ratio = rolled_out_velocity(agent, q_value, obs, alpha)
+    num_diffusion_steps = agent.actor.num_diffusion_steps
+    b_obs, b_k = obs.repeat_interleave(num_diffusion_steps, 0), agent.actor.step_k.repeat(obs.shape[0])
+    b_x_k, x, velocity = chain[:, :-1].flatten(0, 1), chain[:, 1:].flatten(0, 1), velocity.flatten(0, 1)
+    mean, std = agent.actor.kernel(b_obs, b_x_k, b_k)
     if fisher_preconditioner:
         velocity = velocity * std.detach() ** 2
     loss = -(kernel_score(x, mean, std) * velocity).sum(-1).mean()
-    return loss, -path_log_ratio.detach().mean()
+    return loss, -path_log_ratio.mean()
 
 
 def alpha_loss(log_alpha: torch.Tensor, entropy_estimate: torch.Tensor, target_entropy: float) -> torch.Tensor:

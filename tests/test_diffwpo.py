@@ -1,8 +1,9 @@
 """DiffWPO: the closed-form kernel score, the WPO step on a quadratic critic, augmented
-Bellman targets inside and at the end of the chain, and the rolled-out soft value."""
+Bellman targets inside and at the end of the chain, the rolled-out soft value and velocity."""
 
 import math
 
+import pytest
 import torch
 
 import diffwpo
@@ -32,7 +33,8 @@ def quadratic_critic(center):
     return lambda obs, x_k, k, x: -((x - center) ** 2).sum(-1)
 
 
-def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q():
+@pytest.mark.parametrize("loss_function", [diffwpo.wpo_actor_loss, diffwpo.rolled_out_actor_loss])
+def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q(loss_function):
     """One Gaussian step (K = 1), alpha = 0, Q = -|x - c|^2. The WPO loss is
     -E[score(x) . v(x)] with score = -(x - mean)/sigma^2 and v = grad Q(x) = -2 (x - c), so its
     gradient with respect to the mean is -E[v]/sigma^2 = 2 (mean - c)/sigma^2 (preconditioned by
@@ -53,7 +55,7 @@ def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q():
             return mean.mean(0), std[0]
 
         mean_before, std = policy_mean()
-        loss, _ = diffwpo.wpo_actor_loss(
+        loss, _ = loss_function(
             agent, quadratic_critic(center), obs, alpha=0.0, fisher_preconditioner=fisher_preconditioner
         )
         loss.backward()
@@ -135,3 +137,61 @@ def test_critic_gradient_vanishes_where_the_action_saturates():
         (gradients[scale],) = torch.autograd.grad(critic(obs, x_k, k, x).sum(), x)
     assert gradients[0.0].abs().mean() > 1e-3
     assert gradients[20.0].abs().max() < 1e-12
+
+
+def test_rolled_out_velocity_is_the_finite_difference_of_the_rolled_out_objective():
+    """Recover each kernel's noise from the returned chain, move x_{k-1} by +-h along one coordinate, roll the rest of
+    the chain out again with the same noise and value it by Q(s, x_1, x_0) - alpha L in float64: the central
+    difference must equal the velocity at every step (own log q, forward kernel, downstream steps and critic)."""
+    num_diffusion_steps, alpha, h = 3, 0.3, 1e-6
+    agent = make_agent(num_diffusion_steps=num_diffusion_steps).double()
+    critic = lambda obs, x_k, k, x: -((x - 0.5) ** 2).sum(-1) + (x_k * x).sum(-1) * obs[:, 0]  # noqa: E731
+    obs = torch.randn(4, 2, dtype=torch.float64)
+    chain, velocity, path_log_ratio = diffwpo.rolled_out_velocity(agent, critic, obs, alpha)
+    actor, step_k = agent.actor, agent.actor.step_k.expand(len(obs), -1)
+    with torch.no_grad():
+        noise = [
+            (chain[:, j + 1] - actor.kernel(obs, chain[:, j], step_k[:, j])[0])
+            / actor.kernel(obs, chain[:, j], step_k[:, j])[1]
+            for j in range(num_diffusion_steps)
+        ]
+
+        def objective(chain_prefix):  # x_K .. x_{k-1} given; the rest rolled out with the recovered noise
+            xs = list(chain_prefix)
+            for j in range(len(xs) - 1, num_diffusion_steps):
+                mean, std = actor.kernel(obs, xs[j], step_k[:, j])
+                xs.append(mean + std * noise[j])
+            total = diffwpo.gaussian_log_prob(xs[0], torch.zeros_like(xs[0]), torch.ones_like(xs[0]))
+            for j in range(num_diffusion_steps):
+                k = step_k[:, j]
+                mean, std = actor.kernel(obs, xs[j], k)
+                log_q = diffwpo.gaussian_log_prob(xs[j + 1], mean, std)
+                total = total + log_q - actor.forward_log_prob(xs[j], xs[j + 1], k)
+            total = total - diffwpo.squash_log_det(xs[-1], agent.action_half_width)
+            return critic(obs, xs[-2], step_k[:, -1], xs[-1]) - alpha * total, total
+
+        torch.testing.assert_close(objective([chain[:, 0]])[1], path_log_ratio)
+        for j in range(num_diffusion_steps):  # velocity[:, j] is at x_{k-1} = chain[:, j + 1]
+            for i in range(2):
+                step = torch.zeros(2, dtype=torch.float64)
+                step[i] = h
+                prefix = [chain[:, m] for m in range(j + 1)]
+                difference = (
+                    objective(prefix + [chain[:, j + 1] + step])[0] - objective(prefix + [chain[:, j + 1] - step])[0]
+                )
+                torch.testing.assert_close(difference / (2 * h), velocity[:, j, i], rtol=1e-5, atol=1e-6)
+
+
+def test_critics_train_at_the_last_step_only_with_the_rolled_out_velocity():
+    """With last_only the critic batch is all k = 1 samples (x_1, x_0) with the reward target; nothing inside."""
+    agent = make_agent(obs_dim=1, num_diffusion_steps=4)
+    critic = lambda obs, x_k, k, x: 100 * obs[:, 0] + k  # noqa: E731
+    obs, next_obs, chains = torch.rand(64, 1), torch.rand(64, 1) + 5, torch.randn(64, 5, 2)
+    rewards, terminations = torch.randn(64), torch.zeros(64)
+    _, x_k, k, x_previous, target = diffwpo.critic_targets(
+        agent, critic, critic, obs, chains, rewards, next_obs, terminations, alpha=0.0, gamma=0.9, last_only=True
+    )
+    assert k.tolist() == [1] * 64
+    torch.testing.assert_close(x_k, chains[:, 3])
+    torch.testing.assert_close(x_previous, chains[:, 4])
+    torch.testing.assert_close(target, rewards + 0.9 * (100 * next_obs[:, 0] + 1))
