@@ -162,6 +162,7 @@ WPO_ABLATION = Experiment(
         "diffwpo_k1",
         "diffwpo_nofisher",
         "diffwpo_rollout_nofisher",
+        "diffwpo_rolled",
         "wpo",
         "sac",
     ),
@@ -179,6 +180,8 @@ WPO_ABLATION = Experiment(
         ("diffwpo_rollout_nofisher", "diffwpo_rollout"),
         ("diffwpo_rollout_nofisher", "diffwpo_nofisher"),
         ("diffsac", "diffwpo_rollout_nofisher"),
+        ("diffwpo_rolled", "diffwpo"),
+        ("diffsac", "diffwpo_rolled"),
         ("sac", "wpo"),
     ),
     ("Hopper-v4",),
@@ -194,6 +197,7 @@ WPO_ABLATION = Experiment(
             ("_k1", "--num-diffusion-steps 1"),
             ("_nofisher", "--no-fisher-preconditioner"),
             ("_rollout_nofisher", "--inner-velocity rollout --no-fisher-preconditioner"),
+            ("_rolled", "--rolled-out-velocity"),
         )
     ),
     "the same commands with --total-timesteps 1000000 and --executor slurm",
@@ -207,6 +211,8 @@ WPO_ABLATION = Experiment(
         "diffwpo_k1": "DiffWPO, K = 1: one kernel, every critic sample carries a reward",
         "diffwpo_nofisher": "DiffWPO, --no-fisher-preconditioner",
         "diffwpo_rollout_nofisher": "DiffWPO, --inner-velocity rollout --no-fisher-preconditioner",
+        "diffwpo_rolled": "DiffWPO, --rolled-out-velocity: every step follows one roll-out to the k = 1 critic, "
+        "critics at k = 1 only",
         "wpo": "WPO (Gaussian twin)",
         "sac": "SAC (Gaussian)",
     },
