@@ -5,16 +5,17 @@ docs/method.md ("method.md §n" below).
 
     python diffwpo.py --env-id Hopper-v4 --num-diffusion-steps 8
 
-Off-policy; the replay buffer keeps each transition's whole chain x_K..x_0. Each environment step is K augmented
-steps (s, x_k, k) -> (s, x_{k-1}, k-1), each with its log-ratio term lt_k (sum_k lt_k = L, method.md §3). Twin
-augmented critics Q(s, x_k, k, x_{k-1}) learn soft Bellman targets: inside the chain the soft value of the rest of
-the chain, rolled out with the current policy to the k = 1 critic (no reward, discount 1); at k = 1
-r + gamma (1 - terminated) V(s', x'_K, K). The actor follows the Wasserstein gradient flow at every diffusion
-step (method.md §4.3), with the velocity d/dx (Q - alpha lt_k) at x = x_{k-1} drawn from the current policy;
---fisher-preconditioner multiplies it by sigma_k^2 (the natural-gradient form). Choices the paper leaves open: each
-update trains one uniformly drawn diffusion step per transition (critic) and per fresh chain (actor); the critics
-see the chain through tanh, as the environment sees x_0; warm-up actions come from the untrained actor, so stored
-chains match the forward process; observations are not normalised (as SAC).
+Off-policy; the replay buffer keeps each transition's last diffusion step (x_1, x_0). Each environment step is K
+augmented steps (s, x_k, k) -> (s, x_{k-1}, k-1), each with its log-ratio term lt_k (sum_k lt_k = L, method.md §3).
+Inside the chain no reward is paid and no time passes, so the soft value of any augmented state is the k = 1
+critic's value at the end of the chain rolled out with the current policy. Twin critics Q(s, x_1, 1, x_0) learn
+r + gamma (1 - terminated) V(s', x'_K, K) on the stored last steps. The actor follows the Wasserstein gradient flow
+at every diffusion step (method.md §4.3): each update rolls out a fresh chain by reparameterisation, values it by
+J = Q(s, x_1, 1, x_0) - alpha L, and moves every kernel along the velocity dJ/dx_{k-1} (noise and parameters held
+fixed) through its score; --fisher-preconditioner multiplies it by sigma_k^2 (the natural-gradient form). Choices
+the paper leaves open: the velocity from the roll-out instead of learned critics inside the chain; the critics see
+the chain through tanh, as the environment sees x_0; warm-up actions come from the untrained actor (the exact
+reverse process of x_0 ~ N(0, I)); observations are not normalised (as SAC).
 """
 
 from __future__ import annotations
@@ -72,8 +73,6 @@ class Args(RunArgs):
     """target entropy = -target_entropy_scale * action_dim, applied to H_est = -E[L]"""
     fisher_preconditioner: bool = True
     """multiply each step's velocity by sigma_k^2 (diagonal Fisher of the kernel mean)"""
-    rolled_out_velocity: bool = False
-    """every step's velocity from one roll-out of a fresh chain to the k = 1 critic; critics train at k = 1 only"""
 
     num_diffusion_steps: int = 8
     """K, the number of diffusion (denoising) steps per action"""
@@ -265,83 +264,9 @@ def step_log_ratio(agent: Agent, x_k, k, x_previous, log_q) -> torch.Tensor:
     )
 
 
-def augmented_bellman_target(rewards, terminations, is_last_step, next_soft_value, gamma: float) -> torch.Tensor:
-    """y = V(s, x_{k-1}, k-1) inside the chain (no reward, no discount); r + gamma (1 - terminated) V(s', x'_K, K)."""
-    return torch.where(is_last_step, rewards + gamma * (1.0 - terminations) * next_soft_value, next_soft_value)
-
-
-def soft_value(agent: Agent, qf1_target, qf2_target, obs, x_k, k, alpha: float) -> torch.Tensor:
-    """V(s, x_k, k) = E[min_i Q_target_i(s, x_1, 1, x_0) - alpha sum_{j<=k} lt_j], one sample per row: no reward and
-    no time inside the chain, so the rest of the chain is rolled out with the current policy (method.md §4.3)."""
-    actor, log_ratio_sum = agent.actor, torch.zeros(len(obs), device=obs.device)
-    for _ in range(actor.num_diffusion_steps - 1):
-        inside = k > 1
-        if not inside.any():
-            break
-        mean, std = actor.kernel(obs, x_k, k)
-        x_previous = mean + std * torch.randn_like(mean)
-        log_q = gaussian_log_prob(x_previous, mean, std)
-        log_ratio_sum = log_ratio_sum + torch.where(inside, step_log_ratio(agent, x_k, k, x_previous, log_q), 0.0)
-        x_k, k = torch.where(inside[:, None], x_previous, x_k), torch.where(inside, k - 1, k)
-    mean, std = actor.kernel(obs, x_k, k)
-    x_0 = mean + std * torch.randn_like(mean)
-    log_ratio_sum = log_ratio_sum + step_log_ratio(agent, x_k, k, x_0, gaussian_log_prob(x_0, mean, std))
-    return torch.min(qf1_target(obs, x_k, k, x_0), qf2_target(obs, x_k, k, x_0)) - alpha * log_ratio_sum
-
-
-def critic_targets(
-    agent: Agent, qf1_target, qf2_target, obs, chains, rewards, next_obs, terminations, alpha, gamma, last_only=False
-):
-    """(obs, x_k, k, x_{k-1}, y): one uniformly drawn diffusion step per transition (last_only: k = 1) and its soft
-    Bellman target."""
-    batch, num_diffusion_steps = obs.shape[0], agent.actor.num_diffusion_steps
-    rows = torch.arange(batch, device=obs.device)
-    j = torch.randint(0, num_diffusion_steps, (batch,), device=obs.device)  # time-order index, k = K - j
-    if last_only:
-        j = torch.full_like(j, num_diffusion_steps - 1)
-    k, x_k, x_previous = num_diffusion_steps - j, chains[rows, j], chains[rows, j + 1]
-    with torch.no_grad():
-        is_last_step = k == 1
-        # Next augmented state: (s, x_{k-1}, k-1) inside the chain, (s', fresh x_K, K) after the env step.
-        next_obs_augmented = torch.where(is_last_step[:, None], next_obs, obs)
-        next_x = torch.where(is_last_step[:, None], torch.randn_like(x_previous), x_previous)
-        next_k = torch.where(is_last_step, num_diffusion_steps, k - 1)
-        next_soft_value = soft_value(agent, qf1_target, qf2_target, next_obs_augmented, next_x, next_k, alpha)
-        target = augmented_bellman_target(rewards, terminations, is_last_step, next_soft_value, gamma)
-    return obs, x_k, k, x_previous, target
-
-
-def kernel_score(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """d/dx log N(x; mean, diag(std^2)) = -(x - mean) / std^2."""
-    return -(x - mean) / std**2
-
-
-def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
-    """(WPO loss at one uniformly drawn step of each fresh chain, H_est = -E[L]) (method.md §4.3): the velocity
-    d/dx (q_value - alpha lt_k) at the sampled x_{k-1}, parameters held fixed, against the kernel's score."""
-    actor, num_diffusion_steps = agent.actor, agent.actor.num_diffusion_steps
-    with torch.no_grad():
-        chain, step_log_q = actor.sample_chain(obs)
-        log_ratio_terms, log_prior, log_det = actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
-        entropy_estimate = -(log_prior + log_ratio_terms.sum(1) - log_det).mean()
-    rows = torch.arange(obs.shape[0], device=obs.device)
-    j = torch.randint(0, num_diffusion_steps, (obs.shape[0],), device=obs.device)
-    b_x_k, b_k = chain[rows, j], num_diffusion_steps - j
-    x = chain[rows, j + 1].clone().requires_grad_(True)
-    q = q_value(obs, b_x_k, b_k, x)
-    objective = q - alpha * step_log_ratio(agent, b_x_k, b_k, x, actor.log_prob(obs, b_x_k, b_k, x))
-    (velocity,) = torch.autograd.grad(objective.sum(), x)
-    mean, std = actor.kernel(obs, b_x_k, b_k)
-    if fisher_preconditioner:
-        velocity = velocity * std.detach() ** 2
-    loss = -(kernel_score(x.detach(), mean, std) * velocity).sum(-1).mean()
-    return loss, entropy_estimate
-
-
-def rolled_out_velocity(agent: Agent, q_value, obs: torch.Tensor, alpha: float):
-    """(chain [B, K+1, d], velocity [B, K, d], L [B]) of one reparameterised roll-out of a fresh chain (method.md
-    §4.3): the velocity at x_{k-1} is d/dx_{k-1} [Q(s, x_1, 1, x_0) - alpha sum_j lt_j], the noise and the parameters
-    held fixed, an estimate of d/dx (Q_k - alpha lt_k) that needs no inner critic."""
+def roll_out(agent: Agent, obs: torch.Tensor):
+    """(chain [x_K, ..., x_0], L [B]): a fresh chain drawn by reparameterisation (x_K ~ N(0, I), x_{k-1} = mean +
+    sigma_k eps) and its path log-ratio L = sum_k lt_k (method.md §2), differentiable in every x_{k-1}."""
     x_k = torch.randn(obs.shape[0], agent.actor.action_dim, device=obs.device, dtype=obs.dtype)
     path_log_ratio, chain = torch.zeros_like(obs[:, 0]), [x_k]
     for k in agent.actor.step_k.expand(obs.shape[0], -1).unbind(1):
@@ -351,13 +276,44 @@ def rolled_out_velocity(agent: Agent, q_value, obs: torch.Tensor, alpha: float):
         path_log_ratio = path_log_ratio + step_log_ratio(agent, x_k, k, x_previous, log_q)
         x_k = x_previous
         chain.append(x_k)
-    objective = q_value(obs, chain[-2], k, chain[-1]) - alpha * path_log_ratio
+    return chain, path_log_ratio
+
+
+def critic_targets(
+    agent: Agent, qf1_target, qf2_target, obs, last_steps, rewards, next_obs, terminations, alpha, gamma
+):
+    """(obs, x_1, k = 1, x_0, y): each stored last step (x_1, x_0) [B, 2, d] and its soft Bellman target
+    y = r + gamma (1 - terminated) V(s', x'_K, K), V from a fresh chain at s' rolled out to the k = 1 critic: no reward
+    and no time pass inside the chain (method.md §4.3)."""
+    last_step = agent.actor.step_k[-1:].expand(obs.shape[0])  # k = 1
+    with torch.no_grad():
+        chain, path_log_ratio = roll_out(agent, next_obs)
+        next_q = torch.min(
+            qf1_target(next_obs, chain[-2], last_step, chain[-1]), qf2_target(next_obs, chain[-2], last_step, chain[-1])
+        )
+        target = rewards + gamma * (1.0 - terminations) * (next_q - alpha * path_log_ratio)
+    return obs, last_steps[:, 0], last_step, last_steps[:, 1], target
+
+
+def kernel_score(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """d/dx log N(x; mean, diag(std^2)) = -(x - mean) / std^2."""
+    return -(x - mean) / std**2
+
+
+def rolled_out_velocity(agent: Agent, q_value, obs: torch.Tensor, alpha: float):
+    """(chain [B, K+1, d], velocity [B, K, d], L [B]) of one roll-out (method.md §4.3): the velocity at x_{k-1} is
+    d/dx_{k-1} [Q(s, x_1, 1, x_0) - alpha L], the noise and the parameters held fixed, an estimate of
+    d/dx [V(s, x, k-1) - alpha lt_k(x)]."""
+    chain, path_log_ratio = roll_out(agent, obs)
+    last_step = agent.actor.step_k[-1:].expand(obs.shape[0])
+    objective = q_value(obs, chain[-2], last_step, chain[-1]) - alpha * path_log_ratio
     velocity = torch.autograd.grad(objective.sum(), chain[1:])
     return torch.stack(chain, dim=1).detach(), torch.stack(velocity, dim=1), path_log_ratio.detach()
 
 
-def rolled_out_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
-    """(WPO loss at every step of each fresh chain, H_est = -E[L]) with the rolled-out velocity (method.md §4.3)."""
+def wpo_actor_loss(agent: Agent, q_value, obs: torch.Tensor, alpha: float, fisher_preconditioner: bool):
+    """(WPO loss at every step of each fresh chain, H_est = -E[L]) (method.md §4.3): each kernel's score at its
+    sample against the rolled-out velocity there."""
     chain, velocity, path_log_ratio = rolled_out_velocity(agent, q_value, obs, alpha)
     num_diffusion_steps = agent.actor.num_diffusion_steps
     b_obs, b_k = obs.repeat_interleave(num_diffusion_steps, 0), agent.actor.step_k.repeat(obs.shape[0])
@@ -383,7 +339,7 @@ def main() -> None:
     def networks():
         return [Agent(**agent_kwargs)] + [AugmentedQNetwork(obs_dim, action_dim, K, args.hidden_dim) for _ in range(4)]
 
-    buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, (K + 1) * action_dim)
+    buffer_bytes = ReplayBuffer.bytes(args.buffer_size, obs_dim, 2 * action_dim)
     flags = "--hidden-dim, --actor-hidden-dim or --buffer-size"
     agent, qf1, qf2, qf1_target, qf2_target = run.build(networks, flags, buffer_bytes)
     qf1_target.load_state_dict(qf1.state_dict())
@@ -397,7 +353,7 @@ def main() -> None:
     obs_normalizer = ObservationNormalizer.identity((obs_dim,))  # WPO, like SAC, does not normalise
     state = dict(agent=agent, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target, log_alpha=log_alpha)
     state.update(q_optimizer=q_optimizer, actor_optimizer=actor_optimizer, alpha_optimizer=alpha_optimizer)
-    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (K + 1, action_dim), device)  # whole chains x_K..x_0
+    replay_buffer = ReplayBuffer(args.buffer_size, obs_dim, (2, action_dim), device)  # the last step (x_1, x_0)
     checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), replay_buffer, agent_kwargs=agent_kwargs)
     global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
 
@@ -414,7 +370,9 @@ def main() -> None:
         # Before learning starts the untrained actor is the exact reverse process of x_0 ~ N(0, I): a random policy.
         with torch.no_grad():
             chains, _ = agent.actor.sample_chain(torch.as_tensor(obs, dtype=torch.float32, device=device))
-        next_obs, infos = step_and_store(envs, obs, agent.squash(chains[:, -1]).cpu().numpy(), replay_buffer, chains)
+        next_obs, infos = step_and_store(
+            envs, obs, agent.squash(chains[:, -1]).cpu().numpy(), replay_buffer, chains[:, -2:]
+        )
         run.episodes(infos, global_step)
         obs = next_obs
 
@@ -424,7 +382,7 @@ def main() -> None:
             updates += 1
             batch = replay_buffer.sample(args.batch_size)
             b_obs, b_x_k, b_k, b_x_previous, target = critic_targets(
-                agent, qf1_target, qf2_target, *batch, alpha=alpha, gamma=args.gamma, last_only=args.rolled_out_velocity
+                agent, qf1_target, qf2_target, *batch, alpha=alpha, gamma=args.gamma
             )
             qf1_values = qf1(b_obs, b_x_k, b_k, b_x_previous)
             qf1_loss = F.mse_loss(qf1_values, target)
@@ -437,8 +395,7 @@ def main() -> None:
 
             if updates % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
-                    loss_function = rolled_out_actor_loss if args.rolled_out_velocity else wpo_actor_loss
-                    actor_loss, entropy_estimate = loss_function(
+                    actor_loss, entropy_estimate = wpo_actor_loss(
                         agent, min_q, batch[0], alpha, args.fisher_preconditioner
                     )
                     run.check_finite("actor loss", actor_loss, global_step)
