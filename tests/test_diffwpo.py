@@ -1,9 +1,6 @@
-"""DiffWPO: the closed-form kernel score, the WPO step on a quadratic critic, augmented
-Bellman targets inside and at the end of the chain, the rolled-out soft value and velocity."""
+"""DiffWPO: the closed-form kernel score, the WPO step on a quadratic critic, the critics' soft Bellman target at the
+last diffusion step, the roll-out's path log-ratio and its velocity."""
 
-import math
-
-import pytest
 import torch
 
 import diffwpo
@@ -33,8 +30,7 @@ def quadratic_critic(center):
     return lambda obs, x_k, k, x: -((x - center) ** 2).sum(-1)
 
 
-@pytest.mark.parametrize("loss_function", [diffwpo.wpo_actor_loss, diffwpo.rolled_out_actor_loss])
-def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q(loss_function):
+def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q():
     """One Gaussian step (K = 1), alpha = 0, Q = -|x - c|^2. The WPO loss is
     -E[score(x) . v(x)] with score = -(x - mean)/sigma^2 and v = grad Q(x) = -2 (x - c), so its
     gradient with respect to the mean is -E[v]/sigma^2 = 2 (mean - c)/sigma^2 (preconditioned by
@@ -55,7 +51,7 @@ def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q(loss_functio
             return mean.mean(0), std[0]
 
         mean_before, std = policy_mean()
-        loss, _ = loss_function(
+        loss, _ = diffwpo.wpo_actor_loss(
             agent, quadratic_critic(center), obs, alpha=0.0, fisher_preconditioner=fisher_preconditioner
         )
         loss.backward()
@@ -74,55 +70,46 @@ def test_wpo_step_moves_gaussian_mean_along_gradient_of_quadratic_q(loss_functio
         )
 
 
-def test_bellman_target_inside_chain_uses_next_augmented_state_without_reward():
-    """With alpha = 0 and Q_target(s, x_k, k, x) = 100 s + k, the soft value of any augmented state is
-    Q_target at its last step, 100 s + 1. Inside the chain (k > 1) the target is that value at the same
-    state s, with no reward and no discount; at k = 1 it is r + gamma (1 - terminated)(100 s' + 1)."""
-    num_diffusion_steps, batch = 4, 512
-    agent = make_agent(obs_dim=1, num_diffusion_steps=num_diffusion_steps)
+def test_critic_target_is_the_reward_plus_the_discounted_value_at_the_end_of_a_fresh_chain_at_the_next_state():
+    """With alpha = 0 and Q_target(s, x_k, k, x) = 100 s + k the soft value at s' is Q_target at the end of the
+    rolled-out chain, 100 s' + 1: the target is r + gamma (1 - terminated)(100 s' + 1), on the stored (x_1, x_0) at
+    k = 1."""
+    agent = make_agent(obs_dim=1, num_diffusion_steps=4)
     critic = lambda obs, x_k, k, x: 100 * obs[:, 0] + k  # noqa: E731
-    obs, next_obs = torch.rand(batch, 1), torch.rand(batch, 1) + 5
-    chains = torch.randn(batch, num_diffusion_steps + 1, 2)
-    rewards, terminations = torch.randn(batch), (torch.rand(batch) < 0.5).float()
+    obs, next_obs, last_steps = torch.rand(64, 1), torch.rand(64, 1) + 5, torch.randn(64, 2, 2)
+    rewards, terminations = torch.randn(64), (torch.rand(64) < 0.5).float()
     b_obs, x_k, k, x_previous, target = diffwpo.critic_targets(
-        agent, critic, critic, obs, chains, rewards, next_obs, terminations, alpha=0.0, gamma=0.9
+        agent, critic, critic, obs, last_steps, rewards, next_obs, terminations, alpha=0.0, gamma=0.9
     )
-    assert set(k.tolist()) == set(range(1, num_diffusion_steps + 1))  # every step gets sampled
-    rows = torch.arange(batch)
-    torch.testing.assert_close(x_k, chains[rows, num_diffusion_steps - k])
-    torch.testing.assert_close(x_previous, chains[rows, num_diffusion_steps - k + 1])
-    inside, last = k > 1, k == 1
-    torch.testing.assert_close(target[inside], 100 * obs[inside, 0] + 1)
-    expected_last = rewards[last] + 0.9 * (1 - terminations[last]) * (100 * next_obs[last, 0] + 1)
-    torch.testing.assert_close(target[last], expected_last)
+    assert k.tolist() == [1] * 64
+    torch.testing.assert_close(b_obs, obs)
+    torch.testing.assert_close(x_k, last_steps[:, 0])
+    torch.testing.assert_close(x_previous, last_steps[:, 1])
+    torch.testing.assert_close(target, rewards + 0.9 * (1 - terminations) * (100 * next_obs[:, 0] + 1))
 
 
-def test_augmented_bellman_target_by_hand():
-    """Inside: y = V_next = 3. Last step: y = 1 + 0.5 * 3 = 2.5, or 1 when terminated."""
-    target = diffwpo.augmented_bellman_target(
-        torch.tensor([1.0, 1.0, 1.0]),
-        torch.tensor([0.0, 0.0, 1.0]),
-        torch.tensor([False, True, True]),
-        torch.tensor([3.0, 3.0, 3.0]),
-        0.5,
-    )
-    torch.testing.assert_close(target, torch.tensor([3.0, 2.5, 1.0]))
-
-
-def test_rolled_out_soft_value_accumulates_the_whole_path_log_ratio():
-    """With Q_target = 0, V(s, x_K, K) = -alpha E[sum_k lt_k] = -alpha E[L] = alpha H_est: the rollout
-    must add up the K per-step terms (prior and squash terms included) exactly as L does."""
-    agent = make_agent(num_diffusion_steps=4)
-    obs = torch.randn(1, 2).expand(100000, -1)
+def test_soft_value_subtracts_alpha_times_the_path_log_ratio_of_the_same_roll_out():
+    """With Q_target = 0, no reward and gamma = 1 the target is -alpha L of the chain rolled out at s', the same L
+    (prior, K kernel terms and squash) that roll_out returns for the same noise and that the fused sample_chain gives
+    for that chain."""
+    agent, alpha = make_agent(num_diffusion_steps=4), 0.7
     zero = lambda obs, x_k, k, x: torch.zeros(len(obs))  # noqa: E731
-    alpha = 0.7
+    obs, next_obs, last_steps = torch.randn(32, 2), torch.randn(32, 2), torch.randn(32, 2, 2)
+    torch.manual_seed(3)
+    *_, target = diffwpo.critic_targets(
+        agent, zero, zero, obs, last_steps, torch.zeros(32), next_obs, torch.zeros(32), alpha=alpha, gamma=1.0
+    )
+    torch.manual_seed(3)
     with torch.no_grad():
-        value = diffwpo.soft_value(agent, zero, zero, obs, torch.randn(len(obs), 2), torch.full((len(obs),), 4), alpha)
-        chain, step_log_q = agent.actor.sample_chain(obs)
-        terms, log_prior, squash_log_det = agent.actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
-        path_log_ratio = log_prior + terms.sum(1) - squash_log_det
-    standard_error = path_log_ratio.std() / math.sqrt(len(obs))
-    assert abs(value.mean() / alpha + path_log_ratio.mean()) < 5 * standard_error * math.sqrt(2)
+        chain, path_log_ratio = diffwpo.roll_out(agent, next_obs)
+        chain = torch.stack(chain, dim=1)
+        actor, step_k = agent.actor, agent.actor.step_k.expand(len(obs), -1)
+        step_log_q = torch.stack(
+            [actor.log_prob(next_obs, chain[:, j], step_k[:, j], chain[:, j + 1]) for j in range(4)], dim=1
+        )
+        terms, log_prior, squash_log_det = actor.path_log_ratio_terms(chain, step_log_q, agent.action_half_width)
+    torch.testing.assert_close(target, -alpha * path_log_ratio)
+    torch.testing.assert_close(path_log_ratio, log_prior + terms.sum(1) - squash_log_det)
 
 
 def test_critic_gradient_vanishes_where_the_action_saturates():
@@ -180,18 +167,3 @@ def test_rolled_out_velocity_is_the_finite_difference_of_the_rolled_out_objectiv
                     objective(prefix + [chain[:, j + 1] + step])[0] - objective(prefix + [chain[:, j + 1] - step])[0]
                 )
                 torch.testing.assert_close(difference / (2 * h), velocity[:, j, i], rtol=1e-5, atol=1e-6)
-
-
-def test_critics_train_at_the_last_step_only_with_the_rolled_out_velocity():
-    """With last_only the critic batch is all k = 1 samples (x_1, x_0) with the reward target; nothing inside."""
-    agent = make_agent(obs_dim=1, num_diffusion_steps=4)
-    critic = lambda obs, x_k, k, x: 100 * obs[:, 0] + k  # noqa: E731
-    obs, next_obs, chains = torch.rand(64, 1), torch.rand(64, 1) + 5, torch.randn(64, 5, 2)
-    rewards, terminations = torch.randn(64), torch.zeros(64)
-    _, x_k, k, x_previous, target = diffwpo.critic_targets(
-        agent, critic, critic, obs, chains, rewards, next_obs, terminations, alpha=0.0, gamma=0.9, last_only=True
-    )
-    assert k.tolist() == [1] * 64
-    torch.testing.assert_close(x_k, chains[:, 3])
-    torch.testing.assert_close(x_previous, chains[:, 4])
-    torch.testing.assert_close(target, rewards + 0.9 * (100 * next_obs[:, 0] + 1))

@@ -2,9 +2,10 @@
 
 Pathwise actors (diffsac.py, baselines/sac.py): with alpha = 0 the actor's gradient is the critic's gradient through
 the reparameterised action; with Q = 0 it is alpha times the gradient of the path log-ratio L (log pi for the twin),
-recomputed here from torch.distributions along the same noise. WPO actors (baselines/wpo.py): the loss is
--E[score . v] with the velocity v = d/dx (Q - alpha log pi) recomputed the same way. Temperatures: a step on each
-script's alpha loss lowers alpha when the entropy estimate is above its target and raises it below.
+recomputed here from torch.distributions along the same noise. WPO actors (baselines/wpo.py, diffwpo.py): the loss
+is -E[score . v] with the velocity v = d/dx (Q - alpha log pi), or the rolled-out d/dx_{k-1} (Q - alpha L) at every
+diffusion step, recomputed the same way. Temperatures: a step on each script's alpha loss lowers alpha when the
+entropy estimate is above its target and raises it below.
 """
 
 import math
@@ -116,43 +117,44 @@ def test_wpo_loss_is_minus_the_score_times_the_velocity_of_q_minus_alpha_log_pi(
 
 
 class AugmentedLinearQ(LinearQ):
-    """Q~(s, x_k, k, x_{k-1}) = w . x_{k-1}: an augmented critic whose gradient in x_{k-1} is known."""
+    """Q~(s, x_k, k, x_{k-1}) = w . x_{k-1} + w . x_k / 4: an augmented critic with a known gradient in both."""
 
     def forward(self, obs, x_k, k, x_previous):
-        return super().forward(obs, x_previous) + 0.0 * x_k.sum(-1)
+        return super().forward(obs, x_previous) + super().forward(obs, x_k) / 4
 
 
 @pytest.mark.parametrize("alpha,q_scale", [(0.0, 1.0), (0.3, 0.0), (0.3, 1.0)])
-def test_diffwpo_loss_is_minus_the_kernel_score_times_the_velocity_of_q_minus_alpha_lt_k(alpha, q_scale):
-    """At one uniformly drawn step of each chain: v = d/dx_{k-1} (Q~ - alpha lt_k), lt_k = log q(x_{k-1}|x_k, s)
-    - log p(x_k|x_{k-1}) (+ log N(x_K; 0, I) at k = K, - log|da/dx_0| at k = 1), from torch.distributions."""
+def test_diffwpo_loss_is_minus_each_kernels_score_times_the_rolled_out_velocity_of_q_minus_alpha_l(alpha, q_scale):
+    """At every step of each fresh chain: v = d/dx_{k-1} [Q~(s, x_1, 1, x_0) - alpha L] along the chain the noise
+    draws (noise and parameters held fixed), L = log N(x_K; 0, I) + sum_k [log q(x_{k-1}|x_k, s) - log p(x_k|x_{k-1})]
+    - log|da/dx_0| from torch.distributions; the loss is -mean over the B K steps of score_k(x_{k-1}) . v."""
     torch.manual_seed(0)
     K, agent = 3, diffwpo.Agent(OBS_DIM, ACTION_DIM, LOW, HIGH, 3, hidden_dim=16)
-    critic, obs = AugmentedLinearQ(q_scale), torch.randn(BATCH, OBS_DIM)
+    critic, obs, actor = AugmentedLinearQ(q_scale), torch.randn(BATCH, OBS_DIM), agent.actor
     torch.manual_seed(1)
     loss, _ = diffwpo.wpo_actor_loss(agent, critic, obs, alpha, fisher_preconditioner=False)
     torch.manual_seed(1)
-    noise, actor = torch.randn(K + 1, BATCH, ACTION_DIM), agent.actor
-    j = torch.randint(0, K, (BATCH,))
-    with torch.no_grad():
-        chain = [noise[0]]
-        for step, k in enumerate(range(K, 0, -1), start=1):
-            mean, std = actor.kernel(obs, chain[-1], torch.full((BATCH,), k))
-            chain.append(mean + std * noise[step])
-    chain, rows = torch.stack(chain, 1), torch.arange(BATCH)
-    x_k, k, x = chain[rows, j], K - j, chain[rows, j + 1].clone().requires_grad_(True)
-    mean, std = actor.kernel(obs, x_k, k)
-    beta = actor.betas[k - 1][:, None]
-    lt_k = Normal(mean.detach(), std.detach()).log_prob(x).sum(-1)
-    lt_k = lt_k - Normal(torch.sqrt(1 - beta) * x, torch.sqrt(beta)).log_prob(x_k).sum(-1)
-    squash = torch.log(agent.action_half_width * (1 - torch.tanh(x) ** 2)).sum(-1)
-    lt_k = lt_k - torch.where(k == 1, squash, 0.0)  # the prior term at k = K does not depend on x_{k-1}
-    (velocity,) = torch.autograd.grad((critic(obs, x_k, k, x) - alpha * lt_k).sum(), x)
-    x = x.detach().requires_grad_(True)
-    (score,) = torch.autograd.grad(Normal(mean, std).log_prob(x).sum(), x, create_graph=True)
-    expected = -(score * velocity).sum(-1).mean()
+    noise = [torch.randn(BATCH, ACTION_DIM) for _ in range(K + 1)]  # x_K, then one draw per kernel
+    chain, log_ratio = [noise[0]], Normal(0.0, 1.0).log_prob(noise[0]).sum(-1)
+    for j, k in enumerate(range(K, 0, -1), start=1):
+        mean, std = actor.kernel(obs, chain[-1], torch.full((BATCH,), k))
+        previous = mean + std * noise[j]
+        beta = actor.betas[k - 1]
+        forward = Normal(torch.sqrt(1 - beta) * previous, torch.sqrt(beta)).log_prob(chain[-1]).sum(-1)
+        log_ratio = log_ratio + Normal(mean, std).log_prob(previous).sum(-1) - forward
+        chain.append(previous)
+    log_ratio = log_ratio - torch.log(agent.action_half_width * (1 - torch.tanh(chain[-1]) ** 2)).sum(-1)
+    objective = critic(obs, chain[-2], torch.ones(BATCH, dtype=torch.long), chain[-1]) - alpha * log_ratio
+    velocity = torch.autograd.grad(objective.sum(), chain[1:])
+    expected = 0.0
+    for j, k in enumerate(range(K, 0, -1)):
+        x = chain[j + 1].detach().requires_grad_(True)
+        mean, std = actor.kernel(obs, chain[j].detach(), torch.full((BATCH,), k))
+        (score,) = torch.autograd.grad(Normal(mean, std).log_prob(x).sum(), x, create_graph=True)
+        expected = expected - (score * velocity[j]).sum(-1).sum() / (BATCH * K)
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
     assert_same_gradients(gradients(loss, agent), gradients(expected, agent))
+    assert any(g is not None and g.abs().max() > 0 for g in gradients(loss, agent))
 
 
 @pytest.mark.parametrize("module", [diffsac, sac, diffwpo, wpo, diffppo, ppo])
