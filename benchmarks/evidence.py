@@ -78,7 +78,8 @@ class Experiment:
     steps: tuple[int, ...]  # training running-mean columns of the runs table
     commands: tuple[str, ...]  # what makes the runs on a 2-core CPU machine
     cluster_command: str  # the same study at paper scale
-    borrowed: dict[str, tuple[str, str]] = field(default_factory=dict)  # exp name here -> (experiment, exp name there)
+    # exp name here -> (experiment, exp name there) or (experiment, exp name there, only these tasks)
+    borrowed: dict[str, tuple] = field(default_factory=dict)
     variants: dict[str, str] = field(default_factory=dict)  # an ablation: exp name -> what differs (one table row each)
 
 
@@ -117,6 +118,7 @@ OFFPOLICY = Experiment(
     "peers/sdac.py --env-ids Hopper-v4 Walker2d-v4 HalfCheetah-v4 Humanoid-v4 InvertedPendulum-v4 --seeds 1 2 3 4 5 "
     "--total-timesteps 1000000 --workdir results/offpolicy_1m --executor slurm --slurm-partition <partition> "
     '--gpus-per-node 1 --extra="--save-model"',
+    borrowed={"diffwpo": ("diffwpo_hopper", "diffwpo_rolled", ("Hopper-v4",))},
 )
 K_ABLATION = Experiment(
     "k_ablation",
@@ -152,10 +154,10 @@ K_ABLATION = Experiment(
 )
 WPO_ABLATION = Experiment(
     "diffwpo_hopper",
-    "Why DiffWPO is slow on Hopper-v4",
+    "Why DiffWPO was slow on Hopper-v4",
     (
         "diffsac",
-        "diffwpo",
+        "diffwpo_innercritics",
         "diffwpo_rollout",
         "diffwpo_last256",
         "diffwpo_allsteps",
@@ -167,20 +169,20 @@ WPO_ABLATION = Experiment(
         "sac",
     ),
     (
-        ("diffsac", "diffwpo"),
-        ("diffwpo_rollout", "diffwpo"),
+        ("diffsac", "diffwpo_innercritics"),
+        ("diffwpo_rollout", "diffwpo_innercritics"),
         ("diffsac", "diffwpo_rollout"),
-        ("diffwpo_last256", "diffwpo"),
+        ("diffwpo_last256", "diffwpo_innercritics"),
         ("diffsac", "diffwpo_last256"),
-        ("diffwpo_allsteps", "diffwpo"),
+        ("diffwpo_allsteps", "diffwpo_innercritics"),
         ("diffsac", "diffwpo_allsteps"),
-        ("diffwpo_k1", "diffwpo"),
+        ("diffwpo_k1", "diffwpo_innercritics"),
         ("diffsac", "diffwpo_k1"),
-        ("diffwpo_nofisher", "diffwpo"),
+        ("diffwpo_nofisher", "diffwpo_innercritics"),
         ("diffwpo_rollout_nofisher", "diffwpo_rollout"),
         ("diffwpo_rollout_nofisher", "diffwpo_nofisher"),
         ("diffsac", "diffwpo_rollout_nofisher"),
-        ("diffwpo_rolled", "diffwpo"),
+        ("diffwpo_rolled", "diffwpo_innercritics"),
         ("diffsac", "diffwpo_rolled"),
         ("sac", "wpo"),
     ),
@@ -201,18 +203,21 @@ WPO_ABLATION = Experiment(
         )
     ),
     "the same commands with --total-timesteps 1000000 and --executor slurm",
-    borrowed={name: ("offpolicy_100k", name) for name in ("diffsac", "diffwpo", "wpo", "sac")},
+    borrowed={
+        "diffwpo_innercritics": ("diffwpo_inner_critics", "diffwpo"),
+        **{name: ("offpolicy_100k", name) for name in ("diffsac", "wpo", "sac")},
+    },
     variants={
         "diffsac": "DiffSAC, K = 8 (the bar)",
-        "diffwpo": "DiffWPO, K = 8, defaults",
-        "diffwpo_rollout": "DiffWPO, --inner-velocity rollout: inner steps follow a roll-out's gradient, not Q_k's",
-        "diffwpo_last256": "DiffWPO, --last-step-samples 224: the k = 1 critic sees 256 rewarded samples per update",
-        "diffwpo_allsteps": "DiffWPO, --actor-all-steps: each kernel's actor step sees the whole batch, not 1/K of it",
-        "diffwpo_k1": "DiffWPO, K = 1: one kernel, every critic sample carries a reward",
-        "diffwpo_nofisher": "DiffWPO, --no-fisher-preconditioner",
-        "diffwpo_rollout_nofisher": "DiffWPO, --inner-velocity rollout --no-fisher-preconditioner",
-        "diffwpo_rolled": "DiffWPO, --rolled-out-velocity: every step follows one roll-out to the k = 1 critic, "
-        "critics at k = 1 only",
+        "diffwpo_innercritics": "DiffWPO, K = 8, first form: learned inner critics Q_k, one drawn step per chain",
+        "diffwpo_rollout": "first form, --inner-velocity rollout: inner steps follow a roll-out's gradient, not Q_k's",
+        "diffwpo_last256": "first form, --last-step-samples 224: the k = 1 critic sees 256 rewarded samples per update",
+        "diffwpo_allsteps": "first form, --actor-all-steps: each kernel's actor step sees the whole batch, not 1/K",
+        "diffwpo_k1": "first form, K = 1: one kernel, every critic sample carries a reward",
+        "diffwpo_nofisher": "first form, --no-fisher-preconditioner",
+        "diffwpo_rollout_nofisher": "first form, --inner-velocity rollout --no-fisher-preconditioner",
+        "diffwpo_rolled": "--rolled-out-velocity, now the default: every step follows one roll-out to the k = 1 "
+        "critic, critics at k = 1 only",
         "wpo": "WPO (Gaussian twin)",
         "sac": "SAC (Gaussian)",
     },
@@ -311,7 +316,7 @@ def load_runs(results_dir: str, experiment: Experiment) -> dict[tuple[str, str, 
     """{(env_id, exp_name, seed): summary} of the experiment's finished runs (borrowed ones renamed)."""
     runs = {}
     sources = [(experiment.name, None)] + [
-        (source, (here, there)) for here, (source, there) in experiment.borrowed.items()
+        (source, (here, there, *only)) for here, (source, there, *only) in experiment.borrowed.items()
     ]
     for source, rename in sources:
         for path in sorted(glob.glob(os.path.join(results_dir, source, "summaries", "*.json"))):
@@ -319,7 +324,7 @@ def load_runs(results_dir: str, experiment: Experiment) -> dict[tuple[str, str, 
                 summary = json.load(file)
             name = summary["exp_name"]
             if rename is not None:
-                if name != rename[1]:
+                if name != rename[1] or (len(rename) > 2 and summary["env_id"] not in rename[2]):
                     continue
                 name = rename[0]
             if (
@@ -860,8 +865,8 @@ def build_blocks(results_dir: str, docs_dir: str | None, references: dict) -> di
                 f"\n\n![{experiment.title}: return against K and against wall-clock](evidence_{experiment.name}.png)"
             )
         reused = "".join(
-            f" {label(here)} is the {source} grid's {label(there)}."
-            for here, (source, there) in experiment.borrowed.items()
+            f" {label(here)}{' on ' + ', '.join(only[0]) if only else ''} is the {source} grid's {label(there)}."
+            for here, (source, there, *only) in experiment.borrowed.items()
         )
         blocks[experiment.name] = (
             f"{finished}{reused} Commands (2 CPU cores):\n\n{commands_block(experiment)}\n\n"

@@ -170,6 +170,20 @@ def test_k_ablation_borrows_the_k8_runs_of_the_main_grids(tmp_path):
     assert "| DiffPPO, K = 8 (default) | 3 of 3 | 950.0 (900, 950, 1000) |" in table
 
 
+def test_a_borrow_limited_to_some_tasks_takes_only_those_tasks_runs_of_the_borrowed_name(tmp_path):
+    """The off-policy grid's DiffWPO on Hopper-v4 is the WPO ablation's rolled-out runs; on Walker2d-v4 its own."""
+    for seed in (1, 2, 3):
+        write_summary(tmp_path, "diffwpo_hopper", "Hopper-v4", "diffwpo_rolled", seed, 100.0 * seed)
+        write_summary(tmp_path, "diffwpo_hopper", "Walker2d-v4", "diffwpo_rolled", seed, 7.0)  # not borrowed
+        write_summary(tmp_path, "diffwpo_hopper", "Hopper-v4", "diffwpo_k1", seed, 9.0)  # another name
+        write_summary(tmp_path, "offpolicy_100k", "Walker2d-v4", "diffwpo", seed, 1000.0 + seed)
+    runs = evidence.load_runs(str(tmp_path), evidence.OFFPOLICY)
+    assert {key: run["deterministic_eval_mean"] for key, run in runs.items()} == {
+        **{("Hopper-v4", "diffwpo", seed): 100.0 * seed for seed in (1, 2, 3)},
+        **{("Walker2d-v4", "diffwpo", seed): 1000.0 + seed for seed in (1, 2, 3)},
+    }
+
+
 def test_a_variant_table_over_two_environments_has_one_row_per_environment_and_variant(tmp_path):
     grid = {(env, name): [1000, 2000, 3000] for env in ("Hopper-v4", "Walker2d-v4") for name in ("diffreppo", "reppo")}
     onpolicy_grid(tmp_path, grid)
