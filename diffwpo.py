@@ -215,7 +215,8 @@ class DiffusionActor(nn.Module):
 
 
 class AugmentedQNetwork(nn.Module):
-    """Q(s, x_k, k, x_{k-1}): the value of taking x_{k-1} in the augmented state (s, x_k, k)."""
+    """Q(s, x_k, k, x_{k-1}): the value of taking x_{k-1} in the augmented state (s, x_k, k). The script trains and
+    reads it at k = 1 only; the other augmented states' values are roll-outs to it (method.md §4.3)."""
 
     def __init__(self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=256, time_embedding_dim=16):
         super().__init__()
