@@ -589,6 +589,12 @@ def save_figure(fig, path: str) -> None:
     plt.close(fig)
 
 
+def figure_title(experiment: Experiment, tasks: list[str]) -> str:
+    """'title: tasks, seeds 1, 2, 3', naming only the tasks the title does not name already."""
+    named = [task for task in tasks if task not in experiment.title]
+    return f"{experiment.title}: {', '.join(named + ['seeds ' + ', '.join(map(str, experiment.seeds))])}"
+
+
 def figure(runs: dict, experiment: Experiment, references: dict, path: str | None) -> bool:
     """IQM with intervals, performance profile and sample-efficiency curves written to ``path`` (None: only
     say whether there is one); False when no task is complete."""
@@ -640,7 +646,7 @@ def figure(runs: dict, experiment: Experiment, references: dict, path: str | Non
     ax_curve.set_xlabel("environment steps")
     evaluated = all(len(run.get("evaluation_at") or {}) > 1 for run in runs.values())
     ax_curve.set_ylabel(f"IQM of normalised {'evaluation' if evaluated else 'training'} return")
-    fig.suptitle(f"{experiment.title}: {', '.join(tasks)}, seeds {', '.join(map(str, experiment.seeds))}")
+    fig.suptitle(figure_title(experiment, tasks))
     save_figure(fig, path)
     return True
 

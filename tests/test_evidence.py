@@ -184,6 +184,13 @@ def test_a_borrow_limited_to_some_tasks_takes_only_those_tasks_runs_of_the_borro
     }
 
 
+def test_a_figure_title_names_each_task_once():
+    humanoid = evidence.figure_title(evidence.HUMANOID_K, ["Humanoid-v4"])
+    assert humanoid == "Diffusion steps K on Humanoid-v4, 1M environment steps: seeds 1, 2, 3"
+    offpolicy = evidence.figure_title(evidence.OFFPOLICY, ["Hopper-v4", "Walker2d-v4"])
+    assert offpolicy.endswith(": Hopper-v4, Walker2d-v4, seeds 1, 2, 3")
+
+
 def test_a_variant_table_over_two_environments_has_one_row_per_environment_and_variant(tmp_path):
     grid = {(env, name): [1000, 2000, 3000] for env in ("Hopper-v4", "Walker2d-v4") for name in ("diffreppo", "reppo")}
     onpolicy_grid(tmp_path, grid)
