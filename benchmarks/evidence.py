@@ -165,6 +165,7 @@ WPO_ABLATION = Experiment(
         "diffwpo_nofisher",
         "diffwpo_rollout_nofisher",
         "diffwpo_rolled",
+        "diffwpo",
         "wpo",
         "sac",
     ),
@@ -184,6 +185,7 @@ WPO_ABLATION = Experiment(
         ("diffsac", "diffwpo_rollout_nofisher"),
         ("diffwpo_rolled", "diffwpo_innercritics"),
         ("diffsac", "diffwpo_rolled"),
+        ("diffsac", "diffwpo"),
         ("sac", "wpo"),
     ),
     ("Hopper-v4",),
@@ -201,6 +203,10 @@ WPO_ABLATION = Experiment(
             ("_rollout_nofisher", "--inner-velocity rollout --no-fisher-preconditioner"),
             ("_rolled", "--rolled-out-velocity"),
         )
+    )
+    + (
+        "python -m benchmarks.grid --scripts diffwpo.py --env-ids Hopper-v4 --seeds 1 2 3 --total-timesteps 100000 "
+        '--workdir results/diffwpo_hopper --workers 2 --extra="--save-model"',
     ),
     "the same commands with --total-timesteps 1000000 and --executor slurm",
     borrowed={
@@ -218,6 +224,7 @@ WPO_ABLATION = Experiment(
         "diffwpo_rollout_nofisher": "first form, --inner-velocity rollout --no-fisher-preconditioner",
         "diffwpo_rolled": "--rolled-out-velocity, now the default: every step follows one roll-out to the k = 1 "
         "critic, critics at k = 1 only",
+        "diffwpo": "DiffWPO, K = 8, the current script: the same update, other random streams",
         "wpo": "WPO (Gaussian twin)",
         "sac": "SAC (Gaussian)",
     },
