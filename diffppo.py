@@ -51,8 +51,13 @@ class Args(RunArgs):
     """the GAE lambda at environment steps"""
     chain_gae_lambda: float = 1.0
     """the GAE lambda inside the diffusion chain (1: no bootstrapping inside a chain)"""
+    chain_gamma: float = 1.0
+    """the discount inside the diffusion chain (the authors' code: --gamma at every augmented step)"""
     num_minibatches: int = 32
     """the number of minibatches; the augmented batch num_envs*num_steps*K must split into them"""
+    minibatch_size: int | None = None
+    """augmented samples per minibatch, the same at every K, so optimiser steps grow with K as in the authors' code
+    (default: the augmented batch / --num-minibatches)"""
     update_epochs: int = 10
     """the K epochs to update the policy"""
     norm_adv: bool = True
@@ -85,20 +90,29 @@ class Args(RunArgs):
     """rollout kernels' noise x this; ratios and soft rewards keep the kernels' densities (method.md §4.1)"""
     hidden_dim: int = 64
     """width of the two hidden layers of the mean and value networks"""
+    chain: str = "ddpm"
+    """the reverse kernels: ddpm (cosine schedule, learned sigma_k) or langevin (the authors' chain, method.md §1.1)"""
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
     *at_least_one("num_diffusion_steps", "num_steps", "num_minibatches", "update_epochs", "hidden_dim"),
     (
-        "num_envs * num_steps * num_diffusion_steps % num_minibatches == 0",
+        "minibatch_size is not None or num_envs * num_steps * num_diffusion_steps % num_minibatches == 0",
         "--num-minibatches {num_minibatches} "
         "does not divide the augmented batch {num_envs * num_steps * num_diffusion_steps} (envs x steps x K).",
     ),
+    ("minibatch_size is None or minibatch_size >= 1", "--minibatch-size must be at least 1 (got {minibatch_size})."),
+    (
+        "minibatch_size is None or num_envs * num_steps * num_diffusion_steps % minibatch_size == 0",
+        "--minibatch-size {minibatch_size} "
+        "does not divide the augmented batch {num_envs * num_steps * num_diffusion_steps} (envs x steps x K).",
+    ),
+    ("chain in ('ddpm', 'langevin')", "--chain must be ddpm or langevin (got {chain!r})."),
     ("total_timesteps >= num_envs * num_steps", "--total-timesteps {total_timesteps} is less than one rollout."),
     ("alpha >= 0", "--alpha must be >= 0 (got {alpha})."),
     ("alpha > 0 or not autotune", "--autotune needs a positive initial --alpha (it tunes log(alpha))."),
     *in_unit_interval("gamma"),
-    *in_unit_interval("gae_lambda", "chain_gae_lambda", closed=True),
+    *in_unit_interval("gae_lambda", "chain_gae_lambda", "chain_gamma", closed=True),
     *positive("learning_rate", "clip_coef", "min_std"),
     ("behaviour_noise_scale > 0", "--behaviour-noise-scale must be a positive number (got {behaviour_noise_scale})."),
     ("min_std < 1", "--min-std must be below 1, the largest sigma_k (got {min_std})."),
@@ -138,11 +152,17 @@ def layer_init(layer, std=math.sqrt(2), bias_const=0.0):
 
 
 class DiffusionActor(nn.Module):
-    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(sqrt(alpha_k) x_k + f(s, x_k, k), sigma_k^2) (method.md
-    §1); at initialisation f ~ 0 and sigma_k^2 = beta_k, the exact reverse process of x_0 ~ N(0, I). Chains are in
-    time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K, chain[:, K] = x_0, and step j has k = K - j."""
+    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(a_k x_k + c_k f(s, x_k, k), sigma_k^2), x_K ~ N(0,
+    prior_std^2 I) (method.md §1). chain="ddpm": a_k = sqrt(alpha_k), c_k = 1, sigma_k learned from sigma_k^2 = beta_k,
+    prior_std 1; at initialisation f ~ 0, the exact reverse process of x_0 ~ N(0, I). chain="langevin", the authors'
+    chain (method.md §1.1): Euler-Maruyama steps of Langevin dynamics with eta_k = dt_k / friction (dt_k per step and
+    friction per dimension, both learned), a_k = 1 - eta_k / prior_std^2, c_k = eta_k, sigma_k^2 = 2 eta_k, prior_std 3.
+    Chains are in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K, chain[:, K] = x_0, and step j has k = K - j.
+    """
 
-    def __init__(self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=64, min_std=0.01, activation="tanh"):
+    def __init__(
+        self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=64, min_std=0.01, activation="tanh", chain="ddpm"
+    ):
         super().__init__()
         self.num_diffusion_steps, self.action_dim, time_embedding_dim = num_diffusion_steps, action_dim, 16
         Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
@@ -159,26 +179,47 @@ class DiffusionActor(nn.Module):
             Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
-        self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
+        self.chain = chain
         self.log_std_min = math.log(min_std)
+        if chain == "ddpm":
+            self.prior_std = 1.0
+            self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
+        else:  # softplus parameters, initialised at the authors' dt = 0.125 and friction = 0.25 (eta = 0.5)
+            self.prior_std = 3.0
+            self.dt_parameter = nn.Parameter(torch.full((num_diffusion_steps,), math.log(math.expm1(0.125))))
+            self.friction_parameter = nn.Parameter(torch.full((action_dim,), math.log(math.expm1(0.25))))
 
     @torch.no_grad()
-    def clamp_log_std_(self):  # sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)
-        self.log_std.clamp_(self.log_std_min, 0.0)
+    def clamp_log_std_(self):  # ddpm: sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)
+        if self.chain == "ddpm":
+            self.log_std.clamp_(self.log_std_min, 0.0)
+
+    def coefficients(self):
+        """(a, c, log sigma), each [K, d] with row k-1: the kernel's mean a_k x_k + c_k f and its log std."""
+        if self.chain == "ddpm":
+            log_std = self.log_std.clamp(self.log_std_min, 0.0)
+            return self.sqrt_alphas[:, None].expand_as(log_std), torch.ones_like(log_std), log_std
+        eta = nn.functional.softplus(self.dt_parameter)[:, None] / nn.functional.softplus(self.friction_parameter)
+        return 1 - eta / self.prior_std**2, eta, 0.5 * torch.log(2 * eta)
 
     def kernel(self, obs, x_k, k):
         """Mean and std of q(x_{k-1} | x_k, s, k); k is a LongTensor of diffusion indices in 1..K."""
+        scale, output_scale, log_std = self.coefficients()
         features = torch.cat([obs, x_k, self.time_embedding(k)], dim=-1)
-        mean = self.sqrt_alphas[k - 1, None] * x_k + self.mean_net(features)
-        return mean, self.log_std[k - 1].clamp(self.log_std_min, 0.0).exp()
+        mean = scale[k - 1] * x_k + output_scale[k - 1] * self.mean_net(features)
+        return mean, log_std[k - 1].exp()
 
     def log_prob(self, obs, x_k, k, x_previous):
         """log q(x_{k-1} | x_k, s, k) for a batch of augmented samples (any mix of k)."""
         return gaussian_log_prob(x_previous, *self.kernel(obs, x_k, k))
 
     def forward_log_prob(self, x_k, x_previous, k):
-        """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
-        return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
+        """log p(x_k | x_{k-1}), the noising kernel: ddpm N(sqrt(alpha_k) x_{k-1}, beta_k I); langevin the
+        Euler-Maruyama step of the prior's Langevin dynamics N(a_k x_{k-1}, 2 eta_k I) (method.md §1.1)."""
+        if self.chain == "ddpm":
+            return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
+        scale, _, log_std = self.coefficients()
+        return gaussian_log_prob(x_k, scale[k - 1] * x_previous, log_std[k - 1].exp())
 
     def sample_chain(self, obs, deterministic=False, noise_scale=1.0):
         """(chain [B, K+1, d], log q per step [B, K]) in time order: ``kernel`` run K times, fused (the same numbers,
@@ -188,18 +229,19 @@ class DiffusionActor(nn.Module):
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
         x_weight = first.weight[:, obs_dim : obs_dim + self.action_dim]
         time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim :].T  # [K+1, H], row k
-        log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
+        scale, output_scale, log_std = self.coefficients()  # [K, d], row k-1
         std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
         shape = (K + 1, batch, self.action_dim)
         noise = obs.new_zeros(shape) if deterministic else torch.randn(shape, device=obs.device, dtype=obs.dtype)
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
         step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
-        activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
-        x, chain = noise[0], [noise[0]]
+        x = self.prior_std * noise[0]
+        chain = [x]
         for j, k in enumerate(range(K, 0, -1), start=1):
-            hidden = activation(step_bias[k] + nn.functional.linear(x, x_weight))
-            hidden = activation(nn.functional.linear(hidden, second.weight, second.bias))
-            x = sqrt_alphas[k - 1] * x + nn.functional.linear(hidden, last.weight, last.bias) + step_noise[j - 1]
+            hidden = self.activation(step_bias[k] + nn.functional.linear(x, x_weight))
+            hidden = self.activation(nn.functional.linear(hidden, second.weight, second.bias))
+            output = nn.functional.linear(hidden, last.weight, last.bias)
+            x = scale[k - 1] * x + output_scale[k - 1] * output + step_noise[j - 1]
             chain.append(x)
         # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise is quadratic.
         step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - log_std.flip(0).sum(-1)  # [B, K], time order
@@ -207,12 +249,11 @@ class DiffusionActor(nn.Module):
         return torch.stack(chain, dim=1), step_log_q
 
     def chain_log_ratio_terms(self, chain, step_log_q):
-        """(l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) [B, K] in time order, log N(x_K; 0, I) [B]): the parts of
-        the path log-ratio L without the squash (method.md §2)."""
+        """(l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) [B, K] in time order, log N(x_K; 0, prior_std^2 I) [B]):
+        the parts of the path log-ratio L without the squash (method.md §2)."""
         step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], self.step_k)
-        return step_log_ratio, gaussian_log_prob(
-            chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0])
-        )
+        prior_std = torch.full_like(chain[:, 0], self.prior_std)
+        return step_log_ratio, gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), prior_std)
 
     def path_log_ratio_terms(self, chain, step_log_q, action_half_width):
         """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""
@@ -241,9 +282,9 @@ class ValueNetwork(nn.Module):
 
 
 class Agent(nn.Module):
-    def __init__(self, obs_dim, action_dim, action_low, action_high, num_diffusion_steps, hidden_dim=64, min_std=0.01):
+    def __init__(self, obs_dim, action_dim, action_low, action_high, num_diffusion_steps, hidden_dim=64, **actor):
         super().__init__()
-        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, min_std)
+        self.actor = DiffusionActor(obs_dim, action_dim, num_diffusion_steps, hidden_dim, **actor)  # min_std, chain
         self.critic = ValueNetwork(obs_dim, action_dim, num_diffusion_steps, hidden_dim)
         low, high = torch.tensor(action_low, dtype=torch.float32), torch.tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_center", (high + low) / 2)
@@ -266,10 +307,10 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
     return flat_obs, x_k, step_k.repeat(chain.shape[0] * chain.shape[1]), x_previous
 
 
-def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_gae_lambda):
+def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_gae_lambda, chain_gamma=1.0):
     """(advantages, returns) [T, N, K]: GAE over the augmented sequence (method.md §3, §4.1). rewards and values
     are [T, N, K] (j = 0 is k = K; the env reward is at j = K-1), dones [T, N], next_value [N]. Inside the chain the
-    discount is 1 and the trace decay chain_gae_lambda; j = K-1 -> (t+1, 0) is an environment step."""
+    discount is chain_gamma and the trace decay chain_gae_lambda; j = K-1 -> (t+1, 0) is an environment step."""
     num_steps, _, num_diffusion_steps = rewards.shape
     advantages = np.zeros_like(rewards)
     last_advantage = np.zeros_like(next_value)
@@ -279,7 +320,7 @@ def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_g
                 next_values = next_value if t == num_steps - 1 else values[t + 1, :, 0]
                 discount, trace = gamma * (1.0 - dones[t]), gae_lambda
             else:  # inside the chain: no environment time passes
-                next_values, discount, trace = values[t, :, j + 1], 1.0, chain_gae_lambda
+                next_values, discount, trace = values[t, :, j + 1], chain_gamma, chain_gae_lambda
             delta = rewards[t, :, j] + discount * next_values - values[t, :, j]
             last_advantage = delta + discount * trace * last_advantage
             advantages[t, :, j] = last_advantage
@@ -325,8 +366,9 @@ def main() -> None:
     args, envs, device, obs_dim, action_dim = run.args, run.envs, run.device, run.obs_dim, run.action_dim
     K, T, N = args.num_diffusion_steps, args.num_steps, args.num_envs  # augmented step j of a chain has k = K - j
     augmented_batch_size, num_iterations = T * N * K, run.iterations(T * N)
-    minibatch_size = augmented_batch_size // args.num_minibatches
+    minibatch_size = args.minibatch_size or augmented_batch_size // args.num_minibatches
     agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.hidden_dim, min_std=args.min_std)
+    agent_kwargs.update(chain=args.chain)
     (agent,) = run.build(lambda: [Agent(**agent_kwargs)], "--hidden-dim")
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
@@ -379,9 +421,8 @@ def main() -> None:
         rewards = (step_log_ratio, log_prior, squash_terms, alpha, env_reward_buffer, bootstrap_buffer)
         reward_buffer = augmented_rewards(*rewards)
         values, next_value = value_buffer.cpu().numpy(), next_value.cpu().numpy()
-        advantages, returns = augmented_gae(
-            reward_buffer, values, done_buffer, next_value, args.gamma, args.gae_lambda, args.chain_gae_lambda
-        )
+        discounting = (args.gamma, args.gae_lambda, args.chain_gae_lambda, args.chain_gamma)
+        advantages, returns = augmented_gae(reward_buffer, values, done_buffer, next_value, *discounting)
         b_log_q, b_values = log_q_buffer.reshape(-1), value_buffer.reshape(-1)
         b_advantages, b_returns = (torch.as_tensor(x, device=device).reshape(-1) for x in (advantages, returns))
 

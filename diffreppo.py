@@ -145,11 +145,17 @@ def layer_init(layer, std=math.sqrt(2), bias_const=0.0):
 
 
 class DiffusionActor(nn.Module):
-    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(sqrt(alpha_k) x_k + f(s, x_k, k), sigma_k^2) (method.md
-    §1); at initialisation f ~ 0 and sigma_k^2 = beta_k, the exact reverse process of x_0 ~ N(0, I). Chains are in
-    time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K, chain[:, K] = x_0, and step j has k = K - j."""
+    """K Gaussian reverse kernels q(x_{k-1} | x_k, s, k) = N(a_k x_k + c_k f(s, x_k, k), sigma_k^2), x_K ~ N(0,
+    prior_std^2 I) (method.md §1). chain="ddpm": a_k = sqrt(alpha_k), c_k = 1, sigma_k learned from sigma_k^2 = beta_k,
+    prior_std 1; at initialisation f ~ 0, the exact reverse process of x_0 ~ N(0, I). chain="langevin", the authors'
+    chain (method.md §1.1): Euler-Maruyama steps of Langevin dynamics with eta_k = dt_k / friction (dt_k per step and
+    friction per dimension, both learned), a_k = 1 - eta_k / prior_std^2, c_k = eta_k, sigma_k^2 = 2 eta_k, prior_std 3.
+    Chains are in time order: chain[:, j] = x_{K-j}, so chain[:, 0] = x_K, chain[:, K] = x_0, and step j has k = K - j.
+    """
 
-    def __init__(self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=64, min_std=0.01, activation="tanh"):
+    def __init__(
+        self, obs_dim, action_dim, num_diffusion_steps, hidden_dim=64, min_std=0.01, activation="tanh", chain="ddpm"
+    ):
         super().__init__()
         self.num_diffusion_steps, self.action_dim, time_embedding_dim = num_diffusion_steps, action_dim, 16
         Activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
@@ -166,26 +172,47 @@ class DiffusionActor(nn.Module):
             Activation(),
             layer_init(nn.Linear(hidden_dim, action_dim), std=0.01),
         )
-        self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
+        self.chain = chain
         self.log_std_min = math.log(min_std)
+        if chain == "ddpm":
+            self.prior_std = 1.0
+            self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
+        else:  # softplus parameters, initialised at the authors' dt = 0.125 and friction = 0.25 (eta = 0.5)
+            self.prior_std = 3.0
+            self.dt_parameter = nn.Parameter(torch.full((num_diffusion_steps,), math.log(math.expm1(0.125))))
+            self.friction_parameter = nn.Parameter(torch.full((action_dim,), math.log(math.expm1(0.25))))
 
     @torch.no_grad()
-    def clamp_log_std_(self):  # sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)
-        self.log_std.clamp_(self.log_std_min, 0.0)
+    def clamp_log_std_(self):  # ddpm: sigma_k in [min_std, 1] after an optimiser step (the forward pass clamps too)
+        if self.chain == "ddpm":
+            self.log_std.clamp_(self.log_std_min, 0.0)
+
+    def coefficients(self):
+        """(a, c, log sigma), each [K, d] with row k-1: the kernel's mean a_k x_k + c_k f and its log std."""
+        if self.chain == "ddpm":
+            log_std = self.log_std.clamp(self.log_std_min, 0.0)
+            return self.sqrt_alphas[:, None].expand_as(log_std), torch.ones_like(log_std), log_std
+        eta = nn.functional.softplus(self.dt_parameter)[:, None] / nn.functional.softplus(self.friction_parameter)
+        return 1 - eta / self.prior_std**2, eta, 0.5 * torch.log(2 * eta)
 
     def kernel(self, obs, x_k, k):
         """Mean and std of q(x_{k-1} | x_k, s, k); k is a LongTensor of diffusion indices in 1..K."""
+        scale, output_scale, log_std = self.coefficients()
         features = torch.cat([obs, x_k, self.time_embedding(k)], dim=-1)
-        mean = self.sqrt_alphas[k - 1, None] * x_k + self.mean_net(features)
-        return mean, self.log_std[k - 1].clamp(self.log_std_min, 0.0).exp()
+        mean = scale[k - 1] * x_k + output_scale[k - 1] * self.mean_net(features)
+        return mean, log_std[k - 1].exp()
 
     def log_prob(self, obs, x_k, k, x_previous):
         """log q(x_{k-1} | x_k, s, k) for a batch of augmented samples (any mix of k)."""
         return gaussian_log_prob(x_previous, *self.kernel(obs, x_k, k))
 
     def forward_log_prob(self, x_k, x_previous, k):
-        """log p(x_k | x_{k-1}) = log N(x_k; sqrt(alpha_k) x_{k-1}, beta_k I), the fixed noising kernel."""
-        return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
+        """log p(x_k | x_{k-1}), the noising kernel: ddpm N(sqrt(alpha_k) x_{k-1}, beta_k I); langevin the
+        Euler-Maruyama step of the prior's Langevin dynamics N(a_k x_{k-1}, 2 eta_k I) (method.md §1.1)."""
+        if self.chain == "ddpm":
+            return gaussian_log_prob(x_k, self.sqrt_alphas[k - 1, None] * x_previous, self.betas[k - 1, None].sqrt())
+        scale, _, log_std = self.coefficients()
+        return gaussian_log_prob(x_k, scale[k - 1] * x_previous, log_std[k - 1].exp())
 
     def sample_chain(self, obs, deterministic=False, noise_scale=1.0):
         """(chain [B, K+1, d], log q per step [B, K]) in time order: ``kernel`` run K times, fused (the same numbers,
@@ -195,18 +222,19 @@ class DiffusionActor(nn.Module):
         obs_part = nn.functional.linear(obs, first.weight[:, :obs_dim], first.bias)  # [B, H], shared by all steps
         x_weight = first.weight[:, obs_dim : obs_dim + self.action_dim]
         time_part = self.time_embedding.weight @ first.weight[:, obs_dim + self.action_dim :].T  # [K+1, H], row k
-        log_std = self.log_std.clamp(self.log_std_min, 0.0)  # [K, d], row k-1
+        scale, output_scale, log_std = self.coefficients()  # [K, d], row k-1
         std = noise_scale * log_std.exp()  # the paths' step size; log q below keeps the kernels' own sigma
         shape = (K + 1, batch, self.action_dim)
         noise = obs.new_zeros(shape) if deterministic else torch.randn(shape, device=obs.device, dtype=obs.dtype)
         step_bias = (obs_part[None] + time_part[:, None]).unbind(0)  # row k: obs_part + time_part[k], [B, H]
         step_noise = (std.flip(0)[:, None] * noise[1:]).unbind(0)  # row j-1: sigma_k eps_j, k = K - j + 1
-        activation, sqrt_alphas = self.activation, self.sqrt_alphas.tolist()
-        x, chain = noise[0], [noise[0]]
+        x = self.prior_std * noise[0]
+        chain = [x]
         for j, k in enumerate(range(K, 0, -1), start=1):
-            hidden = activation(step_bias[k] + nn.functional.linear(x, x_weight))
-            hidden = activation(nn.functional.linear(hidden, second.weight, second.bias))
-            x = sqrt_alphas[k - 1] * x + nn.functional.linear(hidden, last.weight, last.bias) + step_noise[j - 1]
+            hidden = self.activation(step_bias[k] + nn.functional.linear(x, x_weight))
+            hidden = self.activation(nn.functional.linear(hidden, second.weight, second.bias))
+            output = nn.functional.linear(hidden, last.weight, last.bias)
+            x = scale[k - 1] * x + output_scale[k - 1] * output + step_noise[j - 1]
             chain.append(x)
         # log q(x_{k-1}|x_k) with x_{k-1} = mean + sigma_k * noise_scale * noise: only the noise is quadratic.
         step_log_q = (-0.5 * (noise_scale * noise[1:]) ** 2).sum(-1).T - log_std.flip(0).sum(-1)  # [B, K], time order
@@ -214,12 +242,11 @@ class DiffusionActor(nn.Module):
         return torch.stack(chain, dim=1), step_log_q
 
     def chain_log_ratio_terms(self, chain, step_log_q):
-        """(l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) [B, K] in time order, log N(x_K; 0, I) [B]): the parts of
-        the path log-ratio L without the squash (method.md §2)."""
+        """(l_k = log q(x_{k-1}|x_k,s) - log p(x_k|x_{k-1}) [B, K] in time order, log N(x_K; 0, prior_std^2 I) [B]):
+        the parts of the path log-ratio L without the squash (method.md §2)."""
         step_log_ratio = step_log_q - self.forward_log_prob(chain[:, :-1], chain[:, 1:], self.step_k)
-        return step_log_ratio, gaussian_log_prob(
-            chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0])
-        )
+        prior_std = torch.full_like(chain[:, 0], self.prior_std)
+        return step_log_ratio, gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), prior_std)
 
     def path_log_ratio_terms(self, chain, step_log_q, action_half_width):
         """(step_log_ratio, log_prior, squash_log_det): L = log_prior + step_log_ratio.sum(1) - squash_log_det."""

@@ -88,6 +88,11 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
     eval_steps, eval_returns = read_scalars(run_dir, "eval/episodic_return")  # episodes of each evaluation, at its step
     evaluations = {int(step): float(np.mean(eval_returns[eval_steps == step])) for step in np.unique(eval_steps)}
     last = eval_returns[eval_steps == eval_steps[-1]] if len(eval_steps) else np.array([])
+    stochastic_steps, stochastic_returns = read_scalars(run_dir, "eval/stochastic_episodic_return")
+    stochastic = {
+        int(step): float(np.mean(stochastic_returns[stochastic_steps == step])) for step in np.unique(stochastic_steps)
+    }
+    stochastic_last = stochastic_returns[stochastic_steps == stochastic_steps[-1]] if len(stochastic_steps) else []
     first = {}
     for threshold in thresholds:
         reached = np.flatnonzero(means >= threshold)
@@ -109,6 +114,8 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
         "last_three_evaluations_mean": round(float(np.mean(list(evaluations.values())[-3:])), 1)
         if evaluations
         else None,
+        "stochastic_eval_mean": round(float(np.mean(stochastic_last)), 1) if len(stochastic_last) else None,
+        "stochastic_evaluation_at": {str(step): round(mean, 1) for step, mean in stochastic.items()},
         "episodes": int(len(returns)),
         "last_step": int(steps[-1]) if len(steps) else 0,
         "wall_clock_s": round(wall_clock_seconds(run_dir), 1),

@@ -192,7 +192,8 @@ class Run:
 
     def evaluate(self, global_step: int, final: bool = False) -> None:
         """Every --eval-frequency steps (and with ``final``): --eval-episodes deterministic episodes, logged as
-        eval/episodic_return at this step. The training's random streams are left as they were."""
+        eval/episodic_return at this step, and as many of the policy as it acts in training (stochastic), logged as
+        eval/stochastic_episodic_return. The training's random streams are left as they were."""
         frequency = self.args.eval_frequency
         frequency = max(self.args.total_timesteps // 20, 1) if frequency is None else frequency
         due = frequency > 0 and global_step // frequency > (self.evaluated_step or self.start_step) // frequency
@@ -203,12 +204,17 @@ class Run:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             args, start = self.args, time.time()
             agent, obs_normalizer = self.state["agent"], self.state["obs_normalizer"]
-            returns = evaluate(agent, obs_normalizer, args.env_id, args.eval_episodes, args.seed, device=self.device)
+            episodes = (agent, obs_normalizer, args.env_id, args.eval_episodes, args.seed)
+            returns = evaluate(*episodes, device=self.device)
+            stochastic_returns = evaluate(*episodes, deterministic=False, device=self.device)
         for episodic_return in returns:
             self.writer.add_scalar("eval/episodic_return", episodic_return, global_step)
+        for episodic_return in stochastic_returns:
+            self.writer.add_scalar("eval/stochastic_episodic_return", episodic_return, global_step)
         self.writer.add_scalar("eval/seconds", time.time() - start, global_step)
-        self.evaluated_step, mean = global_step, f"mean return {np.mean(returns):.2f} ({time.time() - start:.1f} s)"
-        print(f"evaluation at step {global_step} ({len(returns)} deterministic episodes): {mean}", flush=True)
+        self.evaluated_step = global_step
+        means = f"mean return {np.mean(returns):.2f}, stochastic policy {np.mean(stochastic_returns):.2f}"
+        print(f"evaluation at step {global_step} ({len(returns)} deterministic episodes): {means}", flush=True)
 
     def check_finite(self, what: str, loss: torch.Tensor, global_step: int, detail: str = "") -> None:
         if not torch.isfinite(loss):
