@@ -162,9 +162,10 @@ class DiffusionActor(nn.Module):
         if chain == "ddpm":
             self.prior_std = 1.0
             self.log_std = nn.Parameter(0.5 * torch.log(betas)[:, None].repeat(1, action_dim))  # sigma_k^2 = beta_k
-        else:  # softplus parameters, initialised at the authors' dt = 0.125 and friction = 0.25 (eta = 0.5)
+        else:  # softplus parameters, initialised as the authors' K sweep: K dt = 1, friction 0.25
             self.prior_std = 3.0
-            self.dt_parameter = nn.Parameter(torch.full((num_diffusion_steps,), math.log(math.expm1(0.125))))
+            dt = 1.0 / num_diffusion_steps
+            self.dt_parameter = nn.Parameter(torch.full((num_diffusion_steps,), math.log(math.expm1(dt))))
             self.friction_parameter = nn.Parameter(torch.full((action_dim,), math.log(math.expm1(0.25))))
 
     @torch.no_grad()
