@@ -64,6 +64,9 @@ def label(name: str) -> str:
     stem, _, suffix = name.partition("_")
     if re.fullmatch(r"k\d+", suffix):
         return f"{LABELS.get(stem, stem)} K={suffix[1:]}"
+    if re.fullmatch(r"\w+_k\d+", suffix):  # a cell of a factorial over K: diffppo_langevin_k8 -> DiffPPO K=8 (langevin)
+        variant, k = suffix.rsplit("_k", 1)
+        return f"{LABELS.get(stem, stem)} K={k} ({variant})"
     return LABELS.get(stem, stem) + (f" ({suffix})" if suffix else "")
 
 
@@ -315,7 +318,59 @@ DAMDP_WPO = diffreppo_variant(
     env_ids=("Hopper-v4", "Walker2d-v4"),
     with_twin=True,
 )
-EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, WPO_ABLATION, REPPO_LAMBDA, DAMDP_WPO)
+AUTHORS_DISCOUNTING = "--gamma 0.999 --gae-lambda 0.98 --chain-gamma 0.999 --chain-gae-lambda 0.98"
+FACTORIAL_CELLS = {  # suffix: (the flags that differ from diffppo.py's defaults, what the row says)
+    "default": ("", "diffppo.py's defaults"),
+    "minibatch64": ("--minibatch-size 64", "--minibatch-size 64: optimiser steps grow with K (the authors' rule)"),
+    "langevin": ("--chain langevin", "--chain langevin: the authors' chain"),
+    "discount": (AUTHORS_DISCOUNTING, "gamma 0.999 and lambda 0.98 at every augmented step (the authors')"),
+    "alpha0": ("--alpha 0", "--alpha 0: no entropy term (the authors' entropy_coef 0)"),
+    "authors": (
+        f"--chain langevin --minibatch-size 64 {AUTHORS_DISCOUNTING} --alpha 0 --learning-rate 1e-4 --no-anneal-lr "
+        "--update-epochs 12",
+        "the authors' choices together: chain, minibatch rule, discounting, no entropy term, constant lr 1e-4, "
+        "12 epochs",
+    ),
+}
+FACTORIAL_KS = {name: ((8,) if name == "minibatch64" else (1, 8)) for name in FACTORIAL_CELLS}  # K = 1: the default
+HUMANOID_FACTORIAL = Experiment(
+    "humanoid_factorial",
+    "What makes more diffusion steps hurt: DiffPPO at K = 1 and K = 8 on Humanoid-v4, 400k environment steps",
+    tuple(f"diffppo_{name}_k{k}" for name in FACTORIAL_CELLS for k in FACTORIAL_KS[name]),
+    (
+        ("diffppo_default_k8", "diffppo_default_k1"),
+        ("diffppo_minibatch64_k8", "diffppo_default_k1"),
+        ("diffppo_minibatch64_k8", "diffppo_default_k8"),
+        ("diffppo_langevin_k8", "diffppo_langevin_k1"),
+        ("diffppo_langevin_k8", "diffppo_default_k8"),
+        ("diffppo_discount_k8", "diffppo_discount_k1"),
+        ("diffppo_discount_k8", "diffppo_default_k8"),
+        ("diffppo_alpha0_k8", "diffppo_alpha0_k1"),
+        ("diffppo_authors_k8", "diffppo_authors_k1"),
+        ("diffppo_authors_k8", "diffppo_default_k8"),
+        ("diffppo_authors_k1", "diffppo_default_k1"),
+    ),
+    ("Humanoid-v4",),
+    (1, 2),
+    (100_000, 250_000, 400_000),
+    tuple(
+        "python -m benchmarks.grid --scripts diffppo.py --env-ids Humanoid-v4 --seeds 1 2 --total-timesteps 400000 "
+        f"--workdir results/humanoid_factorial --exp-suffix _{name}_k{k} --workers 2 "
+        f'--extra="--save-model --num-diffusion-steps {k}{" " + flags if flags else ""}"'
+        for name, (flags, _) in FACTORIAL_CELLS.items()
+        for k in FACTORIAL_KS[name]
+    ),
+    "for k in 1 4 8 16; do python -m benchmarks.grid --scripts diffppo.py --env-ids Humanoid-v4 --seeds 1 2 3 4 "
+    "--total-timesteps 1000000 --workdir results/humanoid_authors_1m --exp-suffix _authors_k$k --executor slurm "
+    '--slurm-partition <partition> --gpus-per-node 1 --extra="--save-model --num-diffusion-steps $k '
+    f'{FACTORIAL_CELLS["authors"][0]}"; done',
+    variants={
+        f"diffppo_{name}_k{k}": f"K = {k}, {text}"
+        for name, (_, text) in FACTORIAL_CELLS.items()
+        for k in FACTORIAL_KS[name]
+    },
+)
+EXPERIMENTS = (ONPOLICY, OFFPOLICY, K_ABLATION, HUMANOID_K, HUMANOID_FACTORIAL, WPO_ABLATION, REPPO_LAMBDA, DAMDP_WPO)
 
 
 # ---------------------------------------------------------------- data
@@ -662,22 +717,26 @@ def variants_table(runs: dict, experiment: Experiment) -> str:
     """An ablation: one row per variant (per environment and variant when it spans several), its return at the fixed
     budget and its wall-clock (mean over seeds)."""
     several = len(experiment.env_ids) > 1
-    columns = (
-        "| variant | seeds | deterministic eval, mean (per seed) | training mean at the budget | wall-clock per run |"
+    stochastic = any(run.get("stochastic_eval_mean") is not None for run in runs.values())  # summaries that have it
+    columns = "| variant | seeds | deterministic eval, mean (per seed) |" + (
+        " stochastic eval, mean (per seed) |" if stochastic else ""
     )
-    lines = [("| environment " if several else "") + columns, "|---" * (6 if several else 5) + "|"]
+    columns += " training mean at the budget | wall-clock per run |"
+    lines = [("| environment " if several else "") + columns, "|---" * (5 + several + stochastic) + "|"]
     for env, algorithm in itertools.product(experiment.env_ids, experiment.algorithms):
         found = [runs[(env, algorithm, seed)] for seed in experiment.seeds if (env, algorithm, seed) in runs]
         name = f"| {env} | {experiment.variants[algorithm]}" if several else f"| {experiment.variants[algorithm]}"
         if not found:
-            lines.append(f"{name} | 0 of {len(experiment.seeds)} | not run yet | | |")
+            lines.append(f"{name} | 0 of {len(experiment.seeds)} | not run yet | | |" + (" |" if stochastic else ""))
             continue
-        evaluations = [run.get("deterministic_eval_mean") for run in found]
-        known = [value for value in evaluations if value is not None]
+        means = ""
+        for key in ("deterministic_eval_mean", "stochastic_eval_mean")[: 1 + stochastic]:
+            evaluations = [run.get(key) for run in found]
+            known = [value for value in evaluations if value is not None]
+            means += f"{fmt(np.mean(known)) if known else '–'} ({', '.join(fmt(v, 0) for v in evaluations)}) | "
         minutes = [run["wall_clock_s"] / 60 for run in found]
         lines.append(
-            f"{name} | {len(found)} of {len(experiment.seeds)} | "
-            f"{fmt(np.mean(known)) if known else '–'} ({', '.join(fmt(v, 0) for v in evaluations)}) | "
+            f"{name} | {len(found)} of {len(experiment.seeds)} | {means}"
             f"{fmt(np.mean([run['final_running_mean'] for run in found]))} | {np.mean(minutes):.0f} min |"
         )
     return "\n".join(lines)

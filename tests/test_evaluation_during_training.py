@@ -1,6 +1,6 @@
 """Evaluation during training (--eval-frequency): every training script evaluates its policy at the steps it
-names, logs the episodes at those steps, and leaves the training itself untouched (the same parameters as a run
-without evaluation, bitwise)."""
+names, logs the episodes of the deterministic and of the stochastic policy at those steps, and leaves the
+training itself untouched (the same parameters as a run without evaluation, bitwise)."""
 
 import glob
 import os
@@ -42,6 +42,8 @@ def test_evaluations_at_their_steps_leave_the_training_as_it_was(tmp_path, scrip
     evaluated = train(script, tmp_path / "evaluated", eval_frequency=256)
     steps, returns = read_scalars(evaluated, "eval/episodic_return")
     assert steps.tolist() == [256, 512, 768] and (returns < 0).all()  # one Pendulum episode each, the last at the end
+    stochastic_steps, stochastic_returns = read_scalars(evaluated, "eval/stochastic_episodic_return")
+    assert stochastic_steps.tolist() == [256, 512, 768] and (stochastic_returns < 0).all()  # the sampled policy too
     plain = train(script, tmp_path / "plain", eval_frequency=0)
     assert read_scalars(plain, "eval/episodic_return")[0].tolist() == [768]  # --save-model: the final one only
     saved = [torch.load(glob.glob(f"{run}/*.cleanrl_model")[0], weights_only=False) for run in (evaluated, plain)]

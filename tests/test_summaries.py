@@ -46,6 +46,22 @@ def test_running_means_at_steps_and_first_crossing_match_a_direct_computation(fa
     assert summary["deterministic_eval_mean"] == 995.0 and summary["deterministic_eval_episodes"] == 2  # the last
     assert summary["evaluation_at"] == {"100000": 15.0, "200000": 600.0, "300000": 995.0}
     assert summary["last_three_evaluations_mean"] == pytest.approx((15.0 + 600.0 + 995.0) / 3, abs=0.05)
+    assert summary["stochastic_eval_mean"] is None and summary["stochastic_evaluation_at"] == {}  # none logged
+
+
+def test_stochastic_evaluations_are_summarised_apart_from_the_deterministic_ones(fake_run):
+    run_dir, _ = fake_run
+    writer = SummaryWriter(run_dir)
+    for step, values in [(100_000, [1.0, 3.0]), (300_000, [40.0, 60.0, 80.0])]:
+        for value in values:
+            writer.add_scalar("eval/stochastic_episodic_return", value, step)
+    writer.close()
+    summary = summaries.summarise_run(run_dir, "algo.py", every=50_000, window=10, thresholds=[])
+    assert summary["stochastic_eval_mean"] == 60.0 and summary["stochastic_evaluation_at"] == {
+        "100000": 2.0,
+        "300000": 60.0,
+    }
+    assert summary["deterministic_eval_mean"] == 995.0  # unchanged by the stochastic episodes
 
 
 def test_table_shows_each_seed_and_the_mean_over_seeds(fake_run, tmp_path):
