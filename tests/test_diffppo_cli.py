@@ -95,6 +95,10 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
             "--num-minibatches 7 does not divide the augmented batch",
         ),
         (["--alpha", "-1"], "--alpha must be >= 0"),
+        (["--minibatch-size", "0"], "--minibatch-size must be at least 1 (got 0)"),
+        (["--num-steps", "10", "--minibatch-size", "7"], "--minibatch-size 7 does not divide the augmented batch 80"),
+        (["--chain", "cosine"], "--chain must be ddpm or langevin (got 'cosine')"),
+        (["--chain-gamma", "1.5"], "--chain-gamma must be in [0, 1] (got 1.5)"),
         (["--behaviour-noise-scale", "-1"], "--behaviour-noise-scale must be a positive number (got -1.0)"),
         (["--resume", "no/such/file"], "--resume 'no/such/file': no such checkpoint file"),
     ],
@@ -126,3 +130,25 @@ def test_divergence_is_detected_and_reported(tmp_path, repo_root):
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"diffppo.py: training diverged: loss is (nan|inf) at step \d+", result.stderr), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def optimiser_steps(tmp_path, repo_root, num_diffusion_steps: int, minibatch_flags: list[str]) -> int:
+    """Adam's step count after one rollout of 64 environment steps and one epoch (read from the checkpoint)."""
+    import glob
+
+    import torch
+
+    cwd = tmp_path / f"k{num_diffusion_steps}{''.join(minibatch_flags)}"
+    os.makedirs(cwd)
+    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "64", "--num-steps", "64", "--update-epochs", "1"]
+    flags += ["--num-diffusion-steps", str(num_diffusion_steps), "--save-model", "--eval-episodes", "1"]
+    result = run_script([os.path.join(repo_root, "diffppo.py"), *flags, *minibatch_flags], cwd=str(cwd))
+    assert result.returncode == 0, result.stderr
+    checkpoint = torch.load(glob.glob(f"{single_run_dir(str(cwd))}/*.cleanrl_model")[0], weights_only=False)
+    return {int(state["step"]) for state in checkpoint["optimizer"]["state"].values()}.pop()
+
+
+def test_a_fixed_minibatch_size_makes_optimiser_steps_grow_with_k_where_a_fixed_count_does_not(tmp_path, repo_root):
+    """--minibatch-size 32: 64 K augmented samples make 2 K minibatches; --num-minibatches 4: 4 at every K."""
+    assert [optimiser_steps(tmp_path, repo_root, k, ["--minibatch-size", "32"]) for k in (1, 4)] == [2, 8]
+    assert [optimiser_steps(tmp_path, repo_root, k, ["--num-minibatches", "4"]) for k in (1, 4)] == [4, 4]
