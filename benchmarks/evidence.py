@@ -846,6 +846,12 @@ CLAIMS = (  # (claim, paper, the comparisons that decide it, the experiment (sec
         HUMANOID_K,
     ),
     (
+        "More diffusion steps help, with the authors' choices (Humanoid-v4)",
+        "Sanokowski et al.",
+        (("diffppo_authors_k8", "diffppo_authors_k1"), ("diffppo_default_k8", "diffppo_default_k1")),
+        HUMANOID_FACTORIAL,
+    ),
+    (
         "DA-MDP: REPPO is the strongest variant",
         "Sanokowski et al., DA-MDP version",
         (("diffreppo", "diffppo"), ("diffreppo", "ppo"), ("diffreppo", "reppo")),
