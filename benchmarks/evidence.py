@@ -846,7 +846,7 @@ CLAIMS = (  # (claim, paper, the comparisons that decide it, the experiment (sec
         HUMANOID_K,
     ),
     (
-        "More diffusion steps help, with the authors' choices (Humanoid-v4)",
+        "More steps help, authors' settings (Humanoid-v4)",
         "Sanokowski et al.",
         (("diffppo_authors_k8", "diffppo_authors_k1"), ("diffppo_default_k8", "diffppo_default_k1")),
         HUMANOID_FACTORIAL,
