@@ -58,6 +58,8 @@ class Args(RunArgs):
     minibatch_size: int | None = None
     """augmented samples per minibatch, the same at every K, so optimiser steps grow with K as in the authors' code
     (default: the augmented batch / --num-minibatches)"""
+    whole_chain_minibatches: bool = False
+    """minibatches of whole chains (all K steps of an environment step), the observation's part computed once each"""
     update_epochs: int = 10
     """the K epochs to update the policy"""
     norm_adv: bool = True
@@ -106,6 +108,11 @@ CHECKS = [  # (condition, message) over the flags, refused before anything is bu
         "minibatch_size is None or num_envs * num_steps * num_diffusion_steps % minibatch_size == 0",
         "--minibatch-size {minibatch_size} "
         "does not divide the augmented batch {num_envs * num_steps * num_diffusion_steps} (envs x steps x K).",
+    ),
+    (
+        "not whole_chain_minibatches or "
+        "(minibatch_size or num_envs * num_steps * num_diffusion_steps // num_minibatches) % num_diffusion_steps == 0",
+        "--whole-chain-minibatches needs a minibatch of whole chains, a multiple of K = {num_diffusion_steps}.",
     ),
     ("chain in ('ddpm', 'langevin')", "--chain must be ddpm or langevin (got {chain!r})."),
     ("total_timesteps >= num_envs * num_steps", "--total-timesteps {total_timesteps} is less than one rollout."),
@@ -308,6 +315,27 @@ def augmented_samples(obs: torch.Tensor, chain: torch.Tensor, step_k: torch.Tens
     return flat_obs, x_k, step_k.repeat(chain.shape[0] * chain.shape[1]), x_previous
 
 
+def first_layer_by_chain(layer, time_embedding, obs, x_k, step_k):
+    """layer(cat([obs, x_k, time_embedding(k)])) [B, K, H] for whole chains (obs [B, obs_dim], x_k [B, K, d], step j
+    has k = step_k[j]), the observation's part computed once per chain instead of K times (method.md §4.1)."""
+    obs_dim, x_dim = obs.shape[-1], x_k.shape[-1]
+    obs_part = nn.functional.linear(obs, layer.weight[:, :obs_dim], layer.bias)
+    x_part = nn.functional.linear(x_k, layer.weight[:, obs_dim : obs_dim + x_dim])
+    time_part = nn.functional.linear(time_embedding(step_k), layer.weight[:, obs_dim + x_dim :])
+    return obs_part[:, None] + x_part + time_part
+
+
+def whole_chain_log_prob_and_value(agent, obs, chain):
+    """(log q(x_{k-1} | x_k, s, k), V(s, x_k, k)), each [B, K] in time order, for whole chains [B, K+1, d]:
+    actor.log_prob and the critic at every step of the chains (the same numbers up to rounding, a test checks)."""
+    actor, critic, x_k = agent.actor, agent.critic, chain[:, :-1]
+    output = actor.mean_net[1:](first_layer_by_chain(actor.mean_net[0], actor.time_embedding, obs, x_k, actor.step_k))
+    scale, output_scale, log_std = (rows[actor.step_k - 1] for rows in actor.coefficients())
+    log_q = gaussian_log_prob(chain[:, 1:], scale * x_k + output_scale * output, log_std.exp())
+    hidden = first_layer_by_chain(critic.net[0], critic.time_embedding, obs, x_k, actor.step_k)
+    return log_q, critic.net[1:](hidden).squeeze(-1)
+
+
 def augmented_gae(rewards, values, dones, next_value, gamma, gae_lambda, chain_gae_lambda, chain_gamma=1.0):
     """(advantages, returns) [T, N, K]: GAE over the augmented sequence (method.md §3, §4.1). rewards and values
     are [T, N, K] (j = 0 is k = K; the env reward is at j = K-1), dones [T, N], next_value [N]. Inside the chain the
@@ -429,10 +457,20 @@ def main() -> None:
 
         clipfracs = []
         for epoch in range(args.update_epochs):
-            permutation = torch.randperm(augmented_batch_size, device=device)
+            if args.whole_chain_minibatches:  # the K augmented samples of an environment step stay together
+                chain_order = torch.randperm(T * N, device=device)
+                permutation = (chain_order[:, None] * K + torch.arange(K, device=device)).view(-1)
+            else:
+                permutation = torch.randperm(augmented_batch_size, device=device)
             for start in range(0, augmented_batch_size, minibatch_size):
                 mb = permutation[start : start + minibatch_size]
-                new_log_q = agent.actor.log_prob(b_obs[mb], b_x_k[mb], b_k[mb], b_x_previous[mb])
+                if args.whole_chain_minibatches:
+                    chains = mb[::K] // K  # flat index (t N + n) K + j
+                    mb_chains = obs_buffer.view(T * N, -1)[chains], chain_buffer.view(T * N, K + 1, -1)[chains]
+                    new_log_q, new_value = (x.reshape(-1) for x in whole_chain_log_prob_and_value(agent, *mb_chains))
+                else:
+                    new_log_q = agent.actor.log_prob(b_obs[mb], b_x_k[mb], b_k[mb], b_x_previous[mb])
+                    new_value = agent.critic(b_obs[mb], b_x_k[mb], b_k[mb])
                 log_importance_ratio = new_log_q - b_log_q[mb]  # one ratio per diffusion step (method.md §4.1)
                 ratio = log_importance_ratio.exp()
                 with torch.no_grad():
@@ -446,7 +484,6 @@ def main() -> None:
                 clipped_ratio = torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
                 pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * clipped_ratio).mean()
 
-                new_value = agent.critic(b_obs[mb], b_x_k[mb], b_k[mb])
                 if args.clip_vloss:
                     v_loss_unclipped = (new_value - b_returns[mb]) ** 2
                     v_clipped = b_values[mb] + torch.clamp(new_value - b_values[mb], -args.clip_coef, args.clip_coef)
