@@ -281,31 +281,28 @@ class Agent(nn.Module):
         return self.squash(chain[:, -1])
 
 
-def step_log_ratio(agent: Agent, x_k, k, x_previous, log_q) -> torch.Tensor:
-    """lt_k per augmented sample from log q(x_{k-1}|x_k,s): l_k, plus the prior term at k = K and the squash term at
-    k = 1 (method.md §2)."""
-    log_ratio = log_q - agent.actor.forward_log_prob(x_k, x_previous, k)
-    log_prior = gaussian_log_prob(x_k, torch.zeros_like(x_k), torch.ones_like(x_k))
-    return (
-        log_ratio
-        + torch.where(k == agent.actor.num_diffusion_steps, log_prior, 0.0)
-        - torch.where(k == 1, squash_log_det(x_previous, agent.action_half_width), 0.0)
-    )
-
-
 def roll_out(agent: Agent, obs: torch.Tensor):
     """(chain [x_K, ..., x_0], L [B]): a fresh chain drawn by reparameterisation (x_K ~ N(0, I), x_{k-1} = mean +
-    sigma_k eps) and its path log-ratio L = sum_k lt_k (method.md §2), differentiable in every x_{k-1}."""
-    x_k = torch.randn(obs.shape[0], agent.actor.action_dim, device=obs.device, dtype=obs.dtype)
-    path_log_ratio, chain = torch.zeros_like(obs[:, 0]), [x_k]
-    for k in agent.actor.step_k.expand(obs.shape[0], -1).unbind(1):
-        mean, std = agent.actor.kernel(obs, x_k, k)
-        x_previous = mean + std * torch.randn_like(mean)
-        log_q = gaussian_log_prob(x_previous, mean, std)
-        path_log_ratio = path_log_ratio + step_log_ratio(agent, x_k, k, x_previous, log_q)
-        x_k = x_previous
+    sigma_k eps) and its path log-ratio L (method.md §2), differentiable in every x_{k-1}. Fused as the actor's
+    sample_chain (the observation's part of the first layer once per chain); the numbers of actor.kernel run step by
+    step, with log q(x_{k-1} | x_k) a function of x_{k-1} for the velocity (a test checks both)."""
+    actor, obs_dim = agent.actor, obs.shape[1]
+    first = actor.mean_net[0]
+    obs_part = F.linear(obs, first.weight[:, :obs_dim], first.bias)
+    x_weight = first.weight[:, obs_dim : obs_dim + actor.action_dim]
+    time_part = actor.time_embedding.weight @ first.weight[:, obs_dim + actor.action_dim :].T  # row k
+    scale, output_scale, log_std = actor.coefficients()  # row k-1
+    x_k = torch.randn(obs.shape[0], actor.action_dim, device=obs.device, dtype=obs.dtype)
+    chain, means = [x_k], []
+    for k in range(actor.num_diffusion_steps, 0, -1):
+        output = actor.mean_net[1:](obs_part + time_part[k] + F.linear(x_k, x_weight))
+        means.append(scale[k - 1] * x_k + output_scale[k - 1] * output)
+        x_k = means[-1] + log_std[k - 1].exp() * torch.randn_like(x_k)
         chain.append(x_k)
-    return chain, path_log_ratio
+    path = torch.stack(chain, dim=1)
+    step_log_q = gaussian_log_prob(path[:, 1:], torch.stack(means, dim=1), log_std.flip(0).exp())  # time order
+    step_log_ratio, log_prior, squash = actor.path_log_ratio_terms(path, step_log_q, agent.action_half_width)
+    return chain, log_prior + step_log_ratio.sum(1) - squash
 
 
 def critic_targets(

@@ -2,6 +2,7 @@
 last diffusion step, the roll-out's path log-ratio and its velocity."""
 
 import torch
+from torch.distributions import Normal
 
 import diffwpo
 
@@ -167,3 +168,37 @@ def test_rolled_out_velocity_is_the_finite_difference_of_the_rolled_out_objectiv
                     objective(prefix + [chain[:, j + 1] + step])[0] - objective(prefix + [chain[:, j + 1] - step])[0]
                 )
                 torch.testing.assert_close(difference / (2 * h), velocity[:, j, i], rtol=1e-5, atol=1e-6)
+
+
+def step_by_step_roll_out(agent, obs):
+    """The roll-out written out with actor.kernel, one augmented step at a time: x_K ~ N(0, I), x_{k-1} = mean + sigma_k
+    eps, and L = log N(x_K; 0, I) + sum_k [log q(x_{k-1} | x_k) - log p(x_k | x_{k-1})] - log|da/dx_0|."""
+    actor = agent.actor
+    x_k = torch.randn(obs.shape[0], actor.action_dim, dtype=obs.dtype)
+    chain = [x_k]
+    path_log_ratio = Normal(0.0, 1.0).log_prob(x_k).sum(-1)
+    for k in range(actor.num_diffusion_steps, 0, -1):
+        mean, std = actor.kernel(obs, x_k, torch.full((obs.shape[0],), k))
+        x_previous = mean + std * torch.randn_like(x_k)
+        noising = Normal(actor.sqrt_alphas[k - 1] * x_previous, actor.betas[k - 1].sqrt())
+        path_log_ratio = path_log_ratio + Normal(mean, std).log_prob(x_previous).sum(-1)
+        path_log_ratio = path_log_ratio - noising.log_prob(x_k).sum(-1)
+        x_k = x_previous
+        chain.append(x_k)
+    squash = (torch.log(agent.action_half_width) + torch.log(1 - torch.tanh(x_k) ** 2)).sum(-1)
+    return chain, path_log_ratio - squash
+
+
+def test_fused_roll_out_equals_the_kernels_run_step_by_step_with_their_velocity():
+    """Same chain and L from the same noise, and the same gradient of an objective in every x_{k-1} (the velocity,
+    which needs log q(x_{k-1} | x_k) as a function of x_{k-1})."""
+    agent = make_agent(obs_dim=5, action_dim=2, num_diffusion_steps=4).double()
+    obs = torch.randn(7, 5, dtype=torch.float64)
+    results = []
+    for roll_out in (diffwpo.roll_out, step_by_step_roll_out):
+        torch.manual_seed(3)
+        chain, path_log_ratio = roll_out(agent, obs)
+        objective = (torch.sin(chain[-1]).sum(-1) + 0.3 * chain[-2].sum(-1) ** 2 - 0.1 * path_log_ratio).sum()
+        results.append((torch.stack(chain, 1), path_log_ratio, torch.stack(torch.autograd.grad(objective, chain[1:]))))
+    for fused, step_by_step in zip(*results):
+        torch.testing.assert_close(fused, step_by_step, rtol=1e-10, atol=1e-10)
