@@ -416,8 +416,7 @@ def main() -> None:
     squash_log_det_buffer = torch.zeros((T, N), device=device)
     env_reward_buffer, bootstrap_buffer, done_buffer = (np.zeros((T, N), dtype=np.float32) for _ in range(3))
     step_k, first_k = agent.actor.step_k, torch.full((N,), K, dtype=torch.long, device=device)  # k of step j, K
-    next_obs_raw, _ = envs.reset(seed=args.seed)
-    obs_normalizer.update(next_obs_raw)
+    next_obs_raw = run.reset_envs(obs_normalizer)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
     while iteration < num_iterations and run.stop is None:  # a signal stops between iterations

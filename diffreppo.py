@@ -485,8 +485,7 @@ def main() -> None:
     step_k = agent.actor.step_k  # [K]: k of augmented step j
     discounts = augmented_discounts(K, args.gamma, args.augmented_gamma).to(device)
     update_seconds, num_updates, half_width = 0.0, 0, agent.action_half_width  # the update phase's cost per minibatch
-    next_obs_raw, _ = envs.reset(seed=args.seed)
-    obs_normalizer.update(next_obs_raw)
+    next_obs_raw = run.reset_envs(obs_normalizer)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
     while iteration < num_iterations and run.stop is None:  # a signal stops between iterations

@@ -280,8 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     reward_buffer, done_buffer = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(2))
 
-    next_obs_raw, _ = envs.reset(seed=args.seed)
-    obs_normalizer.update(next_obs_raw)
+    next_obs_raw = run.reset_envs(obs_normalizer)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
     while iteration < num_iterations and run.stop is None:  # a signal stops between iterations

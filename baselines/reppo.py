@@ -308,8 +308,7 @@ def main() -> None:
     )
     env_reward_buffer = torch.zeros((T, N), device=device)
     update_seconds, num_updates = 0.0, 0  # the update phase alone: its cost per minibatch
-    next_obs_raw, _ = envs.reset(seed=args.seed)
-    obs_normalizer.update(next_obs_raw)
+    next_obs_raw = run.reset_envs(obs_normalizer)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
     while iteration < num_iterations and run.stop is None:  # a signal stops between iterations

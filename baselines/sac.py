@@ -224,13 +224,14 @@ def main() -> None:
     checkpoint = run.restore(dict(**state, obs_normalizer=obs_normalizer), replay_buffer, agent_kwargs=agent_kwargs)
     global_step, alpha = checkpoint.get("global_step", 0), log_alpha.exp().item()
     learning_starts = run.learning_starts(args.learning_starts)
-    updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
-    obs, _ = envs.reset(seed=args.seed)
+    updates = resumed_updates = checkpoint.get("updates", 0)  # delayed updates keep their phase on --resume
+    last_print, next_checkpoint = global_step, global_step + args.checkpoint_frequency
+    obs = run.reset_envs()
     entropy_estimate = torch.tensor(float("nan"))
 
     while global_step < args.total_timesteps and run.stop is None:
         global_step += args.num_envs
-        if global_step <= learning_starts and not checkpoint:
+        if global_step <= learning_starts and not run.refill_buffer:
             actions = envs.action_space.sample()
         else:
             actions = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
@@ -239,7 +240,7 @@ def main() -> None:
         obs = next_obs
 
         if global_step > learning_starts:
-            if updates == 0:
+            if updates == resumed_updates:
                 update_start_time = time.time()
             updates += 1
             b_obs, b_actions, b_rewards, b_next_obs, b_terminations = replay_buffer.sample(args.batch_size)
@@ -276,11 +277,12 @@ def main() -> None:
 
         if global_step - last_print >= 1000 or global_step >= args.total_timesteps:
             last_print = global_step
-            updates_per_second = updates / (time.time() - update_start_time) if updates else 0.0
+            session_updates = updates - resumed_updates
+            updates_per_second = session_updates / (time.time() - update_start_time) if session_updates else 0.0
             entropy_text = "    n/a" if math.isnan(entropy_estimate) else f"{float(entropy_estimate):7.2f}"
             text = f"entropy estimate {entropy_text} | alpha {alpha:.2e} | updates/s {updates_per_second:.1f}"
             run.show(global_step, text, learning_starts)
-            if updates >= args.policy_frequency:
+            if session_updates >= args.policy_frequency:
                 run.log(global_step, "charts", updates_per_second=updates_per_second, alpha=alpha)
                 run.log(global_step, "charts", entropy_estimate=entropy_estimate)
                 run.log(global_step, "losses", qf1_values=qf1_values.mean(), qf2_values=qf2_values.mean())
@@ -290,9 +292,9 @@ def main() -> None:
                     run.log(global_step, "losses", alpha_loss=loss_alpha)
         if args.save_model and global_step >= next_checkpoint:
             next_checkpoint += args.checkpoint_frequency
-            run.save(global_step, replay_buffer)
+            run.save(global_step, replay_buffer, updates=updates)
 
-    run.finish(global_step, replay_buffer)
+    run.finish(global_step, replay_buffer, updates=updates)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ When an episode ends, ``step`` returns the next episode's first observation and 
 ``infos["final_obs"]`` (gymnasium's ``AutoresetMode.SAME_STEP``), so that time-limit cuts can be bootstrapped.
 """
 
+import copy
 import difflib
 import importlib
 import os
+import pickle
 
 import gymnasium as gym
+import mujoco
 import numpy as np
+from gymnasium.envs.mujoco import MujocoEnv
 
 from common.cli import ConfigError
 
@@ -92,3 +96,49 @@ def true_next_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
     real = next_obs.copy()
     real[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
     return real
+
+
+def plain_attributes(layer) -> dict:
+    """A layer's attributes that are numbers, flags or arrays (counters, simulator and statistics state), copied."""
+    kinds = (int, float, bool, np.ndarray, np.generic, type(None))
+    return {name: copy.deepcopy(value) for name, value in vars(layer).items() if isinstance(value, kinds)}
+
+
+def environment_state(envs: gym.vector.VectorEnv) -> dict | None:
+    """What continues a vector env of gymnasium MuJoCo or classic-control tasks exactly: every wrapper's counters
+    (time limit, episode statistics, autoreset flags, last observations), each task's simulator state (MuJoCo: the
+    whole MjData) and random generator, and the action space's generator; None for other tasks."""
+    tasks = [env.unwrapped for env in envs.unwrapped.envs]
+    if not all(isinstance(task, MujocoEnv) or ".classic_control." in type(task).__module__ for task in tasks):
+        return None
+    layers, layer = [], envs
+    while layer is not envs.unwrapped:
+        layers, layer = layers + [plain_attributes(layer)], layer.env
+    state = dict(vector=[*layers, plain_attributes(envs.unwrapped)], tasks=[])
+    state["action_space"] = envs.action_space.np_random.bit_generator.state
+    for env in envs.unwrapped.envs:
+        wrappers, layer = [], env
+        while isinstance(layer, gym.Wrapper):
+            wrappers, layer = wrappers + [plain_attributes(layer)], layer.env
+        task = dict(wrappers=wrappers, attributes=plain_attributes(layer), random=layer.np_random.bit_generator.state)
+        state["tasks"].append(task | ({"mj_data": pickle.dumps(layer.data)} if isinstance(layer, MujocoEnv) else {}))
+    return state
+
+
+def restore_environment_state(envs: gym.vector.VectorEnv, state: dict) -> np.ndarray:
+    """Put ``environment_state``'s capture back into envs built with the same flags; returns the last observations."""
+    layer = envs
+    for attributes in state["vector"]:
+        vars(layer).update(copy.deepcopy(attributes))
+        layer = layer if layer is envs.unwrapped else layer.env
+    envs.action_space.np_random.bit_generator.state = state["action_space"]
+    for env, task in zip(envs.unwrapped.envs, state["tasks"]):
+        layer = env
+        for attributes in task["wrappers"]:
+            vars(layer).update(copy.deepcopy(attributes))
+            layer = layer.env
+        layer.np_random.bit_generator.state = task["random"]  # before the attributes: a new generator sets a seed
+        vars(layer).update(copy.deepcopy(task["attributes"]))
+        if "mj_data" in task:
+            mujoco.mj_copyData(layer.data, layer.model, pickle.loads(task["mj_data"]))
+    return envs.unwrapped._observations.copy()  # SyncVectorEnv's last batched observations

@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from common.checkpoint import load_replay_buffer, save_checkpoint
 from common.cli import ConfigError, TrainingDiverged, parse_args
-from common.envs import finished_episodes, make_vector_env
+from common.envs import environment_state, finished_episodes, make_vector_env, restore_environment_state
 
 
 @dataclasses.dataclass
@@ -151,6 +151,30 @@ class Run:
         self.rate_origin, self.evaluated_step = (self.start_step, self.start_time), None
         return checkpoint
 
+    def reset_envs(self, obs_normalizer=None) -> np.ndarray:
+        """The observations the loop starts from. A fresh run resets the envs from --seed (and updates obs_normalizer,
+        if given, on them). --resume puts back the random streams and the saved environments, so that the run goes
+        on bitwise as if it had not stopped; where a task's state cannot be saved, it says so and starts new
+        episodes."""
+        checkpoint = self.checkpoint or {}
+        if "random_state" in checkpoint:
+            random.setstate(checkpoint["random_state"]["python"])
+            np.random.set_state(checkpoint["random_state"]["numpy"])
+            torch.set_rng_state(checkpoint["random_state"]["torch"])
+            if "cuda" in checkpoint["random_state"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(checkpoint["random_state"]["cuda"], self.device)
+        if checkpoint.get("environment"):
+            return restore_environment_state(self.envs, checkpoint["environment"])
+        if checkpoint:
+            print(
+                f"{self.args.env_id}: its state was not saved (only MuJoCo and classic-control tasks' is), so the "
+                "resumed run continues on new episodes and is not bitwise the uninterrupted one"
+            )
+        obs, _ = self.envs.reset(seed=self.args.seed)
+        if obs_normalizer is not None:
+            obs_normalizer.update(obs)
+        return obs
+
     def request_stop(self, number: int, frame=None) -> None:
         self.stop = number  # the loop ends at the end of its step; a second signal changes nothing
 
@@ -226,15 +250,19 @@ class Run:
         state = dict(script=self.script, args=dataclasses.asdict(self.args), run_name=self.name, **self.kwargs)
         for name, item in self.state.items():
             state[name] = item.detach().clone() if isinstance(item, torch.Tensor) else item and item.state_dict()
+        streams = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+        if self.device.type == "cuda":
+            streams["cuda"] = torch.cuda.get_rng_state(self.device)
+        state.update(random_state=streams, environment=environment_state(self.envs))
         save_checkpoint(self.model_path, dict(state, global_step=global_step, **extra), replay_buffer)
         self.saved_step = global_step
 
     def finish(self, global_step: int, replay_buffer=None, **extra) -> None:
         """Close; checkpoint; after a signal exit 128 + its number, else evaluate the saved model."""
         print(self.folder_line, flush=True)
-        self.envs.close()
         if self.args.save_model and self.saved_step != global_step:
             self.save(global_step, replay_buffer, **extra)
+        self.envs.close()
         if self.stop is not None:
             self.writer.close()
             path, name, script = self.model_path, signal.Signals(self.stop).name, self.script.replace(".", "/")

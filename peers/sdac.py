@@ -356,11 +356,11 @@ def main() -> None:
     ] * args.ema_policy
 
     session_updates, last_print, next_checkpoint = 0, global_step, global_step + args.checkpoint_frequency
-    obs, _ = envs.reset(seed=args.seed)
+    obs = run.reset_envs()
 
     while global_step < args.total_timesteps and run.stop is None:
         global_step += args.num_envs
-        if global_step <= learning_starts and not checkpoint:
+        if global_step <= learning_starts and not run.refill_buffer:
             x = (envs.action_space.sample() - action_center) / action_half_width  # uniform, normalised
         else:
             with torch.inference_mode():
