@@ -419,7 +419,8 @@ def main() -> None:
     next_obs_raw = run.reset_envs(obs_normalizer)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    while iteration < num_iterations and run.stop is None:  # a signal stops between iterations
+    while iteration < num_iterations and run.stop is None:  # a signal stops within seconds (run.check_stop)
+        run.keep(global_step, iteration=iteration)  # what a stop inside this iteration saves
         iteration += 1
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
@@ -462,6 +463,7 @@ def main() -> None:
             else:
                 permutation = torch.randperm(augmented_batch_size, device=device)
             for start in range(0, augmented_batch_size, minibatch_size):
+                run.check_stop(global_step)
                 mb = permutation[start : start + minibatch_size]
                 if args.whole_chain_minibatches:
                     chains = mb[::K] // K  # flat index (t N + n) K + j

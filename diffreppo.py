@@ -488,7 +488,8 @@ def main() -> None:
     next_obs_raw = run.reset_envs(obs_normalizer)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    while iteration < num_iterations and run.stop is None:  # a signal stops between iterations
+    while iteration < num_iterations and run.stop is None:  # a signal stops within seconds (run.check_stop)
+        run.keep(global_step, iteration=iteration)  # what a stop inside this iteration saves
         iteration += 1
         for step in range(args.num_steps):
             global_step += args.num_envs
@@ -530,6 +531,7 @@ def main() -> None:
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(augmented_batch_size, device=device)
             for start in range(0, augmented_batch_size - args.minibatch_size + 1, args.minibatch_size):
+                run.check_stop(global_step)
                 mb = permutation[start : start + args.minibatch_size]
                 # Critic: HL-Gauss cross-entropy to the lambda-return, plus the auxiliary predictions.
                 logits, embedding = critic(b_obs[mb], b_x_k[mb], b_k[mb], b_x_previous[mb])

@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     next_obs_raw = run.reset_envs(obs_normalizer)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    while iteration < num_iterations and run.stop is None:  # a signal stops between iterations
+    while iteration < num_iterations and run.stop is None:  # a signal stops within seconds (run.check_stop)
+        run.keep(global_step, iteration=iteration)  # what a stop inside this iteration saves
         iteration += 1
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(batch_size, device=device)
             for start in range(0, batch_size, minibatch_size):
+                run.check_stop(global_step)
                 mb = permutation[start : start + minibatch_size]
                 new_log_prob = agent.actor.log_prob(b_obs[mb], b_x[mb])
                 log_importance_ratio = new_log_prob - b_log_prob[mb]  # the tanh term of log pi cancels

@@ -311,7 +311,8 @@ def main() -> None:
     next_obs_raw = run.reset_envs(obs_normalizer)
     next_obs = torch.as_tensor(obs_normalizer(next_obs_raw), device=device)
 
-    while iteration < num_iterations and run.stop is None:  # a signal stops between iterations
+    while iteration < num_iterations and run.stop is None:  # a signal stops within seconds (run.check_stop)
+        run.keep(global_step, iteration=iteration)  # what a stop inside this iteration saves
         iteration += 1
         for step in range(args.num_steps):
             global_step += args.num_envs
@@ -351,6 +352,7 @@ def main() -> None:
         for epoch in range(args.update_epochs):
             permutation = torch.randperm(batch_size, device=device)
             for start in range(0, batch_size - args.minibatch_size + 1, args.minibatch_size):
+                run.check_stop(global_step)
                 mb = permutation[start : start + args.minibatch_size]
                 logits, embedding = critic(b_obs[mb], b_x[mb])
                 target = hl_gauss_histogram(b_returns[mb], args.v_min, args.v_max, args.num_bins)

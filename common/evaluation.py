@@ -35,12 +35,20 @@ def load_agent(checkpoint_path: str, device: torch.device | str = "cpu", flag: s
     return agent.eval(), obs_normalizer, checkpoint
 
 
+EPISODE_STEP_CAP = 10_000  # the length of an evaluation episode where the environment sets no time limit
+
+
 @torch.no_grad()
-def evaluate(agent, obs_normalizer, env_id: str, episodes=10, seed=0, deterministic=True, device="cpu", space=None):
+def evaluate(
+    agent, obs_normalizer, env_id: str, episodes=10, seed=0, deterministic=True, device="cpu", space=None, stop=None
+):
     """Undiscounted returns of ``episodes`` episodes (seeds seed, seed + 1, ...); the normaliser is only read.
-    ``space``: the agent's obs_dim, action_dim, action_low and action_high, which the env's must equal."""
+    ``space``: the agent's obs_dim, action_dim, action_low and action_high, which the env's must equal. An episode
+    ends at the environment's time limit, else after EPISODE_STEP_CAP steps; ``stop()`` true ends the evaluation."""
     check_env_id(env_id)
     env = gym.make(env_id)
+    if env.spec is None or env.spec.max_episode_steps is None:
+        env = gym.wrappers.TimeLimit(env, EPISODE_STEP_CAP)
     check_spaces(env_id, env.observation_space, env.action_space)
     found = dict(obs_dim=env.observation_space.shape[0], action_dim=env.action_space.shape[0])
     found.update(action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist())
@@ -53,6 +61,8 @@ def evaluate(agent, obs_normalizer, env_id: str, episodes=10, seed=0, determinis
     for episode in range(episodes):
         (obs, _), done, episode_return = env.reset(seed=seed + episode), False, 0.0
         while not done:
+            if stop is not None and stop():
+                return returns
             action = agent.act(torch.as_tensor(obs_normalizer(obs[None]), device=device), deterministic=deterministic)
             obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             episode_return, done = episode_return + float(reward), terminated or truncated

@@ -4,6 +4,7 @@ envs (``Run``), networks that fit in memory (``build``), resume and the run fold
 ``run.stop``: the loop ends between steps, and ``finish`` checkpoints (--save-model) and exits 128 + the signal."""
 
 import atexit
+import copy
 import dataclasses
 import datetime
 import glob
@@ -61,6 +62,7 @@ class Run:
     def __init__(self, args_class: type, script: str, checks: list[tuple], argv: list[str] | None = None):
         self.args, self.checkpoint = args, checkpoint = parse_args(args_class, script, checks, argv)
         self.script, self.stop, self.saved_step, self.recent_returns = script, None, None, deque(maxlen=10)
+        self.kept = None  # the state that a stop inside an on-policy iteration saves (``keep``)
         name = f"{args.env_id.rpartition(':')[2]}__{args.exp_name}__{args.seed}__{int(time.time())}"  # module:EnvId
         self.name = checkpoint["run_name"] if checkpoint else name
         random.seed(args.seed)
@@ -192,6 +194,7 @@ class Run:
             self.recent_returns.append(episode_return)
             self.writer.add_scalar("charts/episodic_return", episode_return, global_step)
             self.writer.add_scalar("charts/episodic_length", episode_length, global_step)
+        self.check_stop(global_step)
 
     def log(self, global_step: int, prefix: str, **scalars) -> None:
         """TensorBoard scalars PREFIX/NAME (charts/..., losses/...) at this step."""
@@ -229,8 +232,12 @@ class Run:
             args, start = self.args, time.time()
             agent, obs_normalizer = self.state["agent"], self.state["obs_normalizer"]
             episodes = (agent, obs_normalizer, args.env_id, args.eval_episodes, args.seed)
-            returns = evaluate(*episodes, device=self.device)
-            stochastic_returns = evaluate(*episodes, deterministic=False, device=self.device)
+            returns = evaluate(*episodes, device=self.device, stop=lambda: self.stop is not None)
+            stochastic_returns = evaluate(
+                *episodes, deterministic=False, device=self.device, stop=lambda: self.stop is not None
+            )
+        if self.stop is not None:  # cut short by a signal: nothing to log
+            return
         for episodic_return in returns:
             self.writer.add_scalar("eval/episodic_return", episodic_return, global_step)
         for episodic_return in stochastic_returns:
@@ -246,16 +253,37 @@ class Run:
             saved = f"Last checkpoint: {self.model_path}" if self.saved_step is not None or self.checkpoint else saved
             raise TrainingDiverged(f"{what} is {loss.item()} at step {global_step}{detail}. {saved}.")
 
-    def save(self, global_step: int, replay_buffer=None, **extra) -> None:
+    def state_to_save(self, global_step: int, **extra) -> dict:
+        """The checkpoint's contents now, copied: the run's state, random streams and environments."""
         state = dict(script=self.script, args=dataclasses.asdict(self.args), run_name=self.name, **self.kwargs)
         for name, item in self.state.items():
-            state[name] = item.detach().clone() if isinstance(item, torch.Tensor) else item and item.state_dict()
+            state[name] = (
+                item.detach().clone() if isinstance(item, torch.Tensor) else copy.deepcopy(item and item.state_dict())
+            )
         streams = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
         if self.device.type == "cuda":
             streams["cuda"] = torch.cuda.get_rng_state(self.device)
         state.update(random_state=streams, environment=environment_state(self.envs))
-        save_checkpoint(self.model_path, dict(state, global_step=global_step, **extra), replay_buffer)
+        return dict(state, global_step=global_step, **extra)
+
+    def save(self, global_step: int, replay_buffer=None, **extra) -> None:
+        save_checkpoint(self.model_path, self.state_to_save(global_step, **extra), replay_buffer)
         self.saved_step = global_step
+
+    def keep(self, global_step: int, **extra) -> None:
+        """At the start of each on-policy iteration (with --save-model): the state that a stop inside the iteration
+        saves, so that the stopped run resumes bitwise from here."""
+        if self.args.save_model:
+            self.kept = self.state_to_save(global_step, **extra)
+
+    def check_stop(self, global_step: int) -> None:
+        """Inside an on-policy iteration (rollout and update): after SIGINT or SIGTERM, save the state kept at the
+        iteration's start (with --save-model) and exit, so that a stop comes within seconds."""
+        if self.stop is not None and (self.kept is not None or not self.args.save_model):
+            if self.kept is not None:
+                save_checkpoint(self.model_path, self.kept)
+                self.saved_step = global_step = self.kept["global_step"]
+            self.finish(global_step)
 
     def finish(self, global_step: int, replay_buffer=None, **extra) -> None:
         """Close; checkpoint; after a signal exit 128 + its number, else evaluate the saved model."""
@@ -263,17 +291,17 @@ class Run:
         if self.args.save_model and self.saved_step != global_step:
             self.save(global_step, replay_buffer, **extra)
         self.envs.close()
+        if self.stop is None and self.args.save_model:
+            print(f"model saved to {self.model_path}")
+        if self.stop is None:  # a signal during this evaluation cuts it short
+            self.evaluate(global_step, final=self.args.save_model)
+        self.writer.close()
         if self.stop is not None:
-            self.writer.close()
             path, name, script = self.model_path, signal.Signals(self.stop).name, self.script.replace(".", "/")
             saved = f"checkpoint at step {global_step} saved to {path}; continue with --resume {path}"
             saved = saved if self.args.save_model else "no checkpoint (run with --save-model to keep one)"
             print(f"{script}.py: stopped by {name} at step {global_step}: {saved}", file=sys.stderr, flush=True)
             sys.exit(128 + self.stop)
-        if self.args.save_model:
-            print(f"model saved to {self.model_path}")
-        self.evaluate(global_step, final=self.args.save_model)
-        self.writer.close()
 
 
 def start_tracking(args, run_name: str, resumed: bool) -> None:

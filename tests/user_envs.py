@@ -53,3 +53,13 @@ class UserImages(UserBandit):
 
 
 gym.register("UserImages-v0", entry_point=UserImages)
+
+
+class EndlessWalk(UserBandit):
+    """Never terminates and has no time limit: episodes end only where the caller cuts them."""
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+gym.register("EndlessWalk-v0", entry_point=EndlessWalk)
