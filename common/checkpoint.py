@@ -36,14 +36,41 @@ def save_checkpoint(path: str, state: dict, buffer=None) -> None:
         ) from None
 
 
+FORMAT = 2  # the layout ``Run.save`` writes (2: with random streams and environment state); others are refused
+TRAINING_SCRIPTS = "diffppo diffsac diffwpo diffreppo baselines.ppo baselines.sac baselines.wpo baselines.reppo".split()
+TRAINING_SCRIPTS += ["peers.dpmd", "peers.sdac"]
+FIELDS = {
+    "args": dict,
+    "run_name": str,
+    "global_step": int,
+    "agent_kwargs": dict,
+    "agent": dict,
+    "obs_normalizer": dict,
+}
+
+
 def load_checkpoint(path: str, flag: str = "--resume") -> dict:
-    """Load a checkpoint on the CPU; a missing or unreadable file is a ConfigError naming ``flag``."""
+    """Load a checkpoint on the CPU and check it as a whole: a missing or unreadable file, another format, a script
+    that is not one of the training scripts or a missing field is a ConfigError naming ``flag``."""
     if not os.path.isfile(path):
         raise ConfigError(f"{flag} {path!r}: no such checkpoint file.")
     try:  # our own files: numpy arrays and plain dicts besides tensors
-        return torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise ConfigError(f"{flag} {path!r} is not a readable checkpoint ({type(error).__name__}: {error}).") from None
+    if not isinstance(checkpoint, dict) or "format" not in checkpoint:
+        raise ConfigError(f"{flag} {path!r} is not a checkpoint of these scripts (they write --save-model files).")
+    if checkpoint["format"] != FORMAT:
+        raise ConfigError(
+            f"{flag} {path!r} has checkpoint format {checkpoint['format']!r}, this version reads {FORMAT}; use the "
+            "version of the scripts that wrote it."
+        )
+    if checkpoint.get("script") not in TRAINING_SCRIPTS:
+        raise ConfigError(f"{flag} {path!r} names the script {checkpoint.get('script')!r}, not a training script.")
+    wrong = [name for name, kind in FIELDS.items() if not isinstance(checkpoint.get(name), kind)]
+    if wrong:
+        raise ConfigError(f"{flag} {path!r} lacks {', '.join(wrong)} (or holds the wrong kind of value there).")
+    return checkpoint
 
 
 def fields(buffer) -> list[str]:  # A replay buffer's storage tensors.

@@ -28,10 +28,16 @@ def load_agent(checkpoint_path: str, device: torch.device | str = "cpu", flag: s
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding common/ and the scripts
     if root not in sys.path:
         sys.path.insert(0, root)
-    agent = importlib.import_module(checkpoint["script"]).Agent(**checkpoint["agent_kwargs"]).to(device)
-    agent.load_state_dict(checkpoint["agent"])
-    obs_normalizer = ObservationNormalizer(shape=checkpoint["obs_normalizer"]["mean"].shape)
-    obs_normalizer.load_state_dict(checkpoint["obs_normalizer"])
+    try:
+        agent = importlib.import_module(checkpoint["script"]).Agent(**checkpoint["agent_kwargs"]).to(device)
+        agent.load_state_dict(checkpoint["agent"])
+        obs_normalizer = ObservationNormalizer(shape=checkpoint["obs_normalizer"]["mean"].shape)
+        obs_normalizer.load_state_dict(checkpoint["obs_normalizer"])
+    except (TypeError, RuntimeError, KeyError, AttributeError) as error:
+        problem = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        raise ConfigError(
+            f"{flag} {checkpoint_path!r}: its agent does not fit {checkpoint['script']}.Agent ({problem})."
+        )
     return agent.eval(), obs_normalizer, checkpoint
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from common.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from common.checkpoint import load_replay_buffer, save_checkpoint
 from common.cli import ConfigError, TrainingDiverged, parse_args
 from common.envs import environment_state, finished_episodes, make_vector_env, restore_environment_state
@@ -110,6 +111,9 @@ class Run:
         unused part), the replay buffer saved beside it and the constructor arguments it must match; on --resume
         load them. Opens the run folder. Returns the checkpoint or {}."""
         self.state, self.kwargs, checkpoint, args = state, kwargs, self.checkpoint or {}, self.args
+        missing = [name for name in [*state, *kwargs] if checkpoint and name not in checkpoint]
+        if missing:
+            raise ConfigError(f"--resume {args.resume} lacks {', '.join(missing)}, which {self.script} saves.")
         for name, value in kwargs.items() if checkpoint else ():
             if checkpoint[name] != value:
                 raise ConfigError(
@@ -117,11 +121,15 @@ class Run:
                     f"from the flags given ({value}); allowed: the same --env-id and network flags."
                 )
         for name, item in state.items() if checkpoint else ():
-            if isinstance(item, torch.Tensor):
-                with torch.no_grad():
-                    item.copy_(torch.as_tensor(checkpoint[name]))
-            elif item is not None:
-                item.load_state_dict(checkpoint[name])
+            try:
+                if isinstance(item, torch.Tensor):
+                    with torch.no_grad():
+                        item.copy_(torch.as_tensor(checkpoint[name]))
+                elif item is not None:
+                    item.load_state_dict(checkpoint[name])
+            except (TypeError, RuntimeError, KeyError, ValueError, AttributeError) as error:
+                problem = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                raise ConfigError(f"--resume {args.resume}: its {name} does not fit {self.script}'s ({problem}).")
         self.start_step, self.refill_buffer = checkpoint.get("global_step", 0), False
         if checkpoint:
             note = f" (iteration {checkpoint['iteration']})" if "iteration" in checkpoint else ""
@@ -263,7 +271,7 @@ class Run:
         streams = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
         if self.device.type == "cuda":
             streams["cuda"] = torch.cuda.get_rng_state(self.device)
-        state.update(random_state=streams, environment=environment_state(self.envs))
+        state.update(random_state=streams, environment=environment_state(self.envs), format=CHECKPOINT_FORMAT)
         return dict(state, global_step=global_step, **extra)
 
     def save(self, global_step: int, replay_buffer=None, **extra) -> None:

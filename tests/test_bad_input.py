@@ -74,6 +74,49 @@ def test_the_evaluator_refuses_bad_input_with_one_line(tmp_path, pendulum_checkp
     assert_refused(result, expected, tmp_path)
 
 
+def change(**fields):
+    return lambda checkpoint: {**checkpoint, **fields}
+
+
+def without(name):
+    return lambda checkpoint: {key: value for key, value in checkpoint.items() if key != name}
+
+
+BAD_CHECKPOINTS = [  # (what the file holds instead of the checkpoint, the line's end)
+    (lambda checkpoint: [1, 2], "is not a checkpoint of these scripts"),
+    (lambda checkpoint: {}, "is not a checkpoint of these scripts"),
+    (without("format"), "is not a checkpoint of these scripts"),
+    (change(format=1), "has checkpoint format 1, this version reads 2"),
+    (change(script="os"), "names the script 'os', not a training script."),
+    (without("agent_kwargs"), "lacks agent_kwargs"),
+    (change(args=None), "lacks args"),
+    (change(global_step="1000"), "lacks global_step"),
+    (without("q_optimizer"), "lacks q_optimizer, which baselines.sac saves."),
+    (change(agent={"unknown.weight": torch.zeros(2)}), "its agent does not fit"),
+    (change(agent_kwargs={"obs_dim": 3}), "its agent does not fit"),
+]
+
+
+@pytest.mark.parametrize("entry_point", ["evaluator", "--resume"])
+@pytest.mark.parametrize("make,expected", BAD_CHECKPOINTS, ids=[str(i) for i in range(len(BAD_CHECKPOINTS))])
+def test_a_file_that_is_not_a_whole_checkpoint_is_one_line(tmp_path, pendulum_checkpoint, entry_point, make, expected):
+    path = str(tmp_path / "sac.cleanrl_model")
+    torch.save(make(torch.load(pendulum_checkpoint, weights_only=False)), path)
+    (tmp_path / "cwd").mkdir()
+    if entry_point == "evaluator":
+        result = run_script(["-m", "common.evaluation", path, "--episodes", "1"], cwd=str(tmp_path / "cwd"))
+    else:
+        resume = [os.path.join(REPO_ROOT, "baselines/sac.py"), "--resume", path, "--total-timesteps", "600"]
+        result = run_script(resume, cwd=str(tmp_path / "cwd"))
+    if "which baselines.sac saves" in expected and entry_point == "evaluator":
+        assert result.returncode == 0, result.stderr  # the evaluator needs the agent only
+    elif "does not fit" in expected and entry_point == "--resume":  # said as the resume rules say it
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr and not glob.glob(str(tmp_path / "cwd" / "*"))
+    else:
+        assert_refused(result, expected, str(tmp_path / "cwd"))
+
+
 def test_an_unwritable_folder_is_one_line_before_any_training(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root writes anywhere")

@@ -45,7 +45,8 @@ def module_of(script: str) -> str:
 def fake_checkpoint(path, script_module: str, args, global_step: int = 1000) -> str:
     from dataclasses import asdict
 
-    torch.save({"script": script_module, "args": asdict(args), "global_step": global_step}, path)
+    fields = dict(run_name="run", agent_kwargs={}, agent={}, obs_normalizer={}, format=2)
+    torch.save({"script": script_module, "args": asdict(args), "global_step": global_step, **fields}, path)
     return str(path)
 
 
