@@ -64,6 +64,7 @@ class Run:
         self.args, self.checkpoint = args, checkpoint = parse_args(args_class, script, checks, argv)
         self.script, self.stop, self.saved_step, self.recent_returns = script, None, None, deque(maxlen=10)
         self.kept = None  # the state that a stop inside an on-policy iteration saves (``keep``)
+        self.target = args.total_timesteps  # the progress line's target, rounded up to whole rollouts (``iterations``)
         name = f"{args.env_id.rpartition(':')[2]}__{args.exp_name}__{args.seed}__{int(time.time())}"  # module:EnvId
         self.name = checkpoint["run_name"] if checkpoint else name
         random.seed(args.seed)
@@ -101,6 +102,7 @@ class Run:
     def iterations(self, rollout_steps: int, unit: str = "rollouts of {} steps (--num-envs x --num-steps)") -> int:
         """Iterations that cover --total-timesteps, rounded up to whole rollouts (with a line when rounded)."""
         iterations = -(-self.args.total_timesteps // rollout_steps)
+        self.target = iterations * rollout_steps  # what the progress line counts to
         if iterations * rollout_steps != self.args.total_timesteps:
             whole = f"whole {unit.format(rollout_steps)}"
             print(f"--total-timesteps {self.args.total_timesteps}: running {iterations * rollout_steps}, {whole}.")
@@ -213,7 +215,7 @@ class Run:
     def show(self, global_step: int, text: str, learning_starts: int = 0) -> None:
         """Log SPS and print the progress line: step, recent return, ``text``, SPS, and the time left at the mean rate
         since learning began (the random steps before ``learning_starts`` run far faster than learning ones)."""
-        now, total = time.time(), self.args.total_timesteps
+        now, total = time.time(), self.target
         sps = int((global_step - self.start_step) / (now - self.start_time))
         self.writer.add_scalar("charts/SPS", sps, global_step)
         if global_step <= learning_starts:

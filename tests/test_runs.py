@@ -5,6 +5,7 @@ import glob
 import importlib
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -717,10 +718,11 @@ def test_a_budget_that_is_not_whole_vector_steps_is_rounded_up_with_a_line(
     flags += ["--env-id", "Pendulum-v1", "--eval-frequency", "0", "--hidden-dim", "16"]
     monkeypatch.setattr(sys, "argv", [script, *flags])
     importlib.import_module(module_of(script)).main()
-    assert f"--total-timesteps {flags[flags.index('--total-timesteps') + 1]}: running {running}, whole" in (
-        capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert f"--total-timesteps {flags[flags.index('--total-timesteps') + 1]}: running {running}, whole" in out
     assert saved == [running]
+    progress = re.findall(r"step +(\d+)/(\d+) \|", out)  # counts to the target it announced
+    assert progress and all(int(target) == running for _, target in progress) and int(progress[-1][0]) == running
 
 
 def test_a_run_folder_that_cannot_be_created_is_one_line_before_training(tmp_path, monkeypatch):
