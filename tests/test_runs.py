@@ -119,6 +119,7 @@ def bare_run(total_timesteps: int = 10_000, start_step: int = 0, start_time: flo
     run.args, run.device = types.SimpleNamespace(total_timesteps=total_timesteps), torch.device("cpu")
     run.writer, run.recent_returns = types.SimpleNamespace(add_scalar=lambda *a: None), []
     run.start_step, run.start_time, run.rate_origin = start_step, start_time, (start_step, start_time)
+    run.target = total_timesteps
     return run
 
 
