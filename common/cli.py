@@ -101,6 +101,10 @@ COMMON_CHECKS = [
     ),
     *at_least_one("eval_episodes", "num_envs", "checkpoint_frequency", "torch_threads", "total_timesteps"),
     ("0 <= seed < 2**32", "--seed must be in [0, 2^32) (got {seed})."),
+    (
+        "exp_name and exp_name[0] != '.' and '/' not in exp_name and '\\\\' not in exp_name and ':' not in exp_name",
+        "--exp-name {exp_name!r} must be a name: not empty, no leading dot, no / \\ or : (it names the run folder).",
+    ),
     ("num_envs <= total_timesteps", "--num-envs {num_envs} exceeds --total-timesteps {total_timesteps}."),
     ("eval_frequency is None or eval_frequency >= 0", "--eval-frequency must be >= 0 (got {eval_frequency})."),
 ]

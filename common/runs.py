@@ -65,7 +65,8 @@ class Run:
         self.script, self.stop, self.saved_step, self.recent_returns = script, None, None, deque(maxlen=10)
         self.kept = None  # the state that a stop inside an on-policy iteration saves (``keep``)
         self.target = args.total_timesteps  # the progress line's target, rounded up to whole rollouts (``iterations``)
-        name = f"{args.env_id.rpartition(':')[2]}__{args.exp_name}__{args.seed}__{int(time.time())}"  # module:EnvId
+        env_name = args.env_id.rpartition(":")[2].replace("/", "-")  # module:Namespace/EnvId
+        name = f"{env_name}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.name = checkpoint["run_name"] if checkpoint else name
         random.seed(args.seed)
         np.random.seed(args.seed)
@@ -140,15 +141,19 @@ class Run:
                 note = f" with {replay_buffer.size} transitions in the replay buffer"
             print(f"resumed {self.name} at step {self.start_step}{note}")
         self.run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else f"runs/{self.name}"
-        self.model_path = args.resume or f"runs/{self.name}/{args.exp_name}.cleanrl_model"
-        if args.track:
-            start_tracking(args, self.name, resumed=bool(checkpoint))
         try:
-            os.makedirs(self.run_dir, exist_ok=True)
+            os.makedirs(self.run_dir, exist_ok=bool(args.resume))
+        except FileExistsError:  # a run of the same name and seed started in the same second: a folder of its own
+            self.name = f"{self.name}__{os.getpid()}"
+            self.run_dir = f"runs/{self.name}"
+            os.makedirs(self.run_dir)
         except OSError as error:
             raise ConfigError(
                 f"cannot create the run folder {self.run_dir} ({error.strerror}); run from a writable folder."
             )
+        self.model_path = args.resume or f"runs/{self.name}/{args.exp_name}.cleanrl_model"
+        if args.track:
+            start_tracking(args, self.name, resumed=bool(checkpoint))
         self.writer = SummaryWriter(self.run_dir, purge_step=self.start_step + 1 if checkpoint else None)
         if not checkpoint:
             table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())

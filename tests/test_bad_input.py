@@ -30,6 +30,8 @@ BAD_INPUT = [  # (flags, the start of the one line)
     (["--seed", str(2**32)], "--seed must be in [0, 2^32)"),
     (["--num-envs", "5", "--total-timesteps", "4"], "--num-envs 5 exceeds --total-timesteps 4."),
     (["--eval-frequency", "-5"], "--eval-frequency must be >= 0 (got -5)."),
+    (["--exp-name", "../../x"], "--exp-name '../../x' must be a name: not empty, no leading dot, no / \\ or :"),
+    (["--exp-name", ""], "--exp-name '' must be a name"),
     (
         ["--env-id", "user_envs:UserImages-v0"],
         "--env-id user_envs:UserImages-v0 has observations Box(0, 255, (8, 8, 3)",

@@ -4,6 +4,7 @@ bad flags are refused before any work, TensorBoard holds one curve after a resum
 import glob
 import importlib
 import importlib.util
+import itertools
 import os
 import re
 import signal
@@ -764,3 +765,22 @@ def test_an_extended_run_summarises_only_its_last_evaluation(tmp_path):
         summary["deterministic_eval_episodes"] == 2
         and summary["deterministic_eval_mean"] == summary["evaluation_at"]["2000"]
     )
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "../../x", "a/b", "a\\b", "module:name"])
+def test_a_run_name_that_is_not_a_plain_name_is_refused(name):
+    with pytest.raises(ConfigError, match="must be a name: not empty, no leading dot"):
+        parse_args(importlib.import_module("diffppo").Args, "diffppo", [], ["--exp-name", name])
+
+
+def test_two_runs_of_one_name_and_seed_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clock = itertools.count()
+    monkeypatch.setattr(runs.time, "time", lambda: 1_700_000_000.0 + next(clock) * 1e-6)  # all in one second
+    flags = ["--env-id", "Pendulum-v1", "--num-steps", "64", "--num-minibatches", "2", "--total-timesteps", "64"]
+    for _ in range(2):
+        monkeypatch.setattr(sys, "argv", ["baselines/ppo.py", *flags, "--eval-frequency", "0", "--save-model"])
+        importlib.import_module("baselines.ppo").main()
+    folders = sorted(glob.glob(str(tmp_path / "runs" / "*")))
+    assert len(folders) == 2 and os.path.basename(folders[1]).startswith(os.path.basename(folders[0]))
+    assert all(len(glob.glob(os.path.join(folder, "*.cleanrl_model"))) == 1 for folder in folders)
