@@ -7,6 +7,7 @@ When an episode ends, ``step`` returns the next episode's first observation and 
 import copy
 import difflib
 import importlib
+import importlib.util
 import os
 import pickle
 
@@ -53,6 +54,8 @@ def make_vector_env(env_id: str, num_envs: int, seed: int, capture_video=False, 
     """Checked, seeded vector env with same-step autoreset and episode statistics; env 0 records video if asked.
     One env made first checks the spaces and, for --capture-video, renders a frame, before any folder exists."""
     check_env_id(env_id)
+    if capture_video and importlib.util.find_spec("moviepy") is None:  # RecordVideo writes its files with it
+        raise ConfigError("--capture-video needs the moviepy package, which is not installed: pip install moviepy")
     if capture_video:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless pygame (classic control)

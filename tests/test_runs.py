@@ -631,6 +631,19 @@ def test_capture_video_without_the_renderer_is_refused_before_any_folder(tmp_pat
     assert not os.path.exists(tmp_path / "videos")
 
 
+def test_capture_video_without_moviepy_is_one_line_naming_the_package(tmp_path, monkeypatch):
+    from common.envs import make_vector_env
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "moviepy" else find_spec(name, *a)
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="--capture-video needs the moviepy package, which is not installed: pip"):
+        make_vector_env("Pendulum-v1", 1, seed=1, capture_video=True, run_name="x")
+    assert not os.path.exists(tmp_path / "videos")
+
+
 def test_track_logs_to_weights_and_biases_offline(tmp_path):
     result = run_with_tests_importable(
         [
