@@ -320,7 +320,7 @@ def run_one(run: Run, job: "RunJob | None" = None) -> dict:
     }
     checkpoint = latest_checkpoint(run)
     command = resume_command(run, checkpoint) if checkpoint else run.command
-    started = time.time()
+    started, commit = time.time(), project_commit()  # the code that runs is the code at the start
     with open(run.log_path, "a" if checkpoint else "w") as log:
         log.write(f"$ cd {shlex.quote(run.workdir)} && {shlex.join(command)}\n")
         log.flush()
@@ -342,9 +342,7 @@ def run_one(run: Run, job: "RunJob | None" = None) -> dict:
         temporary = run.marker_path + ".tmp"
         with open(temporary, "w") as marker:
             json.dump(
-                {**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "project": project_commit()},
-                marker,
-                indent=1,
+                {**outcome, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "project": commit}, marker, indent=1
             )
         os.replace(temporary, run.marker_path)
         outcome["summary"] = write_summary(run, run.summary_every) if run.summary_path is not None else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import platform
 import subprocess
 import sys
 from collections import defaultdict
@@ -120,8 +121,21 @@ def summarise_run(run_dir: str, script: str, every: int, window: int, thresholds
         "last_step": int(steps[-1]) if len(steps) else 0,
         "wall_clock_s": round(wall_clock_seconds(run_dir), 1),
         "evaluation_s": round(float(read_scalars(run_dir, "eval/seconds")[1].sum()), 1),
-        "versions": {**{name: version(name) for name in ("torch", "gymnasium", "mujoco")}, "project": project_commit()},
+        "versions": {
+            **{name: version(name) for name in ("torch", "numpy", "gymnasium", "mujoco")},
+            "project": project_commit(),
+        },
+        "machine": {"processor": processor(), "cores": os.cpu_count()},
     }
+
+
+def processor() -> str:
+    """The CPU's model name (Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def project_commit() -> str | None:

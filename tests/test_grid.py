@@ -121,7 +121,8 @@ def test_benchmark_runs_grid_then_resume_skips_finished_runs(tmp_path, repo_root
             "--total-timesteps 512 --num-steps 256"
         )
         assert summary["flags"]["num_diffusion_steps"] == "2" and not summary["resumed"]
-        assert set(summary["versions"]) == {"torch", "gymnasium", "mujoco", "project"}
+        assert set(summary["versions"]) == {"torch", "numpy", "gymnasium", "mujoco", "project"}
+        assert summary["machine"]["processor"] and summary["machine"]["cores"] >= 1
 
     again = run_script(grid + ["--seeds", "1", "2", "3", "--dry-run"], cwd=repo_root)
     assert "3 runs; 2 already finished, 1 to run" in again.stdout
