@@ -1009,6 +1009,26 @@ def random_score(env_id: str, episodes: int = 100) -> float:
     return float(np.mean(totals))
 
 
+def check_summaries(results_dir: str) -> None:
+    """ConfigError, before any page is written, where the folder holds no summaries or some cannot be read as one
+    (JSON with env_id, exp_name and seed), naming those files."""
+    paths = sorted(glob.glob(os.path.join(results_dir, "*", "summaries", "*.json")))
+    if not paths:
+        raise ConfigError(f"--results-dir {results_dir} holds no summaries (NAME/summaries/*.json); nothing written")
+    unreadable = []
+    for path in paths:
+        try:
+            with open(path) as file:
+                summary = json.load(file)
+            if not {"env_id", "exp_name", "seed"} <= set(summary):
+                unreadable.append(path)
+        except (OSError, ValueError, TypeError):
+            unreadable.append(path)
+    if unreadable:
+        shown = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+        raise ConfigError(f"unreadable summaries: {shown}; nothing written (restore them, e.g. git checkout)")
+
+
 def main() -> None:
     args = tyro.cli(Args)
     if args.measure_random_scores:
@@ -1020,6 +1040,7 @@ def main() -> None:
             raise ConfigError(f"--pages {page}: no such file")
     if not os.path.isdir(args.results_dir):  # an empty grid would rewrite every table as "not run yet"
         raise ConfigError(f"--results-dir {args.results_dir}: no such folder (it holds NAME/summaries/*.json)")
+    check_summaries(args.results_dir)
     docs_dir = None if args.check else os.path.dirname(os.path.abspath(args.pages[0]))
     blocks = build_blocks(args.results_dir, docs_dir, load_reference_scores())
     stale = []

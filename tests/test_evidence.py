@@ -242,10 +242,16 @@ def test_learning_curves_follow_the_evaluations_where_a_run_evaluated_during_tra
         (["--pages", "missing.md"], "--pages missing.md: no such file"),
         (["--pages", "."], "--pages .: no such file"),
         (["--no-such-flag"], "Unrecognized options"),
+        (["--results-dir", "empty"], "--results-dir empty holds no summaries (NAME/summaries/*.json); nothing written"),
+        (["--results-dir", "broken"], "unreadable summaries: broken/grid/summaries/cut_short.json, broken/grid/sum"),
     ],
 )
 def test_bad_input_to_the_evidence_builder_is_refused_before_any_page_is_written(tmp_path, flags, expected):
     pages = {path: open(path).read() for path in (os.path.join(evidence.REPO_ROOT, "docs", "results.md"),)}
+    (tmp_path / "empty" / "grid" / "summaries").mkdir(parents=True)
+    write_summary(str(tmp_path / "broken"), "grid", "Hopper-v4", "ppo", 1, 100.0)
+    (tmp_path / "broken" / "grid" / "summaries" / "cut_short.json").write_text('{"env_id": "Hop')
+    (tmp_path / "broken" / "grid" / "summaries" / "list.json").write_text("[1, 2]")
     result = run_script(["-m", "benchmarks.evidence", *flags], cwd=str(tmp_path))
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert all(open(path).read() == text for path, text in pages.items())
