@@ -346,6 +346,7 @@ HUMANOID_FACTORIAL = Experiment(
         ("diffppo_minibatch256_k1", "diffppo_default_k1"),
         ("diffppo_langevin_k8", "diffppo_langevin_k1"),
         ("diffppo_langevin_k8", "diffppo_default_k8"),
+        ("diffppo_langevin_k1", "diffppo_default_k1"),
         ("diffppo_discount_k8", "diffppo_discount_k1"),
         ("diffppo_discount_k8", "diffppo_default_k8"),
         ("diffppo_alpha0_k8", "diffppo_alpha0_k1"),
@@ -848,7 +849,11 @@ CLAIMS = (  # (claim, paper, the comparisons that decide it, the experiment (sec
     (
         "More steps help, authors' settings (Humanoid-v4)",
         "Sanokowski et al.",
-        (("diffppo_authors_k8", "diffppo_authors_k1"), ("diffppo_default_k8", "diffppo_default_k1")),
+        (
+            ("diffppo_authors_k8", "diffppo_authors_k1"),
+            ("diffppo_langevin_k8", "diffppo_langevin_k1"),
+            ("diffppo_default_k8", "diffppo_default_k1"),
+        ),
         HUMANOID_FACTORIAL,
     ),
     (
