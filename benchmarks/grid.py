@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,10 @@ def validate_args(args: Args) -> None:
         raise ConfigError(f"--summary-every must be at least 1 (got {args.summary_every}).")
     if args.total_timesteps is not None and args.total_timesteps < 1:
         raise ConfigError(f"--total-timesteps must be at least 1 (got {args.total_timesteps}).")
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise ConfigError(f"--workdir {args.workdir} is a file; allowed: a folder (made if missing).")
+    if args.executor == "slurm" and not args.dry_run and shutil.which("sbatch") is None:
+        raise ConfigError("--executor slurm needs a Slurm cluster (no sbatch here); allowed: local, submitit-local.")
 
 
 def build_grid(args: Args) -> list[Run]:

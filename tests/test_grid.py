@@ -202,12 +202,13 @@ def test_benchmark_reports_a_failed_run_and_writes_no_marker(tmp_path, repo_root
         (["--seeds", "1", "1"], "a seed is repeated"),
         (["--extra=--seed 3"], "--extra must not set --exp-name, --seed or --env-id"),
         (["--workers", "0"], "--workers must be at least 1"),
+        (["--workdir", "README.md"], "--workdir README.md is a file; allowed: a folder"),
+        (["--executor", "slurm"], "--executor slurm needs a Slurm cluster (no sbatch here)"),
     ],
 )
 def test_benchmark_bad_input_gives_one_clear_line(tmp_path, repo_root, flags, expected):
-    result = run_script(
-        ["-m", "benchmarks.grid", "--scripts", "diffppo.py", *flags, "--workdir", str(tmp_path)], cwd=repo_root
-    )
+    workdir = [] if "--workdir" in flags else ["--workdir", str(tmp_path)]
+    result = run_script(["-m", "benchmarks.grid", "--scripts", "diffppo.py", *flags, *workdir], cwd=repo_root)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("benchmarks.grid: error:") and expected in result.stderr, result.stderr
 
