@@ -121,6 +121,9 @@ CHECKS = [  # (condition, message) over the flags, refused before anything is bu
     *in_unit_interval("gamma"),
     *in_unit_interval("gae_lambda", "chain_gae_lambda", "chain_gamma", closed=True),
     *positive("learning_rate", "clip_coef", "min_std"),
+    *positive("vf_coef", "max_grad_norm", "alpha_lr"),
+    ("target_kl is None or target_kl > 0", "--target-kl must be positive (got {target_kl})."),
+    ("target_entropy is None or -1e6 <= target_entropy <= 1e6", "--target-entropy must be in [-1e6, 1e6]."),
     ("behaviour_noise_scale > 0", "--behaviour-noise-scale must be a positive number (got {behaviour_noise_scale})."),
     ("min_std < 1", "--min-std must be below 1, the largest sigma_k (got {min_std})."),
 ]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.cli import at_least_one, in_unit_interval, positive, run_cli
+from common.cli import at_least_one, between, in_unit_interval, positive, run_cli
 from common.envs import true_next_observations
 from common.normalization import ObservationNormalizer, RewardNormalizer
 from common.runs import Run, RunArgs
@@ -91,6 +91,7 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
+    *between("target_entropy_scale", -100, 100),  # target entropy = -scale x action_dim
     *at_least_one("num_diffusion_steps", "num_steps", "minibatch_size", "update_epochs"),
     *at_least_one("hidden_dim", "actor_hidden_dim"),
     ("num_bins >= 2", "--num-bins must be at least 2 (got {num_bins})."),

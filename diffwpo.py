@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import at_least_one, in_unit_interval, positive, run_cli
+from common.cli import at_least_one, between, in_unit_interval, positive, run_cli
 from common.normalization import ObservationNormalizer
 from common.replay_buffer import ReplayBuffer, step_and_store
 from common.runs import Run, RunArgs
@@ -85,6 +85,7 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
+    *between("target_entropy_scale", -100, 100),  # target entropy = -scale x action_dim
     *at_least_one("num_diffusion_steps", "batch_size", "buffer_size", "policy_frequency", "target_network_frequency"),
     *at_least_one("hidden_dim", "actor_hidden_dim"),
     ("batch_size <= buffer_size", "--batch-size {batch_size} is larger than --buffer-size {buffer_size}."),

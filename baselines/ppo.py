@@ -113,6 +113,9 @@ CHECKS = [  # (condition, message) over the flags, refused before anything is bu
     *in_unit_interval("gamma"),
     *in_unit_interval("gae_lambda", closed=True),
     *positive("learning_rate", "clip_coef", "min_std"),
+    *positive("vf_coef", "max_grad_norm", "alpha_lr"),
+    ("target_kl is None or target_kl > 0", "--target-kl must be positive (got {target_kl})."),
+    ("target_entropy is None or -1e6 <= target_entropy <= 1e6", "--target-entropy must be in [-1e6, 1e6]."),
     ("min_std < 1", "--min-std must be below 1, the largest sigma (got {min_std})."),
 ]
 

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
+from common.cli import at_least_one, between, in_unit_interval, positive, run_cli  # noqa: E402
 from common.envs import true_next_observations  # noqa: E402
 from common.normalization import ObservationNormalizer, RewardNormalizer  # noqa: E402
 from common.runs import Run, RunArgs  # noqa: E402
@@ -88,6 +88,7 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
+    *between("target_entropy_scale", -100, 100),  # target entropy = -scale x action_dim
     *at_least_one("num_steps", "minibatch_size", "update_epochs", "hidden_dim", "actor_hidden_dim"),
     ("num_bins >= 2", "--num-bins must be at least 2 (got {num_bins})."),
     (

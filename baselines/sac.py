@@ -38,7 +38,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
+from common.cli import at_least_one, between, in_unit_interval, positive, run_cli  # noqa: E402
 from common.normalization import ObservationNormalizer  # noqa: E402
 from common.replay_buffer import ReplayBuffer, step_and_store  # noqa: E402
 from common.runs import Run, RunArgs  # noqa: E402
@@ -88,6 +88,7 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
+    *between("target_entropy_scale", -100, 100),  # target entropy = -scale x action_dim
     *at_least_one("batch_size", "buffer_size", "policy_frequency", "target_network_frequency", "hidden_dim"),
     *at_least_one("actor_hidden_dim"),
     ("batch_size <= buffer_size", "--batch-size {batch_size} is larger than --buffer-size {buffer_size}."),

@@ -4,6 +4,7 @@ A script declares its flag checks as (condition, message) rows; ``parse_args`` r
 import dataclasses
 import importlib.util
 import math
+import os
 import sys
 
 import tyro
@@ -49,6 +50,10 @@ def in_unit_interval(*fields: str, closed: bool = False) -> list[tuple[str, str]
     return [(f"{low} {f} <= 1", f"{flag(f)} must be in {interval} (got {{{f}}}).") for f in fields]
 
 
+def between(field: str, low: float, high: float) -> list[tuple[str, str]]:  # Check row: low <= flag <= high.
+    return [(f"{low} <= {field} <= {high}", f"{flag(field)} must be in [{low}, {high}] (got {{{field}}}).")]
+
+
 def check(args, checks: list[tuple[str, str]], **names) -> None:
     """ConfigError for the first (condition, message) row whose condition is false. Both are Python expressions
     over the flags' names: the condition as written ("batch_size <= buffer_size"), the message as an f-string
@@ -89,7 +94,8 @@ def parse_args(args_class: type, script: str, checks: list[tuple], argv: list[st
                 f"{flag(name)} {getattr(args, name)} differs from the resumed run's {getattr(saved, name)}; --resume "
                 f"continues the saved run with its own flags (allowed to change: {allowed})."
             )
-    check(args, COMMON_CHECKS + checks, resumed_step=checkpoint and checkpoint["global_step"])
+    cores = os.cpu_count() or 1
+    check(args, COMMON_CHECKS + checks, resumed_step=checkpoint and checkpoint["global_step"], cores=cores)
     return args, checkpoint
 
 
@@ -101,6 +107,8 @@ COMMON_CHECKS = [
     ),
     *at_least_one("eval_episodes", "num_envs", "checkpoint_frequency", "torch_threads", "total_timesteps"),
     ("0 <= seed < 2**32", "--seed must be in [0, 2^32) (got {seed})."),
+    ("total_timesteps <= 2**40", "--total-timesteps must be at most 2^40 (got {total_timesteps})."),
+    ("torch_threads <= cores", "--torch-threads {torch_threads} exceeds the {cores} CPU cores here."),
     (
         "exp_name and exp_name[0] != '.' and '/' not in exp_name and '\\\\' not in exp_name and ':' not in exp_name",
         "--exp-name {exp_name!r} must be a name: not empty, no leading dot, no / \\ or : (it names the run folder).",

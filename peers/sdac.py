@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import at_least_one, in_unit_interval, positive, run_cli  # noqa: E402
+from common.cli import at_least_one, between, in_unit_interval, positive, run_cli  # noqa: E402
 from common.normalization import ObservationNormalizer  # noqa: E402
 from common.replay_buffer import ReplayBuffer, step_and_store  # noqa: E402
 from common.runs import Run, RunArgs  # noqa: E402
@@ -105,6 +105,7 @@ class Args(RunArgs):
 
 
 CHECKS = [  # (condition, message) over the flags, refused before anything is built (common/cli.py)
+    *between("target_entropy_scale", -100, 100),  # target entropy = -scale x action_dim
     *at_least_one("updates_per_iteration", "batch_size", "buffer_size", "policy_frequency", "alpha_frequency"),
     *at_least_one("num_diffusion_steps", "num_particles", "hidden_dim", "num_hidden_layers", "policy_lr_decay_steps"),
     ("batch_size <= buffer_size", "--batch-size {batch_size} is larger than --buffer-size {buffer_size}."),

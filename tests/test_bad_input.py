@@ -32,6 +32,8 @@ BAD_INPUT = [  # (flags, the start of the one line)
     (["--eval-frequency", "-5"], "--eval-frequency must be >= 0 (got -5)."),
     (["--exp-name", "../../x"], "--exp-name '../../x' must be a name: not empty, no leading dot, no / \\ or :"),
     (["--exp-name", ""], "--exp-name '' must be a name"),
+    (["--torch-threads", "100000"], "--torch-threads 100000 exceeds the"),
+    (["--total-timesteps", "100000000000000000000"], "--total-timesteps must be at most 2^40"),
     (
         ["--env-id", "user_envs:UserImages-v0"],
         "--env-id user_envs:UserImages-v0 has observations Box(0, 255, (8, 8, 3)",
@@ -170,3 +172,18 @@ def test_the_evaluator_runs_with_the_runs_torch_threads_unless_told(tmp_path, pe
         monkeypatch.setattr("sys.argv", ["common.evaluation", path, "--episodes", "1", *flags])
         evaluation.main()
     assert threads == [3, 2]  # the run's --torch-threads, then the flag
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_numeric_flag_of_every_script_has_a_declared_range(script):
+    """The class rule: a new int or float flag without a check row fails here, so no flag goes unbounded."""
+    import dataclasses
+    import importlib
+    import re
+
+    from common.cli import COMMON_CHECKS
+
+    module = importlib.import_module(script[: -len(".py")].replace("/", "."))
+    conditions = " ".join(condition for condition, _ in module.CHECKS + COMMON_CHECKS)
+    numeric = [f.name for f in dataclasses.fields(module.Args) if re.search(r"\b(int|float)\b", str(f.type))]
+    assert numeric and [name for name in numeric if not re.search(rf"\b{name}\b", conditions)] == []
