@@ -780,10 +780,20 @@ def test_an_extended_run_summarises_only_its_last_evaluation(tmp_path):
     )
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "../../x", "a/b", "a\\b", "module:name"])
-def test_a_run_name_that_is_not_a_plain_name_is_refused(name):
-    with pytest.raises(ConfigError, match="must be a name: not empty, no leading dot"):
-        parse_args(importlib.import_module("diffppo").Args, "diffppo", [], ["--exp-name", name])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        *[(["--exp-name", name], "must be a name: not empty, no leading dot") for name in ["", ".x", "../x", "a/b"]],
+        (["--exp-name", "a\\b"], "must be a name"),
+        (["--exp-name", "module:name"], "must be a name"),
+        (["--torch-threads", "100000"], "--torch-threads 100000 exceeds the"),
+        (["--total-timesteps", str(10**20)], "--total-timesteps must be at most 2^40"),
+    ],
+)
+def test_the_common_rules_refuse_bad_names_threads_and_budgets(flags, expected):
+    """Rules every script shares (common/cli.py's COMMON_CHECKS), so one script stands for all."""
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse_args(importlib.import_module("diffppo").Args, "diffppo", [], flags)
 
 
 def test_two_runs_of_one_name_and_seed_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
