@@ -401,7 +401,8 @@ def main() -> None:
     minibatch_size = args.minibatch_size or augmented_batch_size // args.num_minibatches
     agent_kwargs = dict(**run.space, num_diffusion_steps=K, hidden_dim=args.hidden_dim, min_std=args.min_std)
     agent_kwargs.update(chain=args.chain)
-    (agent,) = run.build(lambda: [Agent(**agent_kwargs)], "--hidden-dim")
+    rollout_bytes = 4 * T * N * (K + 1) * (obs_dim + 3 * action_dim + 8)  # buffers and their augmented copies
+    (agent,) = run.build(lambda: [Agent(**agent_kwargs)], "--hidden-dim, --num-steps or --num-envs", rollout_bytes)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)

@@ -456,7 +456,8 @@ def main() -> None:
     def networks():
         return [Agent(**agent_kwargs), DistributionalCritic(**critic_kwargs)]
 
-    agent, critic = run.build(networks, "--hidden-dim or --actor-hidden-dim")
+    rollout_bytes = 4 * args.num_steps * args.num_envs * (args.num_diffusion_steps + 1) * (obs_dim + 3 * action_dim + 8)
+    agent, critic = run.build(networks, "--hidden-dim, --actor-hidden-dim, --num-steps or --num-envs", rollout_bytes)
     old_actor = copy.deepcopy(agent.actor).requires_grad_(False)
     actor_optimizer = torch.optim.AdamW(agent.parameters(), lr=args.learning_rate)
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate)

@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         "hidden_dim": args.hidden_dim,
         "min_std": args.min_std,
     }
-    (agent,) = run.build(lambda: [Agent(**agent_kwargs)], "--hidden-dim")
+    rollout_bytes = 4 * args.num_steps * args.num_envs * (obs_dim + action_dim + 8)  # the rollout's buffers
+    (agent,) = run.build(lambda: [Agent(**agent_kwargs)], "--hidden-dim, --num-steps or --num-envs", rollout_bytes)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_normalizer = ObservationNormalizer((obs_dim,))
     reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)

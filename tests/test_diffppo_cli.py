@@ -101,6 +101,7 @@ def test_save_model_then_evaluate_checkpoint_then_resume(tmp_path, repo_root):
             ["--num-steps", "10", "--minibatch-size", "20", "--whole-chain-minibatches"],
             "--whole-chain-minibatches needs a minibatch of whole chains, a multiple of K = 8.",
         ),
+        (["--num-steps", "10000000000", "--total-timesteps", "10000000000"], "GiB of buffers need about"),
         (["--chain", "cosine"], "--chain must be ddpm or langevin (got 'cosine')"),
         (["--chain-gamma", "1.5"], "--chain-gamma must be in [0, 1] (got 1.5)"),
         (["--behaviour-noise-scale", "-1"], "--behaviour-noise-scale must be a positive number (got -1.0)"),
