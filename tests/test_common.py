@@ -47,8 +47,9 @@ def test_reward_normalizer_scales_by_discounted_return_std_and_restarts_after_do
 
 def test_checkpoint_save_is_atomic_and_bad_paths_are_config_errors(tmp_path):
     path = str(tmp_path / "sub" / "model.pt")
-    save_checkpoint(path, {"a": 1})
-    assert load_checkpoint(path) == {"a": 1} and not os.path.exists(path + ".tmp")
+    state = dict(format=2, script="diffppo", args={}, run_name="r", global_step=1, agent_kwargs={}, agent={})
+    save_checkpoint(path, {**state, "obs_normalizer": {}})
+    assert load_checkpoint(path) == {**state, "obs_normalizer": {}} and not os.path.exists(path + ".tmp")
     with pytest.raises(ConfigError, match="no such checkpoint"):
         load_checkpoint(str(tmp_path / "missing.pt"))
     (tmp_path / "garbage.pt").write_text("not a checkpoint")
@@ -70,6 +71,9 @@ def test_evaluation_uses_checkpoint_statistics_and_leaves_them_frozen(tmp_path):
             "agent": agent.state_dict(),
             "obs_normalizer": normalizer.state_dict(),
             "args": {"env_id": "Pendulum-v1"},
+            "format": 2,
+            "run_name": "r",
+            "global_step": 0,
         },
     )
     loaded_agent, loaded_normalizer, _ = load_agent(path)

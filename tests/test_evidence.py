@@ -150,6 +150,7 @@ def test_sample_efficiency_curve_uses_the_recorded_steps_and_has_no_gaps(tmp_pat
 def test_a_block_the_command_does_not_make_is_refused(tmp_path, repo_root):
     page = tmp_path / "page.md"
     page.write_text("<!-- generated:nonsense -->\n<!-- /generated:nonsense -->\n")
+    write_summary(str(tmp_path), "onpolicy_500k", "Hopper-v4", "ppo", 1, 100.0)
     result = run_script(
         ["-m", "benchmarks.evidence", "--pages", str(page), "--results-dir", str(tmp_path)], cwd=repo_root
     )
